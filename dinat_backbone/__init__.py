@@ -1,0 +1,9 @@
+"""dinat-backbone: DiNAT / NAT backbones on current PyTorch, with an OpenMMLab plugin.
+
+The core (``ops``, ``dinat``, ``checkpoint``) needs torch alone; ``dinat_backbone.mm`` registers
+the backbone with mmdet / mmseg and is loaded by configs through ``custom_imports``.
+"""
+from .ops import NeighborhoodAttention2D, na2d
+
+__version__ = "0.1.0"
+__all__ = ["na2d", "NeighborhoodAttention2D"]
