@@ -3,7 +3,18 @@
 The core (``ops``, ``dinat``, ``checkpoint``) needs torch alone; ``dinat_backbone.mm`` registers
 the backbone with mmdet / mmseg and is loaded by configs through ``custom_imports``.
 """
+from .checkpoint import convert_checkpoint, load_pretrained
+from .dinat import ARCH_SETTINGS, DILATION_PRESETS, NAT, DiNAT
 from .ops import NeighborhoodAttention2D, na2d
 
 __version__ = "0.1.0"
-__all__ = ["na2d", "NeighborhoodAttention2D"]
+__all__ = [
+    "na2d",
+    "NeighborhoodAttention2D",
+    "DiNAT",
+    "NAT",
+    "ARCH_SETTINGS",
+    "DILATION_PRESETS",
+    "convert_checkpoint",
+    "load_pretrained",
+]

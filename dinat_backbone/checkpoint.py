@@ -1,0 +1,274 @@
+"""Checkpoint conversion and loading for :class:`dinat_backbone.DiNAT` / ``NAT``.
+
+:func:`convert_checkpoint` turns every published layout into the native keys (see
+``dinat_backbone/dinat.py``), detecting the format from the keys:
+
+* original ImageNet classification models (raw state dict; ``head.*`` and the final ``norm.*``
+  are dropped, the output norms ``norm0..3`` are then missing and keep their init);
+* original COCO / ADE20K detector and segmentor checkpoints (``{'state_dict': ...}`` with
+  ``backbone.`` prefix; only the backbone is kept);
+* HF transformers ``DinatModel``, ``DinatForImageClassification`` (``dinat.`` prefix) and
+  ``DinatBackbone`` (also inside e.g. a ``backbone.`` prefix);
+* mmengine wrappers (``state_dict`` / ``model``) and DDP ``module.`` prefixes, around any of the
+  above.
+
+:func:`load_pretrained` loads a path, URL or dict into a model through it.
+
+Official checkpoints (ImageNet; the classification head is dropped on conversion)::
+
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["convert_checkpoint", "load_pretrained", "resize_rpb", "CHECKPOINT_URLS"]
+
+_logger = logging.getLogger(__name__)
+
+_BASE_URL = "https://shi-labs.com/projects/dinat/checkpoints"
+CHECKPOINT_URLS = {
+    "dinat_mini_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_mini_in1k_224.pth",
+    "dinat_tiny_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_tiny_in1k_224.pth",
+    "dinat_small_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_small_in1k_224.pth",
+    "dinat_base_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_base_in1k_224.pth",
+    "dinat_large_in22k_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_large_in22k_in1k_224.pth",
+    "dinat_large_in22k_in1k_384": f"{_BASE_URL}/imagenet1k/dinat_large_in22k_in1k_384.pth",
+    "dinat_large_in22k_224": f"{_BASE_URL}/imagenet22k/dinat_large_in22k_224.pth",
+}
+
+# a key that every model of each layout has; what precedes it is the layout's prefix
+_NATIVE_ANCHOR = "patch_embed.proj.0.weight"
+_HF_ANCHOR = "embeddings.patch_embeddings.projection.0.weight"
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+
+# HF transformers -> native, applied to the key after the model prefix
+_HF_RULES = [
+    (re.compile(r"^embeddings\.patch_embeddings\.projection\.([01])\."), r"patch_embed.proj.\1."),
+    (re.compile(r"^embeddings\.norm\."), "patch_embed.norm."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.downsample\."), r"levels.\1.downsample."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.attention\.self\.rpb$"), r"levels.\1.blocks.\2.attn.rpb"),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.attention\.output\.dense\."), r"levels.\1.blocks.\2.attn.proj."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.layernorm_before\."), r"levels.\1.blocks.\2.norm1."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.layernorm_after\."), r"levels.\1.blocks.\2.norm2."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.intermediate\.dense\."), r"levels.\1.blocks.\2.mlp.fc1."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.output\.dense\."), r"levels.\1.blocks.\2.mlp.fc2."),
+    (re.compile(r"^hidden_states_norms\.stem\."), "norm_stem."),
+]
+_HF_QKV = re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+_HF_LAYER_SCALE = re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.layer_scale_parameters$")
+_HF_STAGE_NORM = re.compile(r"^hidden_states_norms\.stage(\d+)\.(.+)$")
+# classification-only parts (not part of a backbone): HF DinatModel's final norm and pooler
+_HF_CLASSIFIER_ONLY = re.compile(r"^(layernorm|pooler)\.")
+# original classification model: the head and the final norm
+_NATIVE_CLASSIFIER_ONLY = re.compile(r"^(head|norm)\.")
+
+
+def _unwrap(obj) -> Mapping:
+    """Strip mmengine / training-script wrappers: ``{'state_dict': ...}``, ``{'model': ...}``, ..."""
+    while isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and not isinstance(inner, torch.Tensor):
+                obj = inner
+                break
+        else:
+            return obj
+    raise TypeError(f"convert_checkpoint: expected a state dict (a mapping of tensors), got {type(obj).__name__}")
+
+
+def _strip_module_prefix(state: Mapping) -> Dict[str, torch.Tensor]:
+    """DDP / DataParallel wrap every key in ``module.`` (possibly more than once)."""
+    out = OrderedDict()
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        out[key] = value
+    return out
+
+
+def _find_prefix(keys, anchor: str) -> Optional[str]:
+    """Prefix before ``anchor`` (e.g. '', 'backbone.', 'dinat.'), preferring '' and 'backbone.'."""
+    prefixes = [k[: -len(anchor)] for k in keys if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
+    if not prefixes:
+        return None
+    prefixes.sort(key=lambda p: (p != "", p != "backbone.", len(p), p))
+    if len(prefixes) > 1:
+        _logger.warning("convert_checkpoint: several models in the checkpoint (prefixes %s); using %r",
+                        prefixes, prefixes[0])
+    return prefixes[0]
+
+
+def _select_prefix(state: Mapping, prefix: str, logger: logging.Logger) -> Dict[str, torch.Tensor]:
+    """Keys under ``prefix`` with it removed; the rest (detector neck / heads, classifier) is logged."""
+    if not prefix:
+        return OrderedDict(state)
+    out = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    others = sorted({k.split(".", 1)[0] for k in state if not k.startswith(prefix)})
+    if others:
+        logger.info("convert_checkpoint: kept the backbone under %r; ignored the other parts %s", prefix, others)
+    return out
+
+
+def _convert_hf(state: Mapping[str, torch.Tensor], logger: logging.Logger) -> Dict[str, torch.Tensor]:
+    out: Dict[str, torch.Tensor] = OrderedDict()
+    qkv: Dict[tuple, Dict[str, torch.Tensor]] = {}
+    dropped = []
+    for key, value in state.items():
+        m = _HF_QKV.match(key)
+        if m:
+            qkv.setdefault((m.group(1), m.group(2), m.group(4)), {})[m.group(3)] = value
+            continue
+        m = _HF_LAYER_SCALE.match(key)
+        if m:
+            if value.dim() != 2 or value.shape[0] != 2:
+                raise ValueError(f"convert_checkpoint: {key} should have shape [2, dim], got {list(value.shape)}")
+            base = f"levels.{m.group(1)}.blocks.{m.group(2)}."
+            out[base + "gamma1"], out[base + "gamma2"] = value[0].clone(), value[1].clone()
+            continue
+        m = _HF_STAGE_NORM.match(key)
+        if m:
+            out[f"norm{int(m.group(1)) - 1}.{m.group(2)}"] = value
+            continue
+        if _HF_CLASSIFIER_ONLY.match(key):
+            dropped.append(key)
+            continue
+        for pattern, repl in _HF_RULES:
+            new_key, n = pattern.subn(repl, key)
+            if n:
+                out[new_key] = value
+                break
+        else:
+            out[key] = value  # unknown: kept under its name so that loading reports it as unexpected
+    for (level, layer, kind), parts in sorted(qkv.items()):
+        missing = [p for p in ("query", "key", "value") if p not in parts]
+        if missing:
+            raise ValueError(
+                f"convert_checkpoint: HF layer encoder.levels.{level}.layers.{layer} has no attention.self."
+                f"{'/'.join(missing)}.{kind}; the checkpoint is incomplete")
+        # the native qkv Linear's output is [q; k; v] stacked along the output features
+        out[f"levels.{level}.blocks.{layer}.attn.qkv.{kind}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], dim=0)
+    if dropped:
+        logger.info("convert_checkpoint: dropped the HF classification-only weights %s", dropped)
+    return out
+
+
+def _convert_native(state: Mapping[str, torch.Tensor], logger: logging.Logger) -> Dict[str, torch.Tensor]:
+    out = OrderedDict()
+    dropped = []
+    for key, value in state.items():
+        if _NATIVE_CLASSIFIER_ONLY.match(key):
+            dropped.append(key)  # classification head and final norm: not part of the backbone
+        else:
+            out[key] = value
+    if dropped:
+        logger.info("convert_checkpoint: dropped the classification-only weights %s", dropped)
+    return out
+
+
+def convert_checkpoint(obj, logger: Optional[logging.Logger] = None) -> Dict[str, torch.Tensor]:
+    """Native DiNAT state dict from any supported checkpoint object (see the module docstring).
+
+    Keys it cannot place are kept under their names, so that loading reports them as unexpected.
+    """
+    logger = logger or _logger
+    state = _strip_module_prefix(_unwrap(obj))
+    hf_prefix = _find_prefix(state, _HF_ANCHOR)
+    native_prefix = _find_prefix(state, _NATIVE_ANCHOR)
+    if hf_prefix is not None and (native_prefix is None or len(hf_prefix) <= len(native_prefix)):
+        logger.debug("convert_checkpoint: HF transformers layout, prefix %r", hf_prefix)
+        return _convert_hf(_select_prefix(state, hf_prefix, logger), logger)
+    if native_prefix is not None:
+        logger.debug("convert_checkpoint: original layout, prefix %r", native_prefix)
+        return _convert_native(_select_prefix(state, native_prefix, logger), logger)
+    # a partial state dict (no patch embedding): only strip a prefix every key shares
+    for prefix in ("backbone.", "dinat."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = OrderedDict((k[len(prefix):], v) for k, v in state.items())
+    if any(".layers." in k and k.startswith("encoder.") for k in state):
+        return _convert_hf(state, logger)
+    return OrderedDict(state)
+
+
+def resize_rpb(rpb: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a relative-positional-bias table ``[heads, S, S]`` to ``[heads, size, size]`` (bicubic)."""
+    resized = F.interpolate(rpb[None].float(), size=(size, size), mode="bicubic", align_corners=False)
+    return resized[0].to(rpb.dtype)
+
+
+def _load_object(source, map_location="cpu"):
+    if isinstance(source, Mapping):
+        return source
+    source = str(source)
+    try:
+        if source.startswith(("http://", "https://")):
+            return torch.hub.load_state_dict_from_url(source, map_location=map_location, progress=False,
+                                                      check_hash=False, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(
+            f"load_pretrained: {source} holds objects other than tensors and plain containers, which "
+            f"torch.load(weights_only=True) refuses ({exc}). If you trust the file, load it yourself with "
+            "torch.load(path, map_location='cpu', weights_only=False) and pass the resulting dict."
+        ) from exc
+
+
+def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: bool = False,
+                    logger: Optional[logging.Logger] = None, prefix: Optional[str] = None,
+                    map_location="cpu"):
+    """Load a checkpoint (path, URL or already loaded object) of any supported layout into ``model``.
+
+    rpb tables of another kernel size are resized bicubically; any other shape mismatch is a
+    ValueError naming the key and both shapes. Missing and unexpected keys are logged (and raise
+    when ``strict``). ``prefix`` selects a sub-model (e.g. 'backbone.') before conversion; usually
+    not needed, the layout is detected. Returns ``(missing_keys, unexpected_keys)``.
+    """
+    logger = logger or _logger
+    obj = _load_object(checkpoint, map_location)
+    if prefix:
+        state = _strip_module_prefix(_unwrap(obj))
+        obj = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+        if not obj:
+            raise ValueError(f"load_pretrained: no key of the checkpoint starts with prefix {prefix!r}")
+    state = convert_checkpoint(obj, logger=logger)
+
+    own = model.state_dict()
+    for key, value in list(state.items()):
+        if key not in own or not isinstance(value, torch.Tensor) or value.shape == own[key].shape:
+            continue
+        target = own[key].shape
+        if (key.endswith("attn.rpb") and value.dim() == 3 and len(target) == 3 and value.shape[0] == target[0]
+                and value.shape[1] == value.shape[2] and target[1] == target[2]):
+            logger.info("load_pretrained: resized %s from %s to %s (bicubic; other kernel size)",
+                        key, list(value.shape), list(target))
+            state[key] = resize_rpb(value, target[1])
+            continue
+        raise ValueError(
+            f"load_pretrained: shape mismatch for {key}: checkpoint {list(value.shape)}, model {list(target)}; "
+            "check that arch / embed_dim / depths / num_heads / mlp_ratio match the checkpoint")
+
+    result = model.load_state_dict(state, strict=strict)
+    if result.missing_keys:
+        logger.warning("load_pretrained: missing keys (not in the checkpoint, left as initialised): %s",
+                       ", ".join(result.missing_keys))
+    if result.unexpected_keys:
+        logger.warning("load_pretrained: unexpected keys (in the checkpoint, not in the model): %s",
+                       ", ".join(result.unexpected_keys))
+    if not result.missing_keys and not result.unexpected_keys:
+        logger.info("load_pretrained: all %d keys matched", len(state))
+    return result

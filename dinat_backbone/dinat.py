@@ -1,0 +1,509 @@
+"""Dilated Neighborhood Attention Transformer (DiNAT) and NAT as dense-prediction backbones.
+
+DiNAT: https://arxiv.org/abs/2209.15001, NAT: https://arxiv.org/abs/2204.07143.
+
+The module tree (and therefore every ``state_dict`` key) is the one of the original
+SHI-Labs detection / segmentation backbone, so its checkpoints load without renaming::
+
+    patch_embed.proj.{0,1}        Conv 3x3 s2 (in -> C/2), Conv 3x3 s2 (C/2 -> C), no activation
+    patch_embed.norm              LayerNorm
+    levels.i.blocks.j.{norm1, attn.qkv, attn.rpb, attn.proj, norm2, mlp.fc1, mlp.fc2[, gamma1, gamma2]}
+    levels.i.downsample.{reduction, norm}   (i < 3) Conv 3x3 s2 C -> 2C without bias, LayerNorm
+    norm{i}                       LayerNorm of output i (stage output before downsampling)
+    norm_stem                     LayerNorm of the 'stem' output (only when requested; HF's
+                                  ``hidden_states_norms.stem``)
+
+Stages run channels-last (``[B, H, W, C]``); the tokenizer and the downsamplers run their
+convolutions in ``torch.channels_last`` memory format, so going NCHW <-> NHWC around them is a
+stride change and not a copy. Outputs are contiguous NCHW maps.
+
+Other formats (original ImageNet models, HF transformers, detector checkpoints) are converted
+by :mod:`dinat_backbone.checkpoint`.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+
+from .ops import NeighborhoodAttention2D
+
+__all__ = [
+    "DiNAT",
+    "NAT",
+    "ARCH_SETTINGS",
+    "DILATION_PRESETS",
+    "expand_dilations",
+    "ConvTokenizer",
+    "ConvDownsampler",
+    "Mlp",
+    "DropPath",
+    "DiNATBlock",
+    "NATBlock",
+    "DiNATLevel",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Variant table: embed_dim, depths, num_heads, mlp_ratio, layer_scale (as in the original repo).
+ARCH_SETTINGS: Dict[str, dict] = {
+    "mini": dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3.0, layer_scale=None),
+    "tiny": dict(embed_dim=64, depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3.0, layer_scale=None),
+    "small": dict(embed_dim=96, depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), mlp_ratio=2.0, layer_scale=None),
+    "base": dict(embed_dim=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_ratio=2.0, layer_scale=1e-5),
+    "large": dict(embed_dim=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.0, layer_scale=None),
+}
+
+#: Per-stage dilation patterns of the published models. Each pattern is repeated (and cut) to the
+#: stage depth by :func:`expand_dilations`, e.g. 'in1k-224' stage 3 is [1, 2] * 3 for mini (depth 6)
+#: and [1, 2] * 9 for the others (depth 18).
+DILATION_PRESETS: Dict[str, List[List[int]]] = {
+    "in1k-224": [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1, 1, 1, 1, 1]],
+    "coco": [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+    "ade20k-512": [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+    "ade20k-640": [[1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5], [1, 2, 1, 2, 1]],
+}
+
+#: Names accepted by ``out_features`` (HF ``BackboneMixin`` style), in network order.
+FEATURE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
+
+
+def expand_dilations(dilations, depths: Sequence[int]) -> List[List[int]]:
+    """Per-block dilations ``[[d, ...] per stage]`` from None (all 1), a preset name or a list.
+
+    A preset's pattern is cycled to each stage's depth; an explicit list must match ``depths``
+    exactly (ValueError otherwise).
+    """
+    depths = [int(d) for d in depths]
+    if dilations is None:
+        return [[1] * d for d in depths]
+    if isinstance(dilations, str):
+        if dilations not in DILATION_PRESETS:
+            raise ValueError(
+                f"DiNAT: unknown dilation preset {dilations!r}; choose one of {sorted(DILATION_PRESETS)} "
+                "or pass a per-stage list of per-block dilations"
+            )
+        pattern = DILATION_PRESETS[dilations]
+        if len(pattern) != len(depths):
+            raise ValueError(f"DiNAT: preset {dilations!r} has {len(pattern)} stages but depths has {len(depths)}")
+        return [[pattern[i][j % len(pattern[i])] for j in range(depth)] for i, depth in enumerate(depths)]
+    dilations = [list(stage) for stage in dilations]
+    lengths = [len(stage) for stage in dilations]
+    if lengths != depths:
+        raise ValueError(
+            f"DiNAT: dilations have per-stage lengths {lengths} but depths are {depths}; give one dilation per "
+            f"block, or a preset name ({', '.join(sorted(DILATION_PRESETS))})"
+        )
+    for stage in dilations:
+        for d in stage:
+            if isinstance(d, bool) or int(d) != d or d < 1:
+                raise ValueError(f"DiNAT: dilations must be integers >= 1, got {d!r} in {dilations}")
+    return [[int(d) for d in stage] for stage in dilations]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+class ConvTokenizer(nn.Module):
+    """Two overlapping 3x3 stride-2 convolutions (stride 4 in all), then LayerNorm; NCHW in, NHWC out."""
+
+    def __init__(self, in_channels: int = 3, embed_dim: int = 64, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_channels, embed_dim // 2, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
+        )
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels_last convolutions: the NHWC view of the result is then contiguous for free
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class ConvDownsampler(nn.Module):
+    """3x3 stride-2 convolution C -> 2C (no bias), then LayerNorm; NHWC in and out."""
+
+    def __init__(self, dim: int, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.norm = norm_layer(2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a contiguous NHWC tensor permuted to NCHW is channels_last: no copy in either direction
+        x = self.reduction(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, in_features: int, hidden_features: Optional[int] = None, out_features: Optional[int] = None,
+                 act_layer=nn.GELU, drop: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample during training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class DiNATBlock(nn.Module):
+    """Pre-norm transformer block with (dilated) neighbourhood attention, on ``[B, H, W, C]``.
+
+    ``small_input='pad'``: a map smaller than ``kernel_size * dilation`` on an axis is zero-padded
+    on the right / bottom *after* ``norm1`` (the whole attention incl. qkv runs on the padded
+    map) and cropped back, as NATTEN <= 0.15 and HF transformers do; the checkpoints were trained
+    that way. ``'error'`` raises instead.
+    """
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int = 7, dilation: int = 1, mlp_ratio: float = 3.0,
+                 qkv_bias: bool = True, qk_scale: Optional[float] = None, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, act_layer=nn.GELU, norm_layer=nn.LayerNorm,
+                 layer_scale: Optional[float] = None, small_input: str = "pad", attn_backend: Optional[str] = None,
+                 name: str = "block", stride: Optional[int] = None):
+        super().__init__()
+        if small_input not in ("pad", "error"):
+            raise ValueError(f"DiNAT: small_input must be 'pad' or 'error', got {small_input!r}")
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.window_size = kernel_size * dilation
+        self.small_input = small_input
+        self.name = name  # for error messages, e.g. 'levels.0.blocks.1'
+        self.stride = stride  # feature stride of this block's map, for error messages
+
+        self.norm1 = norm_layer(dim)
+        self.attn = NeighborhoodAttention2D(
+            dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
+            attn_drop=attn_drop, proj_drop=drop, backend=attn_backend)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.layer_scale = layer_scale is not None
+        if self.layer_scale:
+            self.gamma1 = nn.Parameter(float(layer_scale) * torch.ones(dim))
+            self.gamma2 = nn.Parameter(float(layer_scale) * torch.ones(dim))
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[1], x.shape[2]
+        win = self.window_size
+        if H >= win and W >= win:
+            return self.attn(x)
+        if self.small_input == "error":
+            min_px = f" (an input of at least {win * self.stride} px per side)" if self.stride else ""
+            raise ValueError(
+                f"DiNAT block {self.name} (kernel_size {self.kernel_size}, dilation {self.dilation}) got a "
+                f"{H}x{W} map, smaller than kernel_size * dilation = {win} on an axis; use small_input='pad' "
+                f"(zero-pads the map as the checkpoints were trained), larger images{min_px}, or smaller dilations"
+            )
+        x = F.pad(x, (0, 0, 0, max(0, win - W), 0, max(0, win - H)))
+        return self.attn(x)[:, :H, :W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._attention(self.norm1(x))
+        if self.layer_scale:
+            y = self.gamma1 * y
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.layer_scale:
+            y = self.gamma2 * y
+        return x + self.drop_path(y)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, dilation={self.dilation}, layer_scale={self.layer_scale}"
+
+
+#: NAT's block is DiNAT's with dilation 1.
+NATBlock = DiNATBlock
+
+
+class DiNATLevel(nn.Module):
+    """One stage: ``blocks`` then an optional ``downsample``; returns (stage output, next input)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, kernel_size: int, dilations: Sequence[int],
+                 drop_path: Sequence[float], downsample: bool, with_cp: bool = False, norm_layer=nn.LayerNorm,
+                 name: str = "levels.0", stride: Optional[int] = None, **block_kwargs):
+        super().__init__()
+        self.dim = dim
+        self.depth = depth
+        self.with_cp = with_cp
+        self.blocks = nn.ModuleList([
+            DiNATBlock(dim, num_heads, kernel_size=kernel_size, dilation=dilations[j], drop_path=drop_path[j],
+                       norm_layer=norm_layer, name=f"{name}.blocks.{j}", stride=stride, **block_kwargs)
+            for j in range(depth)
+        ])
+        self.downsample = ConvDownsampler(dim, norm_layer=norm_layer) if downsample else None
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks alone: the stage output, before downsampling."""
+        for block in self.blocks:
+            if self.with_cp and torch.is_grad_enabled():
+                # non-reentrant: also right when x does not require grad (frozen stem)
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.forward_blocks(x)
+        return x, (x if self.downsample is None else self.downsample(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbone
+# ----------------------------------------------------------------------------------------------
+def _record_explicit_args(init):
+    """Remember which constructor arguments the caller passed, so that ``arch`` fills only the rest."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        self._explicit_args = set(signature.bind(self, *args, **kwargs).arguments) - {"self"}
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
+class DiNAT(nn.Module):
+    """Dilated Neighborhood Attention Transformer backbone (NAT when every dilation is 1).
+
+    Args:
+        arch: 'mini', 'tiny', 'small', 'base' or 'large' fills embed_dim, depths, num_heads, mlp_ratio
+            and layer_scale from :data:`ARCH_SETTINGS`; arguments passed explicitly override it.
+        embed_dim: channels C of stage 1 (stage i has C * 2**i).
+        depths, num_heads: blocks and attention heads per stage.
+        mlp_ratio: MLP hidden width / C.
+        kernel_size: neighbourhood size (odd).
+        dilations: None (all 1), a per-stage list of per-block dilations, or a preset name from
+            :data:`DILATION_PRESETS` ('in1k-224', 'coco', 'ade20k-512', 'ade20k-640').
+        layer_scale: initial value of the per-channel residual scales gamma1 / gamma2, or None.
+        qkv_bias: bias in the qkv projection.
+        drop_rate, attn_drop_rate, drop_path_rate: dropout after the patch embedding / in MLP and
+            projection, on attention weights, and the maximum of the linear stochastic-depth schedule.
+        in_channels: input channels.
+        out_indices: stages (0-3, mmdet convention) whose outputs are returned, at strides 4, 8, 16, 32.
+        out_features: alternative to ``out_indices`` with HF names 'stem', 'stage1' ... 'stage4'
+            ('stem' is the normalised patch embedding, stride 4, passed through ``norm_stem``).
+        frozen_stages: -1 freezes nothing; 0 the patch embedding; i >= 1 also stages 1..i (with
+            their downsamplers and output norms). Stays frozen after ``train()``.
+        with_cp: activation checkpointing per block (saves memory, costs a second forward).
+        small_input: 'pad' (zero-pad maps smaller than kernel_size * dilation, as the checkpoints
+            were trained) or 'error'.
+        attn_backend: na2d backend for every attention (None: fastest available).
+        init_cfg: None (random init) or ``dict(type='Pretrained', checkpoint=path_or_url[, prefix=...])``,
+            loaded by :meth:`init_weights` (mmengine calls it; nothing is loaded at construction).
+
+    ``forward(x)`` takes ``[B, in_channels, H, W]`` and returns a tuple of NCHW maps.
+    """
+
+    @_record_explicit_args
+    def __init__(self, arch: Optional[str] = None, embed_dim: int = 64, depths: Sequence[int] = (3, 4, 6, 5),
+                 num_heads: Sequence[int] = (2, 4, 8, 16), mlp_ratio: float = 3.0, kernel_size: int = 7,
+                 dilations: Union[None, str, Sequence[Sequence[int]]] = None, layer_scale: Optional[float] = None,
+                 qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.2, in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 out_features: Optional[Sequence[str]] = None, frozen_stages: int = -1, with_cp: bool = False,
+                 small_input: str = "pad", attn_backend: Optional[str] = None, init_cfg: Optional[dict] = None):
+        super().__init__()
+        if arch is not None:
+            if arch not in ARCH_SETTINGS:
+                raise ValueError(f"DiNAT: unknown arch {arch!r}; choose one of {list(ARCH_SETTINGS)} or pass None")
+            settings = ARCH_SETTINGS[arch]
+            explicit = getattr(self, "_explicit_args", set())
+            embed_dim = embed_dim if "embed_dim" in explicit else settings["embed_dim"]
+            depths = depths if "depths" in explicit else settings["depths"]
+            num_heads = num_heads if "num_heads" in explicit else settings["num_heads"]
+            mlp_ratio = mlp_ratio if "mlp_ratio" in explicit else settings["mlp_ratio"]
+            layer_scale = layer_scale if "layer_scale" in explicit else settings["layer_scale"]
+        depths = tuple(int(d) for d in depths)
+        num_heads = tuple(int(h) for h in num_heads)
+        if len(num_heads) != len(depths):
+            raise ValueError(f"DiNAT: num_heads {num_heads} must have one entry per stage of depths {depths}")
+        if small_input not in ("pad", "error"):
+            raise ValueError(f"DiNAT: small_input must be 'pad' or 'error', got {small_input!r}")
+        num_levels = len(depths)
+
+        self.arch = arch
+        self.embed_dim = embed_dim
+        self.depths = depths
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.kernel_size = kernel_size
+        self.dilations = expand_dilations(dilations, depths)
+        self.layer_scale = layer_scale
+        self.num_levels = num_levels
+        self.num_features = [int(embed_dim * 2 ** i) for i in range(num_levels)]
+        self.frozen_stages = frozen_stages
+        self.with_cp = with_cp
+        self.small_input = small_input
+        self.init_cfg = init_cfg
+
+        # outputs: names in network order; out_indices are the stage indices among them
+        stage_names = list(FEATURE_NAMES[: num_levels + 1])
+        if out_features is not None:
+            out_features = list(out_features)
+            unknown = [f for f in out_features if f not in stage_names]
+            if unknown or not out_features:
+                raise ValueError(f"DiNAT: out_features {out_features} must be a non-empty subset of {stage_names}")
+            self.out_features = [f for f in stage_names if f in out_features]
+        else:
+            out_indices = [int(i) % num_levels if int(i) < 0 else int(i) for i in out_indices]
+            bad = [i for i in out_indices if not 0 <= i < num_levels]
+            if bad or not out_indices:
+                raise ValueError(
+                    f"DiNAT: out_indices must be stage indices in 0..{num_levels - 1}, got {list(out_indices)}; "
+                    "use out_features=['stem', ...] for the patch embedding")
+            self.out_features = [stage_names[i + 1] for i in sorted(set(out_indices))]
+        self.out_indices = tuple(stage_names.index(f) - 1 for f in self.out_features if f != "stem")
+        self.out_channels = [embed_dim if f == "stem" else self.num_features[stage_names.index(f) - 1]
+                             for f in self.out_features]
+        self.out_strides = [4 if f == "stem" else 4 * 2 ** (stage_names.index(f) - 1) for f in self.out_features]
+
+        norm_layer = nn.LayerNorm
+        self.patch_embed = ConvTokenizer(in_channels, embed_dim, norm_layer)
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.levels = nn.ModuleList()
+        for i in range(num_levels):
+            self.levels.append(DiNATLevel(
+                dim=self.num_features[i], depth=depths[i], num_heads=num_heads[i], kernel_size=kernel_size,
+                dilations=self.dilations[i], drop_path=drop_path[sum(depths[:i]):sum(depths[:i + 1])],
+                downsample=i < num_levels - 1, with_cp=with_cp, norm_layer=norm_layer, name=f"levels.{i}",
+                stride=4 * 2 ** i, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                attn_drop=attn_drop_rate, layer_scale=layer_scale, small_input=small_input,
+                attn_backend=attn_backend))
+        if "stem" in self.out_features:
+            self.norm_stem = norm_layer(embed_dim)
+        for i in self.out_indices:
+            self.add_module(f"norm{i}", norm_layer(self.num_features[i]))
+
+        self._init_random_weights()
+        self._freeze_stages()
+
+    # -- initialisation --------------------------------------------------------------------------
+    @staticmethod
+    def _init_module(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, NeighborhoodAttention2D) and m.rpb is not None:
+            nn.init.trunc_normal_(m.rpb, std=0.02)
+
+    def _init_random_weights(self):
+        self.apply(self._init_module)
+
+    def init_weights(self):
+        """Random init, or load ``init_cfg['checkpoint']`` when ``init_cfg`` is ``type='Pretrained'``."""
+        cfg = self.init_cfg
+        if cfg is None:
+            self._init_random_weights()
+            return
+        cfg = dict(cfg)
+        if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
+            raise ValueError(
+                f"DiNAT: init_cfg must be None or dict(type='Pretrained', checkpoint=path_or_url), got {self.init_cfg}")
+        from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
+
+        self._init_random_weights()  # keys the checkpoint lacks (e.g. output norms) start from the usual init
+        load_pretrained(self, cfg["checkpoint"], strict=False, prefix=cfg.get("prefix"),
+                        map_location=cfg.get("map_location", "cpu"))
+        self._freeze_stages()
+
+    # -- freezing --------------------------------------------------------------------------------
+    def _frozen_modules(self) -> List[nn.Module]:
+        modules: List[nn.Module] = []
+        if self.frozen_stages >= 0:
+            modules.append(self.patch_embed)
+            if hasattr(self, "norm_stem"):
+                modules.append(self.norm_stem)
+        for i in range(min(self.frozen_stages, self.num_levels)):
+            modules.append(self.levels[i])
+            if hasattr(self, f"norm{i}"):
+                modules.append(getattr(self, f"norm{i}"))
+        return modules
+
+    def _freeze_stages(self):
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # -- optimiser helpers -------------------------------------------------------------------------
+    def no_weight_decay(self) -> set:
+        """Full names of the parameters that should get no weight decay: rpb tables and LayerNorms."""
+        names = set()
+        for module_name, m in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            if isinstance(m, nn.LayerNorm):
+                names.update(prefix + n for n, _ in m.named_parameters(recurse=False))
+            elif isinstance(m, NeighborhoodAttention2D) and m.rpb is not None:
+                names.add(prefix + "rpb")
+        return names
+
+    def no_weight_decay_keywords(self) -> set:
+        return {"rpb", "norm"}
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4:
+            raise ValueError(f"DiNAT: expected an NCHW batch [B, C, H, W], got shape {tuple(x.shape)}")
+        x = self.pos_drop(self.patch_embed(x))
+        outs = []
+        if "stem" in self.out_features:
+            outs.append(self.norm_stem(x).permute(0, 3, 1, 2).contiguous())
+        last = max(self.out_indices, default=-1)
+        for i, level in enumerate(self.levels):
+            if i > last:
+                break  # nothing later is returned
+            stage_out, x = level(x) if i < last else (level.forward_blocks(x), None)
+            if i in self.out_indices:
+                outs.append(getattr(self, f"norm{i}")(stage_out).permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+
+class NAT(DiNAT):
+    """Neighborhood Attention Transformer: :class:`DiNAT` with every dilation 1 (same arguments and
+    keys; ``dilations`` may be left out, or must be all ones)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if any(d != 1 for stage in self.dilations for d in stage):
+            raise ValueError(f"NAT: every dilation must be 1, got {self.dilations}; use DiNAT for dilated models")
