@@ -1,0 +1,22 @@
+# DiNAT-Mini + Cascade Mask R-CNN (FPN), COCO 2017, 3x schedule (36 epochs),
+# DETR-style multi-scale training, AdamW, 16 images per batch (8 GPUs x 2), AMP.
+# Reproduces the DiNAT paper (Hassani & Shi, "Dilated Neighborhood Attention Transformer", 2022):
+#   box AP 51.2, mask AP 44.4 (COCO val2017).
+_base_ = [
+    '../_base_/models/cascade-mask-rcnn_dinat_fpn.py',
+    '../_base_/datasets/coco_instance_detr-aug.py',
+    '../_base_/schedules/coco_3x_adamw.py',
+    '../_base_/default_runtime_det.py',
+]
+custom_imports = dict(imports=['dinat_backbone.mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='DiNAT',
+        arch='mini',
+        kernel_size=7,
+        dilations='coco',
+        drop_path_rate=0.2,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth')),
+    neck=dict(in_channels=[64, 128, 256, 512]))

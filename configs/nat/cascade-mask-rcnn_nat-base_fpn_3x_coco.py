@@ -1,0 +1,23 @@
+# NAT-Base + Cascade Mask R-CNN (FPN), COCO 2017, 3x schedule (36 epochs),
+# DETR-style multi-scale training, AdamW, 16 images per batch (8 GPUs x 2), AMP.
+# Reproduces the NAT paper (Hassani et al., "Neighborhood Attention Transformer", CVPR 2023):
+#   box AP 52.3, mask AP 45.1 (COCO val2017).
+# NAT = DiNAT with every dilation 1; same recipe as the DiNAT config of this size.
+_base_ = [
+    '../_base_/models/cascade-mask-rcnn_dinat_fpn.py',
+    '../_base_/datasets/coco_instance_detr-aug.py',
+    '../_base_/schedules/coco_3x_adamw.py',
+    '../_base_/default_runtime_det.py',
+]
+custom_imports = dict(imports=['dinat_backbone.mm'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='NAT',
+        arch='base',
+        kernel_size=7,
+        drop_path_rate=0.6,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth')),
+    neck=dict(in_channels=[128, 256, 512, 1024]))
+optim_wrapper = dict(optimizer=dict(lr=0.000075))

@@ -1,0 +1,26 @@
+# NAT-Tiny + UPerNet (with FCN auxiliary head), ADE20K, 512x512 crops, 160k iterations,
+# AdamW lr 6e-5 / weight decay 0.01, poly (power 1) with 1500-iteration warm-up, 16 images per batch.
+# Reproduces the NAT paper (Hassani et al., "Neighborhood Attention Transformer", CVPR 2023):
+#   mIoU 47.1 single-scale, 48.4 multi-scale (+flip) (ADE20K val; multi-scale: tools/test.py --tta).
+# NAT = DiNAT with every dilation 1; same recipe as the DiNAT config of this size.
+_base_ = [
+    '../_base_/models/upernet_dinat.py',
+    '../_base_/datasets/ade20k.py',
+    '../_base_/default_runtime_seg.py',
+    '../_base_/schedules/ade20k_160k_adamw.py',
+]
+custom_imports = dict(imports=['dinat_backbone.mm'], allow_failed_imports=False)
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        type='NAT',
+        arch='tiny',
+        kernel_size=7,
+        drop_path_rate=0.3,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth')),
+    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=150),
+    auxiliary_head=dict(in_channels=256, num_classes=150))

@@ -1,0 +1,376 @@
+"""OpenMMLab glue: registers DiNAT / NAT with mmdet 3.x and mmsegmentation 1.x.
+
+Configs load it with::
+
+    custom_imports = dict(imports=['dinat_backbone.mm'], allow_failed_imports=False)
+
+What importing this module does:
+
+* registers ``DiNAT`` and ``NAT`` in ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS``
+  (whichever of the two is installed; at least one must be). The registered classes are thin
+  subclasses of the core models (:class:`dinat_backbone.dinat.DiNAT` / ``NAT``): same modules,
+  same ``state_dict`` keys; they only add mmengine-style ``init_cfg`` handling (``Pretrained``
+  goes through :func:`dinat_backbone.checkpoint.load_pretrained` with automatic format
+  conversion; other initialiser types go through ``mmengine.model.initialize``) and accept
+  mmseg's legacy ``pretrained=`` argument;
+* registers :class:`DiNATLayerDecayOptimizerConstructor` (layer-wise or stage-wise learning-rate
+  decay that understands ``backbone.patch_embed`` / ``backbone.levels.i.blocks.j`` /
+  ``backbone.levels.i.downsample`` / ``backbone.norm{i}``) in mmengine's root
+  ``OPTIM_WRAPPER_CONSTRUCTORS`` (visible from the mmdet and mmseg scopes);
+* registers :class:`CPUDistributedDataParallel` in mmengine's ``MODEL_WRAPPERS``: mmengine 0.10.7
+  always passes ``device_ids=[LOCAL_RANK]`` to DDP, which torch rejects for CPU modules; this
+  wrapper drops it for CPU modules (``tools/train.py`` selects it for gloo runs on CPU);
+* adds exactly the classes mmengine 0.10.7 checkpoints need to ``torch.load``'s ``weights_only``
+  allow-list (torch >= 2.6 loads with ``weights_only=True`` by default, and ``--resume`` failed on
+  ``HistoryBuffer`` and numpy arrays / scalars in the message hub). ``weights_only`` itself is
+  never turned off.
+
+The core package (``dinat_backbone``, ``dinat_backbone.dinat``, ...) never imports this module
+or any mm package.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from . import dinat as _core
+
+__all__ = [
+    "DiNAT",
+    "NAT",
+    "DiNATLayerDecayOptimizerConstructor",
+    "CPUDistributedDataParallel",
+    "get_layer_id",
+    "mm_safe_globals",
+    "REGISTERED_IN",
+]
+
+#: names of the mm packages whose MODELS registry holds DiNAT / NAT after import
+REGISTERED_IN: List[str] = []
+
+
+def _optional_import(name: str):
+    """Import ``name``; return None only when its top-level package is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        top = name.split(".")[0]
+        if e.name is not None and (e.name == top or e.name.startswith(top + ".")):
+            return None
+        raise  # installed but broken (e.g. a missing dependency of mmdet): do not hide it
+
+
+_mmdet_registry = _optional_import("mmdet.registry")
+_mmseg_registry = _optional_import("mmseg.registry")
+if _mmdet_registry is None and _mmseg_registry is None:
+    raise ImportError(
+        "dinat_backbone.mm registers the backbone with mmdet / mmsegmentation, but neither is "
+        "installed. Install the stack with `bash tools/install.sh` (or `make install`)."
+    )
+
+from mmengine.logging import MMLogger  # noqa: E402
+from mmengine.model import MMDistributedDataParallel, initialize  # noqa: E402
+from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
+from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbone
+# ----------------------------------------------------------------------------------------------
+def _split_init_cfg(init_cfg) -> Tuple[Optional[dict], List[dict]]:
+    """Split an mmengine ``init_cfg`` (dict or list of dicts) into (Pretrained, others)."""
+    if init_cfg is None:
+        return None, []
+    cfgs = [init_cfg] if isinstance(init_cfg, dict) else list(init_cfg)
+    pretrained, others = None, []
+    for c in cfgs:
+        c = dict(c)
+        if c.get("type") == "Pretrained":
+            if pretrained is not None:
+                raise ValueError("init_cfg has more than one 'Pretrained' entry")
+            if not c.get("checkpoint"):
+                raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' (path or URL)")
+            pretrained = c
+        else:
+            others.append(c)
+    return pretrained, others
+
+
+class _MMBackboneMixin:
+    """mmengine-style ``init_cfg`` handling on top of a core DiNAT / NAT.
+
+    * ``init_cfg=dict(type='Pretrained', checkpoint=path_or_url)``: the core model keeps it and
+      its ``init_weights()`` loads the checkpoint through ``dinat_backbone.checkpoint`` (any
+      supported format: ImageNet ``.pth``, mmdet/mmseg detector/segmentor checkpoints, HF
+      transformers, mmengine wrappers). mmengine's ``prefix`` / ``map_location`` keys are
+      accepted: the format conversion finds the backbone weights itself, checkpoints are read on
+      the CPU.
+    * other mmengine initialisers (``Normal``, ``TruncNormal``, ``Constant``, ...) are applied with
+      ``mmengine.model.initialize`` after the core's own random init and before the checkpoint.
+    * ``pretrained='...'`` (what mmseg's ``EncoderDecoder(pretrained=...)`` passes down) is the
+      same as a Pretrained ``init_cfg``.
+    """
+
+    def __init__(self, *args, pretrained: Optional[str] = None, init_cfg=None, **kwargs):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError("give either `pretrained` or `init_cfg`, not both")
+            init_cfg = dict(type="Pretrained", checkpoint=pretrained)
+        pretrained_cfg, others = _split_init_cfg(init_cfg)
+        core_cfg = None
+        if pretrained_cfg is not None:
+            core_cfg = {k: pretrained_cfg[k] for k in ("type", "checkpoint", "prefix", "map_location")
+                        if pretrained_cfg.get(k) is not None}
+        super().__init__(*args, init_cfg=core_cfg, **kwargs)
+        self._mm_init_cfg = copy.deepcopy(init_cfg)  # the full mmengine-style config, as given
+        self._mm_other_init_cfgs = others
+        self._is_init = False
+
+    @property
+    def is_init(self) -> bool:
+        return self._is_init
+
+    @is_init.setter
+    def is_init(self, value: bool) -> None:
+        self._is_init = value
+
+    def init_weights(self):
+        """Random init, then mmengine initialisers (if any), then the Pretrained checkpoint (if any).
+
+        Checkpoint loading is the core's :func:`load_pretrained` (format conversion, rpb resizing,
+        shape checks), logging missing / unexpected keys to the mmengine logger.
+        """
+        from .checkpoint import load_pretrained
+
+        self._init_random_weights()
+        if self._mm_other_init_cfgs:
+            initialize(self, copy.deepcopy(self._mm_other_init_cfgs))
+        cfg = self.init_cfg
+        if cfg is not None:
+            logger = MMLogger.get_current_instance()
+            logger.info(f"{type(self).__name__}: loading pretrained weights from {cfg['checkpoint']}")
+            load_pretrained(self, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
+                            map_location=cfg.get("map_location", "cpu"))
+        self._freeze_stages()
+        self._is_init = True
+
+
+class DiNAT(_MMBackboneMixin, _core.DiNAT):
+    """DiNAT backbone for mmdet / mmseg configs (``type='DiNAT'``).
+
+    Same arguments, modules and weights as :class:`dinat_backbone.dinat.DiNAT`; adds
+    mmengine-style ``init_cfg`` handling and the legacy ``pretrained`` argument.
+    """
+
+
+class NAT(_MMBackboneMixin, _core.NAT):
+    """NAT backbone (every dilation 1) for mmdet / mmseg configs (``type='NAT'``)."""
+
+
+for _name, _reg in (("mmdet", _mmdet_registry), ("mmseg", _mmseg_registry)):
+    if _reg is not None:
+        _reg.MODELS.register_module(name="DiNAT", module=DiNAT, force=True)
+        _reg.MODELS.register_module(name="NAT", module=NAT, force=True)
+        REGISTERED_IN.append(_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay
+# ----------------------------------------------------------------------------------------------
+_BLOCK_RE = re.compile(r"(?:^|\.)levels\.(\d+)\.blocks\.(\d+)\.")
+_DOWN_RE = re.compile(r"(?:^|\.)levels\.(\d+)\.downsample\.")
+
+
+def get_layer_id(name: str, depths, decay_type: str = "layer_wise", prefix: str = "backbone.") -> int:
+    """Layer id of parameter ``name`` of a model with a DiNAT backbone under ``prefix``.
+
+    ``layer_wise`` (ids ``0 .. L+1`` for ``L = sum(depths)`` blocks): ``patch_embed`` 0; block ``j``
+    of stage ``i`` ``1 + sum(depths[:i]) + j``; ``levels.i.downsample`` (between stage ``i`` and
+    ``i+1``) the id of the first block of stage ``i+1``; the output norms ``norm{i}`` and
+    everything outside the backbone (neck, heads) ``L + 1``.
+
+    ``stage_wise`` (ids ``0 .. 5``): ``patch_embed`` 0; stage ``i``'s blocks ``i + 1``;
+    ``levels.i.downsample`` ``i + 2``; the rest 5.
+    """
+    depths = list(depths)
+    total = sum(depths)
+    last = total + 1 if decay_type == "layer_wise" else len(depths) + 1
+    if not name.startswith(prefix):
+        return last
+    name = name[len(prefix):]
+    if name.startswith("patch_embed."):
+        return 0
+    m = _BLOCK_RE.match("." + name) or _BLOCK_RE.search(name)
+    if m and name.startswith("levels."):
+        i, j = int(m.group(1)), int(m.group(2))
+        return 1 + sum(depths[:i]) + j if decay_type == "layer_wise" else i + 1
+    m = _DOWN_RE.search("." + name)
+    if m and name.startswith("levels."):
+        i = int(m.group(1))
+        return 1 + sum(depths[: i + 1]) if decay_type == "layer_wise" else i + 2
+    return last  # norm{i} and anything else in the backbone: feeds the neck directly
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class DiNATLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+    """Layer-wise (or stage-wise) learning-rate decay for models with a DiNAT / NAT backbone.
+
+    ``lr = base_lr * decay_rate ** (num_layers + 1 - layer_id)`` with the ids of
+    :func:`get_layer_id` (so the heads and neck train at ``base_lr``, the patch embedding at the
+    smallest rate). Usage::
+
+        optim_wrapper = dict(
+            type='OptimWrapper',
+            constructor='DiNATLayerDecayOptimizerConstructor',
+            optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
+            paramwise_cfg=dict(decay_rate=0.9, decay_type='layer_wise',
+                               custom_keys={'rpb': dict(decay_mult=0.), 'norm': dict(decay_mult=0.)}))
+
+    ``paramwise_cfg`` keys: ``decay_rate`` (required), ``decay_type`` ('layer_wise' default or
+    'stage_wise'), ``num_layers`` (optional: defaults to the backbone's block count, or 4 stages),
+    ``backbone_prefix`` (default 'backbone.'), ``custom_keys`` (mmengine semantics: the longest
+    matching key's ``lr_mult`` / ``decay_mult`` multiply on top of the layer decay). Without
+    custom keys, 1-D parameters (norms, biases, layer-scale gammas) and ``rpb`` tables get no
+    weight decay. Frozen parameters (``requires_grad=False``) are left out. The backbone's
+    depths are read from the model (``backbone.levels[i].blocks``); a model without a DiNAT-like
+    backbone is an error.
+    """
+
+    def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
+        cfg = dict(self.paramwise_cfg)
+        if "decay_rate" not in cfg:
+            raise ValueError("DiNATLayerDecayOptimizerConstructor needs paramwise_cfg['decay_rate']")
+        decay_rate = float(cfg["decay_rate"])
+        decay_type = cfg.get("decay_type", "layer_wise")
+        if decay_type not in ("layer_wise", "stage_wise"):
+            raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
+        prefix = cfg.get("backbone_prefix", "backbone.")
+        backbone = module
+        for part in prefix.rstrip(".").split(".") if prefix else []:
+            backbone = getattr(backbone, part, None)
+            if backbone is None:
+                break
+        levels = getattr(backbone, "levels", None)
+        if levels is None or not all(hasattr(lv, "blocks") for lv in levels):
+            raise ValueError(
+                f"DiNATLayerDecayOptimizerConstructor: the model has no DiNAT/NAT backbone at "
+                f"'{prefix}' (expected '{prefix}levels.i.blocks.j'); got {type(backbone).__name__}"
+            )
+        depths = [len(lv.blocks) for lv in levels]
+        default_layers = sum(depths) if decay_type == "layer_wise" else len(depths)
+        num_layers = int(cfg.get("num_layers", default_layers))
+        custom_keys: Dict[str, dict] = dict(cfg.get("custom_keys", {}))
+        sorted_keys = sorted(custom_keys, key=len, reverse=True)
+        base_lr = self.base_lr
+        base_wd = self.base_wd or 0.0
+
+        groups: Dict[tuple, dict] = {}
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            layer_id = get_layer_id(name, depths, decay_type, prefix)
+            layer_id = min(layer_id, num_layers + 1)
+            scale = decay_rate ** (num_layers + 1 - layer_id)
+            lr_mult, decay_mult, key_hit = 1.0, None, None
+            for key in sorted_keys:
+                if key in name:
+                    key_hit = key
+                    lr_mult = custom_keys[key].get("lr_mult", 1.0)
+                    decay_mult = custom_keys[key].get("decay_mult", None)
+                    break
+            if decay_mult is None:
+                no_decay = not custom_keys and (param.ndim == 1 or name.endswith(".bias") or "rpb" in name)
+                decay_mult = 0.0 if no_decay else 1.0
+            group_key = (layer_id, lr_mult, decay_mult)
+            if group_key not in groups:
+                groups[group_key] = {
+                    "params": [],
+                    "lr": base_lr * scale * lr_mult,
+                    "weight_decay": base_wd * decay_mult,
+                    "param_names": [],
+                    "layer_id": layer_id,
+                    "lr_scale": scale * lr_mult,
+                }
+            groups[group_key]["params"].append(param)
+            groups[group_key]["param_names"].append(name)
+        logger = MMLogger.get_current_instance()
+        logger.info(
+            f"DiNATLayerDecayOptimizerConstructor: {decay_type}, decay_rate={decay_rate}, "
+            f"num_layers={num_layers}, depths={depths}, {len(groups)} parameter groups"
+        )
+        params.extend(groups[k] for k in sorted(groups))
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU DDP (gloo)
+# ----------------------------------------------------------------------------------------------
+@MODEL_WRAPPERS.register_module(force=True)
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """``MMDistributedDataParallel`` that also works for CPU modules (gloo).
+
+    mmengine 0.10.7's runner always passes ``device_ids=[LOCAL_RANK]``; torch's DDP rejects
+    ``device_ids`` for CPU modules. This drops them when the module lives on the CPU and is
+    otherwise mmengine's wrapper unchanged.
+    """
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+        if on_cpu:
+            device_ids = None
+            kwargs.pop("output_device", None)
+        super().__init__(module=module, device_ids=device_ids, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.load(weights_only=True) allow-list for mmengine 0.10.7 checkpoints
+# ----------------------------------------------------------------------------------------------
+def mm_safe_globals() -> list:
+    """The globals an mmengine 0.10.7 training checkpoint pickles besides tensors.
+
+    Found by running ``--resume`` on torch 2.13 (``torch.serialization.
+    get_unsafe_globals_in_checkpoint`` on a real checkpoint): the message hub stores
+    ``HistoryBuffer`` objects, which hold numpy arrays (``_reconstruct`` + ``ndarray`` + ``dtype``
+    and the concrete dtype class), and the runtime info / meta hold numpy scalars (``scalar``).
+    Entries are ``(object, pickled_name)`` pairs where the pickled name differs from the
+    object's own ``__module__`` (numpy 1.x pickles ``numpy.core.multiarray.*``, numpy 2.x
+    ``numpy._core.multiarray.*``).
+    """
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    out: list = [HistoryBuffer]
+    mods = []
+    for modname in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            mods.append((modname, importlib.import_module(modname)))
+        except Exception:  # pragma: no cover - depends on the numpy major version
+            pass
+    for modname, mod in mods:
+        for attr in ("_reconstruct", "scalar"):
+            fn = getattr(mod, attr, None)
+            if fn is not None:
+                out.append((fn, f"{modname}.{attr}"))
+    out.append(np.ndarray)
+    out.append(np.dtype)
+    # concrete dtype classes (numpy >= 1.25 pickles e.g. numpy.dtypes.Float64DType)
+    for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+              np.uint8, np.bool_):
+        cls = type(np.dtype(t))
+        if cls is not np.dtype:
+            out.append(cls)
+    return out
+
+
+def _register_safe_globals() -> None:
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is None:  # torch < 2.4: weights_only is not the default there anyway
+        return
+    add(mm_safe_globals())
+
+
+_register_safe_globals()

@@ -1,0 +1,76 @@
+"""Shared set-up for tools/train.py and tools/test.py (mmdet or mmseg, picked from the config)."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+
+def scope_of(cfg) -> str:
+    """'mmdet' or 'mmseg', from the config's ``default_scope`` (mmdet's default when unset)."""
+    scope = cfg.get("default_scope", None) or "mmdet"
+    if scope not in ("mmdet", "mmseg"):
+        raise ValueError(f"config default_scope must be 'mmdet' or 'mmseg', got {scope!r}")
+    return scope
+
+
+def import_scope(scope: str) -> None:
+    """Import the task package (fails loudly when it is not installed) and the DiNAT glue."""
+    import importlib
+
+    importlib.import_module(scope)
+    import dinat_backbone.mm  # noqa: F401  (registers DiNAT/NAT, LR-decay constructor, safe globals)
+
+
+def _init_cpu_process_group(launcher: str) -> None:
+    """Initialise a gloo process group for CPU-only machines.
+
+    mmengine 0.10.7's ``init_dist`` calls ``torch.cuda.set_device`` first, which a CPU build of
+    torch does not have; the runner skips its own ``init_dist`` when a group already exists.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if launcher == "slurm":
+        proc_id = int(os.environ["SLURM_PROCID"])
+        ntasks = int(os.environ["SLURM_NTASKS"])
+        node_list = os.environ["SLURM_NODELIST"]
+        import subprocess
+
+        addr = subprocess.getoutput(f"scontrol show hostname {node_list} | head -n1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("MASTER_ADDR", addr)
+        os.environ["WORLD_SIZE"] = str(ntasks)
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        os.environ["RANK"] = str(proc_id)
+    dist.init_process_group(backend="gloo")
+
+
+def adapt_to_machine(cfg, launcher: str) -> None:
+    """Make a GPU recipe runnable on a machine without CUDA (nothing changes where CUDA exists).
+
+    * distributed runs use gloo and :class:`dinat_backbone.mm.CPUDistributedDataParallel`
+      (mmengine's DDP wrapper minus the ``device_ids`` torch rejects for CPU modules);
+    * ``AmpOptimWrapper`` (mmengine asserts a GPU for it) falls back to fp32 ``OptimWrapper``.
+    """
+    if torch.cuda.is_available():
+        return
+    if cfg.get("optim_wrapper", None) is not None and cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
+        warnings.warn("no CUDA device: mmengine's AmpOptimWrapper needs one; training in fp32 (OptimWrapper)")
+        cfg.optim_wrapper.type = "OptimWrapper"
+        for key in ("loss_scale", "dtype", "use_fsdp"):
+            cfg.optim_wrapper.pop(key, None)
+    if launcher != "none":
+        env_cfg = cfg.setdefault("env_cfg", {})
+        env_cfg.setdefault("dist_cfg", {})
+        env_cfg["dist_cfg"]["backend"] = "gloo"
+        if cfg.get("model_wrapper_cfg", None) is None:
+            cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel")
+        if launcher in ("pytorch", "slurm"):
+            _init_cpu_process_group(launcher)
+
+
+def default_work_dir(config_path: str) -> str:
+    return os.path.join("./work_dirs", os.path.splitext(os.path.basename(config_path))[0])

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Convert any supported DiNAT / NAT checkpoint to native backbone weights or an mm file.
+
+    python tools/convert_checkpoint.py SRC DST [--to native|mm] [--arch ARCH [--model dinat|nat]]
+
+SRC: a path or URL in any layout :func:`dinat_backbone.convert_checkpoint` understands (original
+ImageNet ``.pth``, original / mmdet / mmseg detector and segmentor checkpoints, HF transformers
+``DinatModel`` / ``DinatForImageClassification`` / ``DinatBackbone`` state dicts, mmengine
+``state_dict`` / ``model`` wrappers, ``module.`` prefixes). Loaded with ``weights_only=True``.
+
+DST: ``--to native`` (default) writes the backbone state dict with the native keys
+(``patch_embed.*``, ``levels.i.blocks.j.*``, ...); ``--to mm`` writes
+``{'state_dict': {'backbone.<key>': ...}, 'meta': {...}}``, loadable with mmengine's
+``load_checkpoint`` / ``load_from`` or as ``init_cfg=dict(type='Pretrained', ...)``.
+``--arch`` additionally checks the weights against a freshly built model of that size (strict).
+"""
+import argparse
+import os.path as osp
+import sys
+from collections import OrderedDict
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from dinat_backbone import NAT, DiNAT, convert_checkpoint  # noqa: E402
+from dinat_backbone.checkpoint import _load_object  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="checkpoint path or URL")
+    p.add_argument("dst", help="output .pth")
+    p.add_argument("--to", choices=["native", "mm"], default="native",
+                   help="native backbone keys (default) or an mm 'backbone.'-prefixed state_dict")
+    p.add_argument("--arch", choices=["mini", "tiny", "small", "base", "large"],
+                   help="verify against a model of this size (strict key and shape check)")
+    p.add_argument("--model", choices=["dinat", "nat"], default="dinat", help="model for --arch")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    obj = _load_object(args.src)
+    state = convert_checkpoint(obj)
+    state = OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+    n_params = sum(v.numel() for v in state.values())
+    print(f"[convert] {args.src}: {len(state)} tensors, {n_params / 1e6:.2f}M values")
+    if args.arch:
+        model = (DiNAT if args.model == "dinat" else NAT)(arch=args.arch)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        bad = [k for k in state if k in own and own[k].shape != state[k].shape]
+        if missing or unexpected or bad:
+            print(f"[convert] does not match {args.model}-{args.arch}: missing {missing[:10]}"
+                  f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, shape {bad[:10]}")
+            # output norms are not in classification checkpoints: only those may be missing
+            if unexpected or bad or any(not k.startswith("norm") for k in missing):
+                return 1
+        else:
+            print(f"[convert] matches {args.model}-{args.arch} exactly")
+    if args.to == "mm":
+        out = {"state_dict": OrderedDict((f"backbone.{k}", v) for k, v in state.items()),
+               "meta": {"converted_from": str(args.src), "converter": "dinat_backbone tools/convert_checkpoint.py"}}
+    else:
+        out = state
+    torch.save(out, args.dst)
+    print(f"[convert] wrote {args.dst} ({args.to})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

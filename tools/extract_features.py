@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Run a DiNAT / NAT backbone on one image and save every stage's feature map.
+
+    python tools/extract_features.py IMAGE [--arch mini] [--model dinat|nat] [--dilations in1k-224]
+        [--checkpoint PATH_OR_URL] [--size 224] [--out feats.pt|feats.npz] [--vis stages.png]
+
+The image is converted to RGB and normalised with the ImageNet mean / std (what the official
+checkpoints expect); ``--size`` resizes the short side first (default: keep the image size; any
+size >= 32 px works). ``--out`` saves ``{'stage1': [C, H, W], ..., 'strides': [...]}`` (torch for
+``.pt``, numpy for ``.npz``). ``--vis`` writes one picture: the input, then each stage map as its
+first three principal components in RGB, side by side, labelled with stride and shape.
+Needs torch, numpy and Pillow only (no mm packages).
+"""
+import argparse
+import os.path as osp
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from dinat_backbone import NAT, DiNAT  # noqa: E402
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image")
+    p.add_argument("--arch", default="mini", choices=["mini", "tiny", "small", "base", "large"])
+    p.add_argument("--model", default="dinat", choices=["dinat", "nat"])
+    p.add_argument("--dilations", default="in1k-224",
+                   help="DiNAT dilation preset (in1k-224, coco, ade20k-512, ade20k-640) or 'none'")
+    p.add_argument("--kernel-size", type=int, default=7)
+    p.add_argument("--checkpoint", help="weights (path or URL, any supported layout); random init if omitted")
+    p.add_argument("--size", type=int, help="resize the short side to this many pixels first")
+    p.add_argument("--out", help="save the stage maps: .pt (torch) or .npz (numpy)")
+    p.add_argument("--vis", help="save a PNG with the PCA-to-RGB picture of every stage map")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def load_image(path, size=None):
+    img = Image.open(path).convert("RGB")
+    if size:
+        w, h = img.size
+        s = size / min(w, h)
+        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+    arr = np.asarray(img, np.float32) / 255.0
+    x = torch.from_numpy(((arr - MEAN) / STD).transpose(2, 0, 1).copy())[None]
+    return img, x
+
+
+def pca_rgb(feat: torch.Tensor) -> np.ndarray:
+    """[C, H, W] -> [H, W, 3] uint8: the first three principal components, robustly scaled."""
+    c, h, w = feat.shape
+    x = feat.reshape(c, -1).T.double()
+    x = x - x.mean(0, keepdim=True)
+    k = min(3, x.shape[0], x.shape[1])
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    comps = x @ v[:k].T  # [HW, k]
+    if k < 3:
+        comps = torch.cat([comps, comps.new_zeros(comps.shape[0], 3 - k)], 1)
+    out = np.zeros((h * w, 3), np.float32)
+    for i in range(3):
+        col = comps[:, i].numpy()
+        lo, hi = np.percentile(col, 1), np.percentile(col, 99)
+        out[:, i] = np.clip((col - lo) / (hi - lo + 1e-12), 0, 1)
+    return (out.reshape(h, w, 3) * 255).astype(np.uint8)
+
+
+def make_vis(img: Image.Image, feats, strides, path, panel=224):
+    labels = [f"input {img.size[0]}x{img.size[1]}"]
+    tiles = [img]
+    for f, s in zip(feats, strides):
+        c, h, w = f.shape
+        tiles.append(Image.fromarray(pca_rgb(f)))
+        labels.append(f"stride {s}: {c}x{h}x{w}")
+    scale = panel / max(img.size)
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    pad, text_h = 8, 22
+    canvas = Image.new("RGB", (len(tiles) * (size[0] + pad) + pad, size[1] + text_h + 2 * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        x = pad + i * (size[0] + pad)
+        resample = Image.BICUBIC if i == 0 else Image.NEAREST
+        canvas.paste(tile.resize(size, resample), (x, pad + text_h))
+        draw.text((x, pad), label, fill="black")
+    canvas.save(path)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cls = DiNAT if args.model == "dinat" else NAT
+    kwargs = dict(arch=args.arch, kernel_size=args.kernel_size, drop_path_rate=0.0)
+    if args.model == "dinat" and args.dilations.lower() != "none":
+        kwargs["dilations"] = args.dilations
+    if args.checkpoint:
+        kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=args.checkpoint)
+    model = cls(**kwargs)
+    model.init_weights()
+    model.eval().to(args.device)
+    img, x = load_image(args.image, args.size)
+    with torch.no_grad():
+        feats = [f[0].float().cpu() for f in model(x.to(args.device))]
+    strides = list(model.out_strides)
+    for name, f, s in zip(model.out_features, feats, strides):
+        print(f"[features] {name}: stride {s}, shape {list(f.shape)}")
+    if args.out:
+        names = list(model.out_features)
+        if args.out.endswith(".npz"):
+            np.savez(args.out, strides=np.array(strides), **{n: f.numpy() for n, f in zip(names, feats)})
+        else:
+            torch.save({**dict(zip(names, feats)), "strides": strides}, args.out)
+        print(f"[features] wrote {args.out}")
+    if args.vis:
+        make_vis(img, feats, strides, args.vis)
+        print(f"[features] wrote {args.vis}")
+    return feats
+
+
+if __name__ == "__main__":
+    main()

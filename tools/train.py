@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Train a detector (mmdet 3.x) or segmentor (mmseg 1.x) from a config; the same arguments as
+mmdet's tools/train.py. The task is picked from the config's ``default_scope``.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CKPT]]
+                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+
+Distributed: tools/dist_train.sh (torchrun) or tools/slurm_train.sh. On machines without CUDA
+the run uses gloo and fp32 (see tools/_common.py).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from mmengine.config import Config, DictAction  # noqa: E402
+
+import _common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train a detector / segmentor with a DiNAT backbone")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument("--amp", action="store_true", default=False,
+                        help="enable automatic-mixed-precision training")
+    parser.add_argument("--auto-scale-lr", action="store_true", help="enable automatically scaling LR.")
+    parser.add_argument("--resume", nargs="?", type=str, const="auto",
+                        help="resume from the given checkpoint, or (no value) from the latest checkpoint "
+                             "in the work directory")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override settings in the config, xxx=yyy format (see mmdet's tools/train.py)")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = _common.scope_of(cfg)
+    _common.import_scope(scope)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = _common.default_work_dir(args.config)
+
+    if args.amp:
+        if cfg.optim_wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
+            print("[train] AMP is already enabled in the config", flush=True)
+        else:
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+
+    if args.auto_scale_lr:
+        if "auto_scale_lr" in cfg and "enable" in cfg.auto_scale_lr and "base_batch_size" in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise RuntimeError('Can not find "auto_scale_lr" with "enable" and "base_batch_size" in the config')
+
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    _common.adapt_to_machine(cfg, args.launcher)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_cfg(args)
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
