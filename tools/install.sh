@@ -2,15 +2,43 @@
 # One-command, idempotent install of dinat-backbone and the OpenMMLab stack on current torch.
 #   bash tools/install.sh            # everything (mm stack, test deps, this package editable)
 #   SKIP_MM=1 bash tools/install.sh  # only torch + this package (core op/model, no mm glue)
-# Re-runs are quick: each step is skipped when already satisfied and pip reuses its wheel cache
-# (~/.cache/pip/wheels keeps the locally built mmcv wheel).
+# Re-runs are quick: each step checks the installed versions first and calls pip only when
+# something is missing; pip's wheel cache (~/.cache/pip/wheels) keeps the locally built mmcv wheel.
+# Every pip call uses tools/constraints.txt (numpy<2, opencv<4.12, setuptools>=77,<82).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip"
 NPROC=$(nproc 2>/dev/null || echo 2)
-say() { echo "[install] $*"; }
+export PIP_CONSTRAINT="$PWD/tools/constraints.txt"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+T0=$(date +%s)
+say() { echo "[install +$(( $(date +%s) - T0 ))s] $*"; }
 have() { $PY -c "$1" >/dev/null 2>&1; }
+# satisfied SPEC...: every requirement spec is installed at a matching version (no pip call)
+satisfied() {
+  $PY - "$@" >/dev/null 2>&1 <<'PYEOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+for spec in sys.argv[1:]:
+    req = Requirement(spec)
+    try:
+        v = version(req.name)
+    except PackageNotFoundError:
+        sys.exit(1)
+    if req.specifier and not req.specifier.contains(v, prereleases=True):
+        sys.exit(1)
+PYEOF
+}
+# ensure STEP SPEC...: pip install the specs unless all are already satisfied
+ensure() {
+  local step=$1; shift
+  if satisfied "$@"; then say "$step: already installed"; else say "$step: pip install $*"; $PIP install -q "$@"; fi
+}
 
 # 1. torch: keep whatever torch the user has (CUDA machines), otherwise the pinned CPU wheel.
 if have "import torch"; then
@@ -22,12 +50,19 @@ fi
 
 # 2. build tools. mmcv 2.1.0's setup.py imports pkg_resources (removed in setuptools 82) and torch
 #    2.13's extension builder needs setuptools >= 77. numpy < 2: mmcv 2.1 / mmdet 3.3 predate numpy 2.
-say "build tools: setuptools>=77,<82, wheel, ninja, numpy<2"
-$PIP install -q "setuptools>=77,<82" wheel ninja "numpy<2"
+ensure "build tools" "setuptools>=77,<82" wheel ninja "numpy<2"
 
 if [ "${SKIP_MM:-0}" != "1" ]; then
-  say "mmengine==0.10.7"
-  $PIP install -q mmengine==0.10.7 opencv-python-headless
+  # mmengine depends on (GUI) opencv-python; the headless build of the same version is
+  # reinstalled over it so that cv2 imports without libGL.
+  if satisfied mmengine==0.10.7 "opencv-python<4.12" "opencv-python-headless<4.12" && have "import cv2"; then
+    say "mmengine 0.10.7 + opencv: already installed"
+  else
+    say "mmengine==0.10.7 + opencv (<4.12: numpy 1.x builds)"
+    $PIP install -q mmengine==0.10.7 "opencv-python<4.12"
+    CV=$($PY -c "from importlib.metadata import version; print(version('opencv-python'))")
+    $PIP install -q --force-reinstall --no-deps "opencv-python-headless==$CV"
+  fi
   if have "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'"; then
     say "mmcv 2.1.0 with ops already installed"
   else
@@ -35,14 +70,26 @@ if [ "${SKIP_MM:-0}" != "1" ]; then
     say "This is the long step: about 20-40 minutes on 2 cores the first time; later runs reuse pip's wheel cache."
     MMCV_WITH_OPS=1 MAX_JOBS=$NPROC $PIP install --no-build-isolation mmcv==2.1.0
   fi
-  say "mmdet==3.3.0, mmsegmentation==1.2.2 (+ ftfy, regex it does not declare), pycocotools"
-  $PIP install -q mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools
+  ensure "mmdet 3.3.0, mmsegmentation 1.2.2 (+ ftfy, regex it does not declare), pycocotools" \
+    mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools
 fi
 
-say "test and tooling dependencies: pytest, natten-mps, transformers==4.46.3, onnx, onnxruntime"
-$PIP install -q pytest natten-mps transformers==4.46.3 onnx onnxruntime
+ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime
 
-say "dinat-backbone (editable; compiles the CPU neighbourhood-attention kernel)"
-$PIP install -q --no-build-isolation -e .
+# this package, editable, with its compiled CPU kernel; rebuilt only when the kernel sources,
+# setup.py / setup.cfg changed since the last build (or it is not installed).
+stale=1
+if satisfied dinat-backbone && have "import dinat_backbone.ops as o; assert o.cpu_kernel_available()"; then
+  so=$(ls -t dinat_backbone/_C*.so 2>/dev/null | head -1 || true)
+  if [ -n "$so" ] && [ -z "$(find dinat_backbone/csrc setup.py setup.cfg -newer "$so" -type f 2>/dev/null | head -1)" ]; then
+    stale=0
+  fi
+fi
+if [ "$stale" = 0 ]; then
+  say "dinat-backbone: editable install and compiled kernel up to date"
+else
+  say "dinat-backbone (editable; compiles the CPU neighbourhood-attention kernel)"
+  $PIP install -q --no-build-isolation -e .
+fi
 $PY -c "from dinat_backbone import ops; print('[install] compiled CPU kernel:', 'yes' if ops.cpu_kernel_available() else 'NO (pure-PyTorch fallback)')"
-say "done"
+say "done in $(( $(date +%s) - T0 )) s"
