@@ -304,9 +304,109 @@ def _warn_no_kernel_once():
         )
 
 
+#: largest kernel size the compiled kernel handles (its stack buffers are sized by it); larger
+#: kernels take the pure-PyTorch path
+CPU_KERNEL_MAX_KERNEL_SIZE = 31
+
+
+def _compute_dtype_of(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_cpu_kernel_python_parts():
+    """Fake (meta) implementations and autograd for ``torch.ops.dinat.*``, so that autograd works
+    and ``torch.compile`` traces the op without graph breaks."""
+
+    @torch.library.register_fake("dinat::na2d_forward")
+    def _na2d_forward_fake(query, key, value, rpb, kernel_size, dilation, scale, save_weights):
+        B, X, Y, H, D = query.shape
+        cdt = _compute_dtype_of(query.dtype)
+        out = query.new_empty((B, X, Y, H, D))
+        if save_weights:
+            weights = query.new_empty((B, H, X, Y, kernel_size * kernel_size), dtype=cdt)
+        else:
+            weights = query.new_empty((0,), dtype=cdt)
+        return out, weights
+
+    @torch.library.register_fake("dinat::na2d_backward")
+    def _na2d_backward_fake(grad_out, query, key, value, weights, rpb, kernel_size, dilation, scale):
+        shape = tuple(query.shape)
+        grads = [query.new_empty(shape) for _ in range(3)]
+        drpb = rpb.new_empty(tuple(rpb.shape)) if rpb is not None else query.new_empty((0,))
+        return grads[0], grads[1], grads[2], drpb
+
+    def _setup_context(ctx, inputs, output):
+        query, key, value, rpb, kernel_size, dilation, scale, save_weights = inputs
+        _, weights = output
+        ctx.save_for_backward(query, key, value, weights, rpb)
+        ctx.params = (kernel_size, dilation, scale, save_weights)
+        ctx.mark_non_differentiable(weights)
+
+    def _backward(ctx, grad_out, _grad_weights):
+        query, key, value, weights, rpb = ctx.saved_tensors
+        kernel_size, dilation, scale, save_weights = ctx.params
+        if not save_weights:
+            raise RuntimeError(
+                "na2d (cpu kernel): backward needs the attention weights, but the forward ran with "
+                "save_weights=False (no input required grad, or grad mode was off); call na2d with "
+                "inputs that require grad"
+            )
+        dq, dk, dv, drpb = torch.ops.dinat.na2d_backward(
+            grad_out, query, key, value, weights, rpb, kernel_size, dilation, scale
+        )
+        return dq, dk, dv, (drpb if rpb is not None else None), None, None, None, None
+
+    torch.library.register_autograd("dinat::na2d_forward", _backward, setup_context=_setup_context)
+
+
+if cpu_kernel_available():
+    _register_cpu_kernel_python_parts()
+
+
+def _tracing_for_export() -> bool:
+    """ONNX export / TorchScript tracing / torch.export: they need decomposable ops, not our custom op."""
+    if torch.jit.is_tracing():
+        return True
+    try:
+        if torch.onnx.is_in_onnx_export():
+            return True
+    except Exception:  # pragma: no cover - torch builds without onnx
+        pass
+    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
+def _na2d_torch_decomposed(query, key, value, kernel_size, dilation, rpb, scale):
+    """Forward with plain tensor ops (no autograd.Function, no custom op): traceable and exportable."""
+    cdt = _compute_dtype(query.dtype)
+    q, k, v = query.to(cdt), key.to(cdt), value.to(cdt)
+    logits, idx = _torch_logits(q, k, rpb, kernel_size, dilation, scale)
+    return _av(_softmax_k2(logits), v, idx[0], idx[1]).to(query.dtype)
+
+
 def na2d_cpu(query, key, value, kernel_size, dilation=1, rpb=None, scale=None):
-    """Compiled CPU kernel path (forward and backward in C++)."""
-    raise NotImplementedError("the compiled CPU kernel is wired in by dinat_backbone._C")
+    """Compiled CPU kernel path (forward and backward in C++, ``torch.ops.dinat.na2d_forward``).
+
+    The attention weights (``[B, heads, X, Y, K*K]``, float32 / float64) are kept for backward
+    only when an input requires grad. Kernels larger than :data:`CPU_KERNEL_MAX_KERNEL_SIZE` and
+    export tracing take the pure-PyTorch path.
+    """
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    if _tracing_for_export():
+        return _na2d_torch_decomposed(query, key, value, kernel_size, dilation, rpb, scale)
+    if kernel_size > CPU_KERNEL_MAX_KERNEL_SIZE:
+        return na2d_torch(query, key, value, kernel_size, dilation, rpb, scale)
+    if not cpu_kernel_available():
+        raise RuntimeError(
+            f"na2d: the compiled CPU kernel is not available ({_CPU_KERNEL_ERROR!r}); rebuild with "
+            "`pip install --no-build-isolation -e .` or use backend='torch'"
+        )
+    save_weights = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, rpb)
+    )
+    out, _ = torch.ops.dinat.na2d_forward(query, key, value, rpb, kernel_size, dilation, float(scale), save_weights)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,335 @@
+// torch-facing side of the compiled CPU neighbourhood-attention kernel.
+//
+// Registers torch.ops.dinat.na2d_forward / na2d_backward (CPU), prepares inputs (dtype, strides,
+// the transposed key / value copies, the padded bias table, the per-axis window tables) and runs
+// the kernel of the best instruction set the CPU supports over OpenMP (at::parallel_for).
+// The Python side (dinat_backbone/ops.py) adds the fake (meta) implementations and autograd.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "na2d_kernel.h"
+
+namespace dinat {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------------------------------------
+// Instruction-set selection
+// ---------------------------------------------------------------------------------------------
+enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+
+Isa best_supported_isa() {
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+#endif
+  return Isa::generic;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+// DINAT_CPU_ISA=generic|avx2|avx512 caps the instruction set (for testing the other code paths)
+Isa initial_isa() {
+  Isa best = best_supported_isa();
+  const char* env = std::getenv("DINAT_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  for (Isa cand : {Isa::generic, Isa::avx2, Isa::avx512})
+    if (std::strcmp(env, isa_name(cand)) == 0) return static_cast<int>(cand) <= static_cast<int>(best) ? cand : best;
+  return best;
+}
+
+std::atomic<int>& active_isa() {
+  static std::atomic<int> isa{static_cast<int>(initial_isa())};
+  return isa;
+}
+
+struct Kernels {
+  void (*forward)(const ForwardArgs&, int64_t, int64_t);
+  void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
+  void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);
+};
+
+Kernels kernels_for(at::ScalarType compute_dtype) {
+  if (compute_dtype == at::kDouble)
+    return {generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64};
+  switch (static_cast<Isa>(active_isa().load())) {
+    case Isa::avx512: return {avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32};
+    case Isa::avx2: return {avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32};
+    default: return {generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32};
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input preparation
+// ---------------------------------------------------------------------------------------------
+void check_qkv(const Tensor& t, const char* name, const Tensor& like) {
+  TORCH_CHECK(t.dim() == 5, "dinat::na2d: ", name, " must be [batch, X, Y, heads, head_dim], got ", t.sizes());
+  TORCH_CHECK(t.sizes() == like.sizes(), "dinat::na2d: ", name, " has shape ", t.sizes(), ", expected ", like.sizes());
+  TORCH_CHECK(t.device().is_cpu(), "dinat::na2d: the compiled kernel runs on CPU tensors; ", name, " is on ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kBFloat16 ||
+                  t.scalar_type() == at::kHalf,
+              "dinat::na2d: ", name, " has dtype ", t.scalar_type(), "; supported: float32, float64, bfloat16, float16");
+}
+
+at::ScalarType compute_dtype_of(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// compute dtype, head_dim contiguous; any other strides are used as they are
+Tensor prepare(const Tensor& t, at::ScalarType dtype) {
+  Tensor out = t.to(dtype);
+  if (out.stride(4) != 1 && out.size(4) > 1) out = out.contiguous();
+  return out;
+}
+
+Strided strided(const Tensor& t) {
+  return Strided{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+struct AxisTables {
+  std::vector<int32_t> start, inv_lo, inv_hi;
+};
+
+// Window start and inverse range (first / last query whose window holds a key) for every residue
+// class of one axis, in sub-grid units; [residue * sub_len + index].
+AxisTables axis_tables(int64_t L, int64_t K, int64_t d, int64_t sub_len) {
+  AxisTables t;
+  t.start.assign(d * sub_len, 0);
+  t.inv_lo.assign(d * sub_len, 0);
+  t.inv_hi.assign(d * sub_len, -1);
+  const int64_t half = K / 2;
+  for (int64_t r = 0; r < d; ++r) {
+    const int64_t len = (L - r + d - 1) / d;
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t s = std::min(std::max(i - half, int64_t(0)), len - K);
+      t.start[r * sub_len + i] = static_cast<int32_t>(s);
+    }
+    // window starts are non-decreasing in i, so the queries holding key j form a contiguous range
+    for (int64_t j = 0; j < len; ++j) {
+      t.inv_lo[r * sub_len + j] = static_cast<int32_t>(len);
+      t.inv_hi[r * sub_len + j] = -1;
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t s = t.start[r * sub_len + i];
+      for (int64_t j = s; j < s + K; ++j) {
+        if (i < t.inv_lo[r * sub_len + j]) t.inv_lo[r * sub_len + j] = static_cast<int32_t>(i);
+        if (i > t.inv_hi[r * sub_len + j]) t.inv_hi[r * sub_len + j] = static_cast<int32_t>(i);
+      }
+    }
+  }
+  return t;
+}
+
+struct Problem {
+  int64_t B, X, Y, H, D, K, dil, Xs, Ys, ysp, rp;
+  AxisTables xt, yt;
+  int64_t tasks() const { return B * H * dil * dil * Xs; }
+  Geometry geometry() const {
+    return Geometry{B, X, Y, H, D, K, dil, Xs, Ys, xt.start.data(), xt.inv_lo.data(), xt.inv_hi.data(),
+                    yt.start.data(), yt.inv_lo.data(), yt.inv_hi.data()};
+  }
+};
+
+Problem make_problem(const Tensor& q, int64_t K, int64_t dil) {
+  Problem p;
+  p.B = q.size(0);
+  p.X = q.size(1);
+  p.Y = q.size(2);
+  p.H = q.size(3);
+  p.D = q.size(4);
+  p.K = K;
+  p.dil = dil;
+  TORCH_CHECK(K >= 3 && K % 2 == 1 && K <= kMaxKernelSize, "dinat::na2d: the compiled kernel supports odd kernel sizes 3..",
+              kMaxKernelSize, ", got ", K, "; use backend='torch' for larger kernels");
+  TORCH_CHECK(dil >= 1, "dinat::na2d: dilation must be >= 1, got ", dil);
+  TORCH_CHECK(p.X >= K * dil && p.Y >= K * dil, "dinat::na2d: each spatial axis must be >= kernel_size * dilation = ",
+              K * dil, ", got ", p.X, " x ", p.Y);
+  p.Xs = (p.X + dil - 1) / dil;
+  p.Ys = (p.Y + dil - 1) / dil;
+  p.ysp = p.Ys + 16;  // a full 16-lane load at the last window start stays inside the row
+  p.rp = bias_row_len(K);
+  p.xt = axis_tables(p.X, K, dil, p.Xs);
+  p.yt = axis_tables(p.Y, K, dil, p.Ys);
+  return p;
+}
+
+// Transposed copy per sub-grid row: out[b, h, rx, ry, p, c, s] = t[b, p*d + rx, s*d + ry, h, c],
+// zero past the class length (the kernel's vector loads read the padding).
+template <typename T>
+Tensor pack_transposed(const Tensor& t, const Problem& P) {
+  Tensor out = at::empty({P.B, P.H, P.dil, P.dil, P.Xs, P.D, P.ysp}, t.options());
+  const Strided src = strided(t);
+  T* dst = out.data_ptr<T>();
+  const int64_t D = P.D, ysp = P.ysp, d = P.dil;
+  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      int64_t rest = task;
+      const int64_t p = rest % P.Xs;
+      rest /= P.Xs;
+      const int64_t ry = rest % d;
+      rest /= d;
+      const int64_t rx = rest % d;
+      rest /= d;
+      const int64_t h = rest % P.H;
+      const int64_t b = rest / P.H;
+      T* row = dst + task * D * ysp;
+      const int64_t Xr = (P.X - rx + d - 1) / d, Yr = (P.Y - ry + d - 1) / d;
+      if (p >= Xr) {
+        std::memset(row, 0, sizeof(T) * D * ysp);
+        continue;
+      }
+      const T* base = static_cast<const T*>(src.ptr) + b * src.sb + (p * d + rx) * src.sx + h * src.sh;
+      for (int64_t s = 0; s < Yr; ++s) {
+        const T* kp = base + (s * d + ry) * src.sy;
+        for (int64_t c = 0; c < D; ++c) row[c * ysp + s] = kp[c];
+      }
+      for (int64_t c = 0; c < D; ++c) std::memset(row + c * ysp + Yr, 0, sizeof(T) * (ysp - Yr));
+    }
+  });
+  return out;
+}
+
+Tensor pack(const Tensor& t, const Problem& P) {
+  return t.scalar_type() == at::kDouble ? pack_transposed<double>(t, P) : pack_transposed<float>(t, P);
+}
+
+// [H, 2K-1, rp]: rpb in the compute dtype, zero padded (all zeros without rpb)
+Tensor bias_table(const c10::optional<Tensor>& rpb, const Problem& P, at::ScalarType dtype) {
+  Tensor table = at::zeros({P.H, 2 * P.K - 1, P.rp}, at::TensorOptions().dtype(dtype));
+  if (rpb.has_value() && rpb->defined()) {
+    const Tensor& r = *rpb;
+    TORCH_CHECK(r.dim() == 3 && r.size(0) == P.H && r.size(1) == 2 * P.K - 1 && r.size(2) == 2 * P.K - 1,
+                "dinat::na2d: rpb must be [heads, 2*kernel_size-1, 2*kernel_size-1] = [", P.H, ", ", 2 * P.K - 1, ", ",
+                2 * P.K - 1, "], got ", r.sizes());
+    table.narrow(2, 0, 2 * P.K - 1).copy_(r.to(at::kCPU));
+  }
+  return table;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ops
+// ---------------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, const Tensor& value,
+                                        const c10::optional<Tensor>& rpb, int64_t kernel_size, int64_t dilation,
+                                        double scale, bool save_weights) {
+  check_qkv(query, "query", query);
+  check_qkv(key, "key", query);
+  check_qkv(value, "value", query);
+  const at::ScalarType cdt = compute_dtype_of(query);
+  Problem P = make_problem(query, kernel_size, dilation);
+  const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt);
+  const Tensor kt = pack(k, P);
+  const Tensor bias = bias_table(rpb, P, cdt);
+  Tensor out = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
+  Tensor weights = save_weights ? at::empty({P.B, P.H, P.X, P.Y, P.K * P.K}, q.options()) : at::empty({0}, q.options());
+  ForwardArgs args{P.geometry(), strided(q),          strided(v), strided(out), kt.data_ptr(), P.ysp,
+                   bias.data_ptr(), P.rp, save_weights ? weights.data_ptr() : nullptr, scale};
+  const Kernels kern = kernels_for(cdt);
+  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
+  return {out.to(query.scalar_type()), weights};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& query, const Tensor& key,
+                                                         const Tensor& value, const Tensor& weights,
+                                                         const c10::optional<Tensor>& rpb, int64_t kernel_size,
+                                                         int64_t dilation, double scale) {
+  check_qkv(query, "query", query);
+  check_qkv(key, "key", query);
+  check_qkv(value, "value", query);
+  check_qkv(grad_out, "grad_out", query);
+  const at::ScalarType cdt = compute_dtype_of(query);
+  Problem P = make_problem(query, kernel_size, dilation);
+  TORCH_CHECK(weights.dim() == 5 && weights.size(0) == P.B && weights.size(1) == P.H && weights.size(2) == P.X &&
+                  weights.size(3) == P.Y && weights.size(4) == P.K * P.K,
+              "dinat::na2d_backward: weights must be the [B, heads, X, Y, K*K] tensor saved by na2d_forward(save_weights=True), got ",
+              weights.sizes());
+  const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt), go = prepare(grad_out, cdt);
+  const Tensor w = weights.to(cdt).contiguous();
+  const Tensor vt = pack(v, P);
+  Tensor grad_logits = at::empty_like(w);
+  Tensor dq = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
+  Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);
+  const Geometry geo = P.geometry();
+  const Kernels kern = kernels_for(cdt);
+
+  const int threads = at::get_num_threads();
+  const int64_t drpb_size = P.H * (2 * P.K - 1) * P.rp;
+  std::vector<double> drpb_acc(static_cast<size_t>(threads) * drpb_size, 0.0);
+  BackwardQueryArgs qargs{geo, strided(go), strided(k), strided(dq), vt.data_ptr(), P.ysp, w.data_ptr(),
+                          grad_logits.data_ptr(), P.rp, scale};
+  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
+    kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);
+  });
+  BackwardKeyArgs kargs{geo, strided(q), strided(go), strided(dk), strided(dv), w.data_ptr(), grad_logits.data_ptr(), scale};
+  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
+
+  const bool has_rpb = rpb.has_value() && rpb->defined();
+  Tensor drpb;
+  if (has_rpb) {
+    Tensor total = at::zeros({P.H, 2 * P.K - 1, P.rp}, at::TensorOptions().dtype(at::kDouble));
+    double* tp = total.data_ptr<double>();
+    for (int t = 0; t < threads; ++t)
+      for (int64_t i = 0; i < drpb_size; ++i) tp[i] += drpb_acc[t * drpb_size + i];
+    drpb = total.narrow(2, 0, 2 * P.K - 1).to(rpb->scalar_type()).contiguous();
+  } else {
+    drpb = at::empty({0}, query.options());
+  }
+  const auto in_dtype = query.scalar_type();
+  return {dq.to(in_dtype), dk.to(in_dtype), dv.to(in_dtype), drpb};
+}
+
+std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
+
+// Cap the instruction set ("generic", "avx2", "avx512"); returns the one now active, which is
+// lower than requested when the CPU lacks it.
+std::string set_isa(const std::string& name) {
+  Isa best = best_supported_isa();
+  for (Isa cand : {Isa::generic, Isa::avx2, Isa::avx512}) {
+    if (name == isa_name(cand)) {
+      active_isa().store(static_cast<int>(static_cast<int>(cand) <= static_cast<int>(best) ? cand : best));
+      return active_isa_name();
+    }
+  }
+  TORCH_CHECK(false, "dinat: unknown instruction set '", name, "'; choose generic, avx2 or avx512");
+}
+
+}  // namespace
+}  // namespace dinat
+
+TORCH_LIBRARY(dinat, m) {
+  m.def(
+      "na2d_forward(Tensor query, Tensor key, Tensor value, Tensor? rpb, int kernel_size, int dilation, float scale, "
+      "bool save_weights) -> (Tensor, Tensor)");
+  m.def(
+      "na2d_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor weights, Tensor? rpb, "
+      "int kernel_size, int dilation, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dinat, CPU, m) {
+  m.impl("na2d_forward", &dinat::na2d_forward);
+  m.impl("na2d_backward", &dinat::na2d_backward);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "dinat_backbone compiled CPU kernel; the ops are torch.ops.dinat.na2d_forward / na2d_backward";
+  m.def("isa", &dinat::active_isa_name, "instruction set of the kernels in use");
+  m.def("best_isa", []() { return std::string(dinat::isa_name(dinat::best_supported_isa())); },
+        "best instruction set this CPU supports");
+  m.def("set_isa", &dinat::set_isa, "cap the instruction set (generic, avx2, avx512); returns the active one");
+}
