@@ -391,7 +391,7 @@ class DiNAT(nn.Module):
         norm_layer = nn.LayerNorm
         self.patch_embed = ConvTokenizer(in_channels, embed_dim, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: meta-device builds work
         self.levels = nn.ModuleList()
         for i in range(num_levels):
             self.levels.append(DiNATLevel(
