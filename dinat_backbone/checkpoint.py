@@ -215,6 +215,14 @@ def _load_object(source, map_location="cpu"):
     if isinstance(source, Mapping):
         return source
     source = str(source)
+    if source.endswith(".safetensors"):  # HF hub files
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise RuntimeError(f"load_pretrained: reading {source} needs `pip install safetensors`") from exc
+        if source.startswith(("http://", "https://")):
+            raise ValueError(f"load_pretrained: download {source} first and pass the local path")
+        return load_file(source, device=str(map_location))
     try:
         if source.startswith(("http://", "https://")):
             return torch.hub.load_state_dict_from_url(source, map_location=map_location, progress=False,

@@ -425,8 +425,12 @@ class DiNAT(nn.Module):
     def _init_random_weights(self):
         self.apply(self._init_module)
 
-    def init_weights(self):
-        """Random init, or load ``init_cfg['checkpoint']`` when ``init_cfg`` is ``type='Pretrained'``."""
+    def init_weights(self, logger: Optional[logging.Logger] = None):
+        """Random init, or load ``init_cfg['checkpoint']`` when ``init_cfg`` is ``type='Pretrained'``.
+
+        ``logger`` receives the missing / unexpected key report (a wrapper can pass mmengine's
+        ``MMLogger.get_current_instance()``); default: the ``dinat_backbone.checkpoint`` logger.
+        """
         cfg = self.init_cfg
         if cfg is None:
             self._init_random_weights()
@@ -438,7 +442,7 @@ class DiNAT(nn.Module):
         from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
 
         self._init_random_weights()  # keys the checkpoint lacks (e.g. output norms) start from the usual init
-        load_pretrained(self, cfg["checkpoint"], strict=False, prefix=cfg.get("prefix"),
+        load_pretrained(self, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
                         map_location=cfg.get("map_location", "cpu"))
         self._freeze_stages()
 
