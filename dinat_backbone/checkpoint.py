@@ -249,6 +249,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     logger = logger or _logger
     obj = _load_object(checkpoint, map_location)
     if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."  # mmengine accepts 'backbone' too
         state = _strip_module_prefix(_unwrap(obj))
         obj = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
         if not obj:
