@@ -101,14 +101,40 @@ def na2d_export(query, key, value, kernel_size: int, dilation: int = 1, rpb: Opt
     return out.squeeze(-2)
 
 
+def _block_attention_export(self, x: torch.Tensor) -> torch.Tensor:
+    """Branch-free version of ``DiNATBlock._attention`` (``small_input='pad'``).
+
+    The eager code tests ``H >= kernel_size * dilation`` in Python, which under ``torch.export``
+    with a dynamic input size becomes a guard that pins the exported graph to one side of the
+    test. Here the pad amounts are ``max(win - H, 0)`` as symbolic integers (``torch.sym_max``),
+    so the same graph pads small maps and leaves large ones untouched, exactly as the eager model.
+    """
+    if getattr(self, "small_input", "pad") != "pad":
+        return _ORIGINAL_BLOCK_ATTENTION(self, x)
+    H, W = x.shape[1], x.shape[2]
+    win = self.window_size
+    pad_h = torch.sym_max(win - H, 0)
+    pad_w = torch.sym_max(win - W, 0)
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return self.attn(x)[:, :H, :W]
+
+
+_ORIGINAL_BLOCK_ATTENTION = None
+
+
 @contextlib.contextmanager
 def export_mode() -> Iterator[None]:
-    """Route every ``na2d`` call of the package to :func:`na2d_export` while active.
+    """Make the package's models exportable while active (ONNX, ``torch.export``), restore on exit.
 
-    Replaces the ``na2d`` name in :mod:`dinat_backbone.ops` (which ``NeighborhoodAttention2D``
-    calls) and in every already-imported ``dinat_backbone.*`` module that imported it by name, and
-    restores them on exit. Attention dropout is irrelevant in eval mode, which export uses.
+    * every ``na2d`` call goes to :func:`na2d_export`: the ``na2d`` name is replaced in
+      :mod:`dinat_backbone.ops` (which ``NeighborhoodAttention2D`` calls) and in every imported
+      ``dinat_backbone.*`` module that imported it by name;
+    * ``DiNATBlock._attention`` (small-input padding) becomes branch-free, so one graph with a
+      dynamic input size pads exactly the maps the eager model pads.
+
+    Use it with the model in eval mode (attention dropout is ignored).
     """
+    global _ORIGINAL_BLOCK_ATTENTION
     from . import ops
 
     original = ops.na2d
@@ -118,10 +144,21 @@ def export_mode() -> Iterator[None]:
             continue
         if getattr(mod, "na2d", None) is original:
             patched.append(mod)
+    block_cls = None
+    try:
+        from .dinat import DiNATBlock as block_cls  # noqa: N813
+    except Exception:  # the model module is optional for exporting a bare attention module
+        block_cls = None
     try:
         for mod in patched:
             mod.na2d = na2d_export
+        if block_cls is not None and hasattr(block_cls, "_attention"):
+            _ORIGINAL_BLOCK_ATTENTION = block_cls.__dict__["_attention"]
+            block_cls._attention = _block_attention_export
         yield
     finally:
         for mod in patched:
             mod.na2d = original
+        if block_cls is not None and _ORIGINAL_BLOCK_ATTENTION is not None:
+            block_cls._attention = _ORIGINAL_BLOCK_ATTENTION
+            _ORIGINAL_BLOCK_ATTENTION = None

@@ -1,0 +1,552 @@
+#!/usr/bin/env python
+"""DiNAT vs Swin-T backbone benchmark: speed, peak memory, params, FLOPs, with_cp, torch.compile.
+
+    python tools/benchmark.py                      # full run (CPU, float32), ~15-25 min on 2 cores
+    python tools/benchmark.py --quick              # smoke test: small inputs, 1 repetition
+    python tools/benchmark.py --device cuda        # GPU, bfloat16 autocast
+    python tools/benchmark.py --shape coco 1 800 1216 coco --reps 7 --models mini tiny swin
+
+One process builds DiNAT-mini and DiNAT-T (``dinat_backbone.DiNAT``) and mmdet's
+``SwinTransformer`` (Swin-T: embed 96, depths 2/2/6/2, heads 3/6/12/24, window 7, mlp 4) and,
+for each shape (default: 1x3x800x1216 with the 'coco' dilations, 2x3x512x512 with
+'ade20k-512'), alternates the models over the repetitions (the order rotates every repetition,
+so slow drifts of the machine hit every model alike) and reports medians of
+
+* forward: ``model.eval()`` under ``torch.no_grad()``;
+* forward+backward: ``model.train()``, ``loss = sum(out.float().mean())`` over the outputs,
+  ``loss.backward()`` (stochastic depth and dropout are 0 for every model, so each repetition
+  does the same work; parameter gradients are cleared between repetitions, outside the timer);
+* peak memory of each, in a separate untimed pass (see below);
+* parameters, and FLOPs of one forward (see below);
+* DiNAT-T with ``with_cp=True`` (same weights): forward+backward time and peak memory, and the
+  largest difference of its outputs and gradients from the plain model's;
+* ``torch.compile`` (inductor, default mode): compile time and median forward of the compiled
+  model (``--compile tiny swin`` by default, on the first shape only unless
+  ``--compile-all-shapes``), and the largest difference from eager.
+
+Peak memory. CUDA: ``torch.cuda.max_memory_allocated()`` minus the allocation before the call.
+CPU: a background thread samples the process's resident set size (``/proc/self/statm``) every
+0.5 ms during the call; the figure is that peak minus the RSS measured just before the call,
+after ``gc.collect()`` and glibc ``malloc_trim(0)`` (which hands memory freed by earlier calls
+back to the OS, so that it cannot be silently reused and hide from the measurement). The
+weights and the input are in the baseline; activations, saved tensors, parameter gradients,
+workspaces of the kernels (oneDNN, the attention kernel) and allocator overhead are in the
+figure. It is the same method for every model. Peaks shorter than the sampling interval could
+be missed; the fwd+bwd peak (all saved activations, at the start of backward) lasts far longer.
+
+FLOPs. ``torch.utils.flop_counter.FlopCounterMode`` counts every matmul / linear / convolution
+(including Swin's q@k and attn@v); DiNAT's neighbourhood attention is a custom op it cannot see,
+so forward hooks on each ``NeighborhoodAttention2D`` add its exact cost, q.k and attn.v:
+``2 * 2 * B * X * Y * C * K^2`` FLOPs on the (padded) map it runs on. Reported as GMACs
+(FLOPs / 2), the convention of fvcore / mmengine's complexity tool and of the DiNAT and Swin
+papers. LayerNorm, softmax, GELU and additions are not counted (for either model).
+
+The closing markdown table (also written to ``--markdown FILE``) is what the README quotes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DEFAULT_SHAPES = [("coco", 1, 800, 1216, "coco"), ("ade20k-512", 2, 512, 512, "ade20k-512")]
+QUICK_SHAPES = [("coco", 1, 224, 320, "coco"), ("ade20k-512", 2, 128, 128, "ade20k-512")]
+MODEL_LABELS = {"mini": "DiNAT-mini", "tiny": "DiNAT-T", "tiny_cp": "DiNAT-T (with_cp)", "swin": "Swin-T"}
+
+
+def log(msg: str = ""):
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+def build_dinat(arch: str, dilations: Optional[str], with_cp: bool = False) -> nn.Module:
+    from dinat_backbone.dinat import DiNAT
+
+    return DiNAT(arch=arch, dilations=dilations, drop_path_rate=0.0, with_cp=with_cp, out_indices=(0, 1, 2, 3))
+
+
+def build_swin() -> nn.Module:
+    try:
+        from mmdet.models.backbones.swin import SwinTransformer
+    except Exception as exc:  # pragma: no cover - depends on the install
+        raise SystemExit(
+            f"benchmark: mmdet's SwinTransformer is not importable ({exc!r}); install the OpenMMLab stack "
+            "(bash tools/install.sh) or leave Swin out with --models mini tiny") from exc
+    model = SwinTransformer(
+        embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4,
+        qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, patch_norm=True,
+        out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=False)
+    model.init_weights()
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement helpers
+# ----------------------------------------------------------------------------------------------
+class Device:
+    def __init__(self, name: str, dtype: Optional[torch.dtype]):
+        self.device = torch.device(name)
+        self.is_cuda = self.device.type == "cuda"
+        self.dtype = dtype  # autocast dtype or None for plain float32
+
+    def sync(self):
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self):
+        if self.dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # pragma: no cover - non-glibc
+    _LIBC = None
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _release_free_memory():
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+class PeakRSS:
+    """Peak resident set size above the RSS at entry, sampled by a thread every ``interval`` s."""
+
+    def __init__(self, interval: float = 5e-4):
+        self.interval = interval
+        self.peak = 0
+        self.base = 0
+        self._stop = threading.Event()
+
+    def _run(self):
+        peak = self.base
+        while not self._stop.is_set():
+            rss = _rss_bytes()
+            if rss > peak:
+                peak = rss
+            time.sleep(self.interval)
+        self.peak = max(peak, _rss_bytes())
+
+    def __enter__(self):
+        _release_free_memory()
+        self.base = _rss_bytes()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def increase(self) -> int:
+        return max(0, self.peak - self.base)
+
+
+def measure_peak(dev: Device, fn: Callable[[], object]) -> int:
+    """Bytes of peak memory ``fn()`` needs above what is allocated before it (see module doc)."""
+    if dev.is_cuda:
+        dev.sync()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev.device)
+        base = torch.cuda.memory_allocated(dev.device)
+        fn()
+        dev.sync()
+        return torch.cuda.max_memory_allocated(dev.device) - base
+    with PeakRSS() as m:
+        fn()
+    return m.increase
+
+
+def loss_of(outs) -> torch.Tensor:
+    return sum(o.float().mean() for o in outs)
+
+
+def forward_eval(model, x, dev: Device):
+    model.eval()
+    with torch.no_grad(), dev.autocast():
+        out = model(x)
+    dev.sync()
+    return out
+
+
+def forward_backward(model, x, dev: Device):
+    model.train()
+    with dev.autocast():
+        outs = model(x)
+    loss_of(outs).backward()
+    dev.sync()
+    return outs
+
+
+def clear_grads(model):
+    for p in model.parameters():
+        p.grad = None
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model, x, dev: Device) -> float:
+    """Multiply-accumulates of one forward (FlopCounterMode + exact neighbourhood-attention cost)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dinat_backbone import ops
+
+    attn_flops = [0]
+
+    def hook(mod, args, out):
+        t = args[0]  # [B, X, Y, C] map the attention runs on (after any small-input padding)
+        B, X, Y, C = t.shape
+        attn_flops[0] += 2 * 2 * B * X * Y * C * mod.kernel_size ** 2
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ops.NeighborhoodAttention2D)]
+    model.eval()
+    ops.last_backend = None
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), dev.autocast():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    total = counter.get_total_flops()
+    if ops.last_backend != "torch":  # the pure-PyTorch backend's einsums were already counted
+        total += attn_flops[0]
+    return total / 2
+
+
+def max_abs_diff(a, b) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+
+
+def grad_diff(m1, m2) -> float:
+    worst = 0.0
+    for (n1, p1), (n2, p2) in zip(m1.named_parameters(), m2.named_parameters()):
+        assert n1 == n2, (n1, n2)
+        if p1.grad is None and p2.grad is None:
+            continue
+        scale = max(float(p1.grad.abs().max()), 1e-12)
+        worst = max(worst, float((p1.grad - p2.grad).abs().max()) / scale)
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------------------------------
+def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: bool) -> Dict:
+    name, B, H, W, dil = shape
+    log(f"\n=== {name}: input {B}x3x{H}x{W}, DiNAT dilations '{dil}' ===")
+    torch.manual_seed(0)
+    models: Dict[str, nn.Module] = {}
+    for key in args.models:
+        if key == "swin":
+            models[key] = swin
+        else:
+            models[key] = build_dinat(key, dil).to(dev.device)
+    if args.cp and "tiny" in models:
+        models["tiny_cp"] = build_dinat("tiny", dil, with_cp=True).to(dev.device)
+        models["tiny_cp"].load_state_dict(models["tiny"].state_dict())
+    x = torch.randn(B, 3, H, W, device=dev.device)
+    res: Dict[str, Dict] = {k: {"fwd": [], "fwdbwd": []} for k in models}
+
+    # params and FLOPs
+    for key, m in models.items():
+        if key == "tiny_cp":
+            res[key].update(params=res["tiny"]["params"], macs=res["tiny"]["macs"])
+            continue
+        res[key]["params"] = count_params(m)
+        res[key]["macs"] = count_macs(m, x, dev) if args.flops else float("nan")
+        log(f"[{name}] {MODEL_LABELS[key]:18s} params {res[key]['params'] / 1e6:6.2f} M   "
+            f"{res[key]['macs'] / 1e9:7.1f} GMACs")
+
+    fwd_keys = [k for k in models if k != "tiny_cp"]
+    bwd_keys = list(models)
+
+    # warm-up (first calls build oneDNN primitives, index caches, thread pools)
+    for key in bwd_keys:
+        for _ in range(args.warmup):
+            if key in fwd_keys:
+                forward_eval(models[key], x, dev)
+            forward_backward(models[key], x, dev)
+            clear_grads(models[key])
+        log(f"[{name}] warmed up {MODEL_LABELS[key]}")
+
+    # alternating timed repetitions
+    for mode, keys in (("fwd", fwd_keys), ("fwdbwd", bwd_keys)):
+        for r in range(args.reps):
+            order = keys[r % len(keys):] + keys[:r % len(keys)]
+            parts = []
+            for key in order:
+                m = models[key]
+                if mode == "fwd":
+                    t = timed(lambda: forward_eval(m, x, dev))
+                else:
+                    t = timed(lambda: forward_backward(m, x, dev))
+                    clear_grads(m)
+                res[key][mode].append(t)
+                parts.append(f"{MODEL_LABELS[key]} {t:.3f}s")
+            log(f"[{name}] {'forward' if mode == 'fwd' else 'fwd+bwd'} rep {r + 1}/{args.reps}: " + ", ".join(parts))
+
+    # peak memory (untimed passes), with_cp parity
+    if args.memory:
+        for key in bwd_keys:
+            m = models[key]
+            if key in fwd_keys:
+                res[key]["mem_fwd"] = measure_peak(dev, lambda: forward_eval(m, x, dev))
+            else:
+                res[key]["mem_fwd"] = float("nan")
+            holder = {}
+            res[key]["mem_fwdbwd"] = measure_peak(dev, lambda: holder.setdefault("outs", forward_backward(m, x, dev)))
+            res[key]["outs"] = [o.detach() for o in holder["outs"]]
+            del holder
+            log(f"[{name}] peak memory {MODEL_LABELS[key]:18s} forward {res[key]['mem_fwd'] / 2 ** 20:8.0f} MiB   "
+                f"fwd+bwd {res[key]['mem_fwdbwd'] / 2 ** 20:8.0f} MiB")
+    if "tiny_cp" in models:
+        if "outs" not in res["tiny"]:
+            res["tiny"]["outs"] = [o.detach() for o in forward_backward(models["tiny"], x, dev)]
+            res["tiny_cp"]["outs"] = [o.detach() for o in forward_backward(models["tiny_cp"], x, dev)]
+        res["tiny_cp"]["out_diff"] = max_abs_diff(res["tiny"]["outs"], res["tiny_cp"]["outs"])
+        res["tiny_cp"]["grad_diff"] = grad_diff(models["tiny"], models["tiny_cp"])
+        log(f"[{name}] with_cp parity: max |out diff| {res['tiny_cp']['out_diff']:.2e}, "
+            f"max |grad diff| / max |grad| {res['tiny_cp']['grad_diff']:.2e}")
+    for key in models:
+        clear_grads(models[key])
+        res[key].pop("outs", None)
+
+    # torch.compile
+    res["compile"] = {}
+    if args.compile and (first_shape or args.compile_all_shapes):
+        for key in args.compile:
+            if key not in models:
+                continue
+            m = models[key].eval()
+            torch._dynamo.reset()
+            cm = torch.compile(m)
+            log(f"[{name}] compiling {MODEL_LABELS[key]} (inductor) ...")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t_compile = timed(lambda: forward_eval(cm, x, dev))
+            ref = forward_eval(m, x, dev)
+            out = forward_eval(cm, x, dev)
+            diff = max_abs_diff(ref, out)
+            times_c, times_e = [], []
+            for _ in range(args.reps):
+                times_c.append(timed(lambda: forward_eval(cm, x, dev)))
+                times_e.append(timed(lambda: forward_eval(m, x, dev)))
+            res["compile"][key] = dict(compile_s=t_compile, fwd=statistics.median(times_c),
+                                       eager=statistics.median(times_e), diff=diff)
+            log(f"[{name}] {MODEL_LABELS[key]} compiled: first call {t_compile:.1f} s, forward "
+                f"{res['compile'][key]['fwd']:.3f} s (eager {res['compile'][key]['eager']:.3f} s), "
+                f"max |diff| vs eager {diff:.1e}")
+            del cm
+            torch._dynamo.reset()
+
+    for key in models:
+        for mode in ("fwd", "fwdbwd"):
+            res[key][mode + "_med"] = statistics.median(res[key][mode]) if res[key][mode] else float("nan")
+    del models
+    _release_free_memory()
+    return res
+
+
+def fmt_ratio(a, b) -> str:
+    if b is None or not (isinstance(a, (int, float)) and isinstance(b, (int, float))) or b == 0 or math.isnan(a) or math.isnan(b):
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def markdown(args, dev: Device, shapes, results, env: str) -> str:
+    mib = 2 ** 20
+    lines = [f"Backbone benchmark ({env}); medians of {args.reps} alternating repetitions; "
+             "ratios are model / Swin-T (lower is better).", ""]
+    lines.append("| input | model | params (M) | GMACs | forward (s) | ×Swin | fwd+bwd (s) | ×Swin | "
+                 "peak mem fwd (MiB) | ×Swin | peak mem fwd+bwd (MiB) | ×Swin |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape, res in zip(shapes, results):
+        name, B, H, W, dil = shape
+        sw = res.get("swin")
+        for key in ("mini", "tiny", "tiny_cp", "swin"):
+            if key not in res:
+                continue
+            r = res[key]
+            g = lambda k: (sw or {}).get(k)  # noqa: E731
+            fwd = r.get("fwd_med", float("nan"))
+            lines.append(
+                f"| {B}×3×{H}×{W} ({dil}) | {MODEL_LABELS[key]} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.1f} | "
+                f"{'–' if key == 'tiny_cp' else f'{fwd:.3f}'} | {'–' if key == 'tiny_cp' else fmt_ratio(fwd, g('fwd_med'))} | "
+                f"{r['fwdbwd_med']:.3f} | {fmt_ratio(r['fwdbwd_med'], g('fwdbwd_med'))} | "
+                f"{'–' if key == 'tiny_cp' or 'mem_fwd' not in r else f'{r['mem_fwd'] / mib:.0f}'} | "
+                f"{'–' if key == 'tiny_cp' else fmt_ratio(r.get('mem_fwd', float('nan')), g('mem_fwd'))} | "
+                f"{f'{r['mem_fwdbwd'] / mib:.0f}' if 'mem_fwdbwd' in r else '–'} | "
+                f"{fmt_ratio(r.get('mem_fwdbwd', float('nan')), g('mem_fwdbwd'))} |")
+    comp = [(shape, key, c) for shape, res in zip(shapes, results) for key, c in res.get("compile", {}).items()]
+    if comp:
+        lines += ["", "| input | model | eager forward (s) | torch.compile forward (s) | speed-up | first call (s) | max abs diff |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for shape, key, c in comp:
+            name, B, H, W, dil = shape
+            lines.append(f"| {B}×3×{H}×{W} ({dil}) | {MODEL_LABELS[key]} | {c['eager']:.3f} | {c['fwd']:.3f} | "
+                         f"{c['eager'] / c['fwd']:.2f}× | {c['compile_s']:.0f} | {c['diff']:.1e} |")
+    cps = [(shape, res["tiny_cp"]) for shape, res in zip(shapes, results) if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]]
+    if cps:
+        lines.append("")
+        for shape, r in cps:
+            base = results[shapes.index(shape)]["tiny"]
+            cut = 1 - r["mem_fwdbwd"] / base["mem_fwdbwd"]
+            lines.append(f"with_cp on DiNAT-T at {shape[1]}×3×{shape[2]}×{shape[3]}: fwd+bwd peak memory "
+                         f"{base['mem_fwdbwd'] / mib:.0f} → {r['mem_fwdbwd'] / mib:.0f} MiB (−{100 * cut:.0f} %), "
+                         f"time ×{r['fwdbwd_med'] / base['fwdbwd_med']:.2f}; outputs differ by ≤ {r['out_diff']:.1e}, "
+                         f"gradients by ≤ {r['grad_diff']:.1e} (relative to the largest gradient).")
+    return "\n".join(lines)
+
+
+def targets(shapes, results) -> List[str]:
+    """The issue's targets, checked on the first shape that has both DiNAT-T and Swin-T."""
+    out = []
+    for shape, res in zip(shapes, results):
+        if "swin" not in res:
+            continue
+        sw = res["swin"]
+        tag = f"{shape[1]}×3×{shape[2]}×{shape[3]}"
+
+        def chk(label, val, limit, strict=False):
+            ok = (val < limit) if strict else (val <= limit)
+            out.append(f"  [{'PASS' if ok else 'FAIL'}] {label} at {tag}: {val:.2f} ({'<' if strict else '≤'} {limit})")
+
+        if "tiny" in res:
+            chk("DiNAT-T/Swin-T forward", res["tiny"]["fwd_med"] / sw["fwd_med"], 1.0)
+            chk("DiNAT-T/Swin-T fwd+bwd", res["tiny"]["fwdbwd_med"] / sw["fwdbwd_med"], 1.1)
+            if "mem_fwdbwd" in res["tiny"]:
+                chk("DiNAT-T/Swin-T fwd+bwd peak memory", res["tiny"]["mem_fwdbwd"] / sw["mem_fwdbwd"], 1.0)
+        if "mini" in res:
+            chk("DiNAT-mini/Swin-T forward", res["mini"]["fwd_med"] / sw["fwd_med"], 1.0, strict=True)
+            chk("DiNAT-mini/Swin-T fwd+bwd", res["mini"]["fwdbwd_med"] / sw["fwdbwd_med"], 1.0, strict=True)
+            if "mem_fwdbwd" in res["mini"]:
+                chk("DiNAT-mini/Swin-T fwd+bwd peak memory", res["mini"]["mem_fwdbwd"] / sw["mem_fwdbwd"], 1.0, strict=True)
+        if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]:
+            cut = 1 - res["tiny_cp"]["mem_fwdbwd"] / res["tiny"]["mem_fwdbwd"]
+            ok = cut >= 0.40
+            out.append(f"  [{'PASS' if ok else 'FAIL'}] with_cp cuts DiNAT-T fwd+bwd peak memory at {tag}: "
+                       f"{100 * cut:.0f} % (≥ 40 %)")
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bfloat16 autocast)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+                   help="fp32, or bf16 autocast (default: fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: small inputs (1x3x224x320 coco, 2x3x128x128 ade20k-512), 1 repetition, no warm-up")
+    p.add_argument("--shape", action="append", nargs=5, metavar=("NAME", "B", "H", "W", "DILATIONS"),
+                   help="a shape to run (repeatable), e.g. --shape coco 1 800 1216 coco; replaces the defaults")
+    p.add_argument("--models", nargs="+", default=["mini", "tiny", "swin"], choices=("mini", "tiny", "swin"))
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 5; --quick 1)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per model first (default 1; --quick 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--compile", nargs="*", default=None, choices=("mini", "tiny", "swin"),
+                   help="models to time under torch.compile (default: tiny swin; no names: none)")
+    p.add_argument("--compile-all-shapes", action="store_true", help="compile on every shape, not only the first")
+    p.add_argument("--no-cp", dest="cp", action="store_false", help="skip DiNAT-T with_cp")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory passes")
+    p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
+    p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    args = p.parse_args(argv)
+    if args.reps is None:
+        args.reps = 1 if args.quick else 5
+    if args.warmup is None:
+        args.warmup = 0 if args.quick else 1
+    if args.compile is None:
+        args.compile = ["tiny", "swin"]
+    if args.shape:
+        args.shapes = [(n, int(b), int(h), int(w), None if d.lower() in ("none", "1") else d) for n, b, h, w, d in args.shape]
+    else:
+        args.shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    dev = Device(args.device, dtype)
+    from dinat_backbone import ops
+
+    cpu_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except Exception:
+        pass
+    kernel = ops.cpu_kernel_available()
+    if dev.is_cuda:
+        hw = torch.cuda.get_device_name(dev.device)
+        attn = ops.available_backends(dev.device)[0]
+    else:
+        hw = f"{cpu_name}, {torch.get_num_threads()} threads"
+        attn = "compiled CPU kernel" if kernel else "pure-PyTorch fallback (kernel not built)"
+    try:
+        import mmdet
+
+        mmdet_v = mmdet.__version__
+    except Exception:
+        mmdet_v = "not installed"
+    env = (f"torch {torch.__version__}, {hw}, {'bf16 autocast' if dtype is not None else 'float32'}, "
+           f"na2d: {attn}, mmdet {mmdet_v}")
+    log(f"[benchmark] {env}")
+    log(f"[benchmark] shapes {[s[:5] for s in args.shapes]}, models {args.models}, reps {args.reps}, "
+        f"warm-up {args.warmup}, compile {args.compile or 'off'}, with_cp {'on' if args.cp else 'off'}")
+    t_start = time.perf_counter()
+    swin = build_swin().to(dev.device) if "swin" in args.models else None
+    results = []
+    for i, shape in enumerate(args.shapes):
+        results.append(run_shape(args, dev, shape, swin, first_shape=(i == 0)))
+    table = markdown(args, dev, args.shapes, results, env)
+    log("\n" + table)
+    checks = targets(args.shapes, results)
+    if checks:
+        log("\nTargets (issue 5):")
+        for line in checks:
+            log(line)
+    log(f"\n[benchmark] done in {time.perf_counter() - t_start:.0f} s")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Export a DiNAT / NAT backbone to ONNX, check it, run it in onnxruntime and compare with PyTorch.
+
+    python tools/export_onnx.py --arch mini --shape 224 224
+    python tools/export_onnx.py --arch tiny --dilations coco --checkpoint dinat_tiny_in1k_224.pth \\
+        --dynamic --shape 800 1216 --output dinat_tiny_coco.onnx
+
+The graph uses standard ONNX operators only: the neighbourhood attention is exported through
+:mod:`dinat_backbone.export` (plain tensor ops, neighbourhood indices computed from the map size
+inside the graph), so ``--dynamic`` gives one file for every input size (batch, height and width
+are symbolic). The exporter is ``torch.onnx.export(..., dynamo=True)`` (needs ``onnx`` and
+``onnxscript``; the check needs ``onnxruntime``).
+
+After export the file is checked with ``onnx.checker``, run in onnxruntime on random inputs of
+the export shape (and, with ``--dynamic``, on a second, odd size and another batch), and compared
+against the PyTorch model; the maximum absolute error per output is printed and the exit code is
+1 when it exceeds ``--atol`` (1e-4 by default, float32).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dinat_backbone.export import export_mode  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="mini", help="mini | tiny | small | base | large (default: mini)")
+    p.add_argument("--nat", action="store_true", help="NAT (every dilation 1) instead of DiNAT")
+    p.add_argument("--dilations", default=None,
+                   help="dilation preset ('in1k-224', 'coco', 'ade20k-512', 'ade20k-640'); default: none (all 1)")
+    p.add_argument("--kernel-size", type=int, default=7)
+    p.add_argument("--checkpoint", default=None, help="weights in any format dinat_backbone.load_pretrained reads")
+    p.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--shape", type=int, nargs=2, default=[224, 224], metavar=("H", "W"),
+                   help="input height and width used for export and the check (default 224 224)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
+    p.add_argument("--min-size", type=int, default=32, help="smallest height/width allowed with --dynamic")
+    p.add_argument("--max-size", type=int, default=4096, help="largest height/width allowed with --dynamic")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--output", "-o", default=None, help="output file (default: dinat_<arch>[_dynamic].onnx)")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-check", action="store_true", help="skip the onnx.checker / onnxruntime comparison")
+    p.add_argument("--verbose", action="store_true", help="show the exporter's own progress messages")
+    return p.parse_args(argv)
+
+
+def build_model(args) -> torch.nn.Module:
+    from dinat_backbone.dinat import NAT, DiNAT
+
+    cls = NAT if args.nat else DiNAT
+    kwargs = dict(arch=args.arch, kernel_size=args.kernel_size, out_indices=tuple(args.out_indices),
+                  drop_path_rate=0.0)
+    if not args.nat:
+        kwargs["dilations"] = args.dilations
+    model = cls(**kwargs)
+    if args.checkpoint:
+        from dinat_backbone.checkpoint import load_pretrained
+
+        load_pretrained(model, args.checkpoint)
+    return model.eval()
+
+
+class _TupleOutputs(torch.nn.Module):
+    """The backbone returns a tuple; keep it so (one ONNX output per feature map)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return tuple(self.model(x))
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, path: str, dynamic: bool = False, opset=None,
+           min_size: int = 32, max_size: int = 4096, verbose: bool = False):
+    """Export ``model`` (eval mode) on ``example`` to ``path``; returns the output names."""
+    from torch.export import Dim
+
+    model = _TupleOutputs(model).eval()
+    with torch.no_grad():
+        n_out = len(model(example))
+    output_names = [f"out{i}" for i in range(n_out)]
+    dynamic_shapes = None
+    if dynamic:
+        dynamic_shapes = {"x": {0: Dim("batch", min=1, max=1024),
+                                2: Dim("height", min=min_size, max=max_size),
+                                3: Dim("width", min=min_size, max=max_size)}}
+    kwargs = dict(dynamo=True, input_names=["input"], output_names=output_names, dynamic_shapes=dynamic_shapes,
+                  verbose=verbose)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    with export_mode(), warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        program = _quiet(not verbose, torch.onnx.export, model, (example,), **kwargs)
+    program.save(path)
+    return output_names
+
+
+def _quiet(quiet, fn, *args, **kwargs):
+    """Run ``fn`` with the exporter's console chatter suppressed when ``quiet``."""
+    if not quiet:
+        return fn(*args, **kwargs)
+    import contextlib
+    import io
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "torch.fx",
+                                              "torch._dynamo", "torch.onnx._internal.exporter._registration")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            return fn(*args, **kwargs)
+    except Exception:
+        sys.stdout.write(buf.getvalue())
+        raise
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def check(model: torch.nn.Module, path: str, inputs, output_names=None):
+    """onnx.checker on ``path``, then onnxruntime vs PyTorch on each input; returns a list of
+    (input shape, [max abs error per output])."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(path if os.path.getsize(path) > 2 ** 31 - 1 else onnx.load(path), full_check=True)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    results = []
+    for x in inputs:
+        got = sess.run(output_names, {name: x.numpy()})
+        with torch.no_grad():
+            ref = model(x)
+        if len(got) != len(ref):
+            raise AssertionError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(ref)}")
+        errs = []
+        for g, r in zip(got, ref):
+            if tuple(g.shape) != tuple(r.shape):
+                raise AssertionError(f"output shape {tuple(g.shape)} from onnxruntime, {tuple(r.shape)} from PyTorch")
+            errs.append(float((torch.from_numpy(g) - r).abs().max()))
+        results.append((tuple(x.shape), errs))
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = build_model(args)
+    H, W = args.shape
+    example = torch.randn(args.batch, 3, H, W)
+    kind = "NAT" if args.nat else "DiNAT"
+    path = args.output or f"{kind.lower()}_{args.arch}{'_dynamic' if args.dynamic else ''}.onnx"
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[export] {kind}-{args.arch} ({n_params / 1e6:.1f} M params, dilations={model.dilations}) "
+          f"input {tuple(example.shape)}, {'dynamic batch/height/width' if args.dynamic else 'fixed shape'}",
+          flush=True)
+    t0 = time.perf_counter()
+    output_names = export(model, example, path, dynamic=args.dynamic, opset=args.opset, min_size=args.min_size,
+                          max_size=args.max_size, verbose=args.verbose)
+    size_mb = sum(os.path.getsize(os.path.join(os.path.dirname(os.path.abspath(path)), f))
+                  for f in os.listdir(os.path.dirname(os.path.abspath(path)))
+                  if f == os.path.basename(path) or f.startswith(os.path.basename(path) + ".")) / 2 ** 20
+    print(f"[export] wrote {path} ({size_mb:.1f} MiB) in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.no_check:
+        return 0
+    inputs = [example]
+    if args.dynamic:
+        # another batch and an odd size of a different aspect (still within the allowed range)
+        h2 = min(args.max_size, max(args.min_size, H // 2 + 37)) | 1
+        w2 = min(args.max_size, max(args.min_size, W - W // 3 + 5)) | 1
+        inputs.append(torch.randn(args.batch + 1, 3, h2, w2))
+    t0 = time.perf_counter()
+    results = check(model, path, inputs, output_names)
+    print(f"[check] onnx.checker: ok; onnxruntime {__import__('onnxruntime').__version__} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    worst = 0.0
+    for shape, errs in results:
+        worst = max(worst, max(errs))
+        print(f"[check] input {shape}: max abs error per output " + ", ".join(f"{e:.2e}" for e in errs))
+    ok = worst <= args.atol
+    print(f"[check] max abs error {worst:.2e} {'<=' if ok else '>'} {args.atol:g}: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
