@@ -135,3 +135,38 @@ def test_layer_decay_constructor_groups_and_rates():
     with pytest.raises(ValueError, match="no DiNAT/NAT backbone"):
         build_optim_wrapper(other, dict(type="OptimWrapper", constructor="DiNATLayerDecayOptimizerConstructor",
                                         optimizer=dict(type="AdamW", lr=lr), paramwise_cfg=dict(decay_rate=rate)))
+
+
+def test_weights_only_allow_list_is_narrow():
+    """The stand-in for builtins.getattr serves HistoryBuffer statistics and nothing else, and
+    weights_only stays on (an arbitrary object is still refused)."""
+    import io
+    import os
+    import pickle
+
+    import dinat_backbone.mm  # noqa: F401  (registers the allow-list)
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    class Stats:
+        def __reduce__(self):
+            return (getattr, (HistoryBuffer, "mean"))
+
+    class Evil:
+        def __reduce__(self):
+            return (getattr, (HistoryBuffer, "update"))
+
+    class Worse:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    buf = io.BytesIO()
+    torch.save({"m": Stats(), "h": HistoryBuffer([1.0, 2.0], [1, 1])}, buf)
+    buf.seek(0)
+    obj = torch.load(buf)  # default weights_only=True
+    assert obj["m"] is HistoryBuffer.mean and obj["h"].mean() == 1.5
+    for bad in (Evil(), Worse()):
+        buf = io.BytesIO()
+        torch.save({"x": bad}, buf)
+        buf.seek(0)
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(buf)
