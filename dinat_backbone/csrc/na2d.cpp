@@ -160,7 +160,12 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil) {
               K * dil, ", got ", p.X, " x ", p.Y);
   p.Xs = (p.X + dil - 1) / dil;
   p.Ys = (p.Y + dil - 1) / dil;
-  p.ysp = p.Ys + 16;  // a full 16-lane load at the last window start stays inside the row
+  // Row length of the transposed copies: a multiple of 16 floats (one cache line) that is an odd
+  // number of lines, so the D channel rows of a window row fall into different L1 sets (a
+  // power-of-two-ish stride put all of them into a few sets and thrashed L1). Vector loads that run
+  // past a row read the next row's finite values, which the kernels mask out.
+  p.ysp = (p.Ys + 15) / 16 * 16;
+  if ((p.ysp / 16) % 2 == 0) p.ysp += 16;
   p.rp = bias_row_len(K);
   p.xt = axis_tables(p.X, K, dil, p.Xs);
   p.yt = axis_tables(p.Y, K, dil, p.Ys);
@@ -171,9 +176,12 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil) {
 // zero past the class length (the kernel's vector loads read the padding).
 template <typename T>
 Tensor pack_transposed(const Tensor& t, const Problem& P) {
-  Tensor out = at::empty({P.B, P.H, P.dil, P.dil, P.Xs, P.D, P.ysp}, t.options());
+  // + 16 elements: the last row's full-vector loads stay inside the allocation
+  const int64_t numel = P.tasks() * P.D * P.ysp;
+  Tensor out = at::empty({numel + 16}, t.options());
   const Strided src = strided(t);
   T* dst = out.data_ptr<T>();
+  std::memset(dst + numel, 0, 16 * sizeof(T));
   const int64_t D = P.D, ysp = P.ysp, d = P.dil;
   at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
