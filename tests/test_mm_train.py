@@ -56,7 +56,10 @@ def toy_data():
 
 
 def _opts(iters, ckpt_interval, extra=()):
-    return ["--cfg-options", f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={10 ** 6}",
+    # no validation inside training (mmengine would run it at the last iteration): tools/test.py
+    # evaluates the checkpoint afterwards
+    return ["--cfg-options", f"train_cfg.max_iters={iters}", "val_cfg=None", "val_dataloader=None",
+            "val_evaluator=None",
             f"default_hooks.checkpoint.interval={ckpt_interval}", "default_hooks.logger.interval=5",
             "log_processor.window_size=5", "param_scheduler.0.end=5", *extra]
 

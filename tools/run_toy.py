@@ -45,8 +45,9 @@ def run(config, work_dir, iters=None, quiet=True):
                 sched["milestones"] = [int(iters * 0.8)]
             elif sched.get("type") == "PolyLR":
                 sched["end"] = iters
-    # evaluate once, after training (runner.test below), not inside the train loop
-    cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1
+    # evaluate once, after training (runner.test below), not inside the train loop (mmengine
+    # validates at the last iteration whatever val_interval says)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     if quiet:
         cfg.log_level = "WARNING"
         cfg.default_hooks.logger.interval = 10 ** 9
