@@ -7,14 +7,14 @@
 
 namespace dinat {
 namespace avx2 {
-// lanes of one window-row vector: the smallest vector that holds K keys
-static constexpr int key_lanes(int K) { return K <= 4 ? 4 : 8; }
+// widest query block (lanes of one vector); blocks of LMAX/2 and LMAX/4 cover short runs
+static constexpr int kLanes = 8;
 
 void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
-  NA_DISPATCH_K(forward_rows, float, key_lanes, a, begin, end)
+  NA_DISPATCH_K(forward_rows, float, kLanes, a, begin, end)
 }
 void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  NA_DISPATCH_K(backward_query_rows, float, key_lanes, a, begin, end, drpb)
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, a, begin, end, drpb)
 }
 void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float>(a, begin, end); }
 }  // namespace avx2

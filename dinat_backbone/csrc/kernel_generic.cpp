@@ -6,13 +6,13 @@
 
 namespace dinat {
 namespace generic {
-static constexpr int key_lanes(int) { return 4; }
+static constexpr int kLanes = 4;  // widest query block
 
 void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
-  NA_DISPATCH_K(forward_rows, float, key_lanes, a, begin, end)
+  NA_DISPATCH_K(forward_rows, float, kLanes, a, begin, end)
 }
 void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  NA_DISPATCH_K(backward_query_rows, float, key_lanes, a, begin, end, drpb)
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, a, begin, end, drpb)
 }
 void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float>(a, begin, end); }
 

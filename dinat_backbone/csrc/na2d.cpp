@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -60,6 +61,7 @@ std::atomic<int>& active_isa() {
 }
 
 struct Kernels {
+  int lanes;  // widest query block of forward / backward pass 1
   void (*forward)(const ForwardArgs&, int64_t, int64_t);
   void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
   void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);
@@ -67,11 +69,11 @@ struct Kernels {
 
 Kernels kernels_for(at::ScalarType compute_dtype) {
   if (compute_dtype == at::kDouble)
-    return {generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64};
+    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64};
   switch (static_cast<Isa>(active_isa().load())) {
-    case Isa::avx512: return {avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32};
-    case Isa::avx2: return {avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32};
-    default: return {generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32};
+    case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32};
+    case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32};
+    default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32};
   }
 }
 
@@ -135,16 +137,49 @@ AxisTables axis_tables(int64_t L, int64_t K, int64_t d, int64_t sub_len) {
 }
 
 struct Problem {
-  int64_t B, X, Y, H, D, K, dil, Xs, Ys, ysp, rp;
+  int64_t B, X, Y, H, D, K, dil, Xs, Ys, yp, rp;
   AxisTables xt, yt;
-  int64_t tasks() const { return B * H * dil * dil * Xs; }
+  std::vector<int32_t> x_first, x_m, blocks;
+  int64_t row_tasks() const { return B * H * X; }                 // forward, backward pass 1
+  int64_t subgrid_tasks() const { return B * H * dil * dil * Xs; }  // backward pass 2
+  LaneGeometry lane_geometry() const {
+    return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp};
+  }
   Geometry geometry() const {
     return Geometry{B, X, Y, H, D, K, dil, Xs, Ys, xt.start.data(), xt.inv_lo.data(), xt.inv_hi.data(),
                     yt.start.data(), yt.inv_lo.data(), yt.inv_hi.data()};
   }
 };
 
-Problem make_problem(const Tensor& q, int64_t K, int64_t dil) {
+// Query blocks of one row: maximal runs of consecutive y whose windows have the same relative
+// offsets (same m = position of the query inside its window), cut greedily into vectors of
+// lanes, lanes/2 (and lanes/4 when lanes >= 8): (y0, count, m, block lanes).
+std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int lanes) {
+  std::vector<int> sizes = {lanes, lanes / 2};
+  if (lanes >= 8) sizes.push_back(lanes / 4);
+  std::vector<int32_t> blocks;
+  const int64_t Y = static_cast<int64_t>(m_of_y.size());
+  int64_t y = 0;
+  while (y < Y) {
+    int64_t run_end = y;
+    while (run_end < Y && m_of_y[run_end] == m_of_y[y]) ++run_end;
+    while (y < run_end) {
+      const int64_t left = run_end - y;
+      int block_lanes = sizes.back();
+      for (int size : sizes)
+        if (size <= left) {
+          block_lanes = size;
+          break;
+        }
+      const int64_t count = std::min<int64_t>(block_lanes, left);
+      blocks.insert(blocks.end(), {static_cast<int32_t>(y), static_cast<int32_t>(count), m_of_y[y], block_lanes});
+      y += count;
+    }
+  }
+  return blocks;
+}
+
+Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   Problem p;
   p.B = q.size(0);
   p.X = q.size(1);
@@ -161,58 +196,73 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil) {
   p.Xs = (p.X + dil - 1) / dil;
   p.Ys = (p.Y + dil - 1) / dil;
   // Row length of the transposed copies: a multiple of 16 floats (one cache line) that is an odd
-  // number of lines, so the D channel rows of a window row fall into different L1 sets (a
-  // power-of-two-ish stride put all of them into a few sets and thrashed L1). Vector loads that run
-  // past a row read the next row's finite values, which the kernels mask out.
-  p.ysp = (p.Ys + 15) / 16 * 16;
-  if ((p.ysp / 16) % 2 == 0) p.ysp += 16;
+  // number of lines, so the D channel rows of a key row fall into different L1 sets (a
+  // power-of-two-ish stride put all of them into a few sets and thrashed L1). Vector loads of a
+  // block's unused lanes may run past a row into the next row's finite values; they are discarded.
+  p.yp = (p.Y + 15) / 16 * 16;
+  if ((p.yp / 16) % 2 == 0) p.yp += 16;
   p.rp = bias_row_len(K);
   p.xt = axis_tables(p.X, K, dil, p.Xs);
   p.yt = axis_tables(p.Y, K, dil, p.Ys);
+  // original-coordinate window tables: first key and the query's own window position
+  auto first_and_m = [&](int64_t L, const AxisTables& t, int64_t sub_len, std::vector<int32_t>& first,
+                         std::vector<int32_t>& m) {
+    first.resize(L);
+    m.resize(L);
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t r = i % dil, pos = i / dil, start = t.start[r * sub_len + pos];
+      first[i] = static_cast<int32_t>(start * dil + r);
+      m[i] = static_cast<int32_t>(pos - start);
+    }
+  };
+  first_and_m(p.X, p.xt, p.Xs, p.x_first, p.x_m);
+  std::vector<int32_t> y_first, y_m;
+  first_and_m(p.Y, p.yt, p.Ys, y_first, y_m);
+  p.blocks = plan_query_blocks(y_m, lanes);
   return p;
 }
 
-// Transposed copy per sub-grid row: out[b, h, rx, ry, p, c, s] = t[b, p*d + rx, s*d + ry, h, c],
-// zero past the class length (the kernel's vector loads read the padding).
+// Scratch buffers (packed copies, dS) are reused across calls, per calling thread: a fresh
+// allocation of this size is returned to the OS on free, and its first touch page-faults (~15 %
+// of the op's time when measured). Costs up to a few input-sized buffers of retained memory.
+Tensor scratch(int slot, int64_t numel, at::ScalarType dtype) {
+  thread_local std::array<Tensor, 4> cache;
+  Tensor& t = cache.at(slot);
+  if (!t.defined() || t.numel() < numel || t.scalar_type() != dtype)
+    t = at::empty({numel}, at::TensorOptions().dtype(dtype));
+  return t.narrow(0, 0, numel);
+}
+
+// Transposed copy per row and head: out[b, h, x, c, y] = t[b, x, y, h, c], rows of yp elements
+// (zero past Y) and 16 zeros after the last row, so that full-vector loads stay in the buffer.
 template <typename T>
-Tensor pack_transposed(const Tensor& t, const Problem& P) {
-  // + 16 elements: the last row's full-vector loads stay inside the allocation
-  const int64_t numel = P.tasks() * P.D * P.ysp;
-  Tensor out = at::empty({numel + 16}, t.options());
+Tensor pack_transposed(const Tensor& t, const Problem& P, int slot) {
+  const int64_t numel = P.row_tasks() * P.D * P.yp;
+  Tensor out = scratch(slot, numel + 16, t.scalar_type());
   const Strided src = strided(t);
   T* dst = out.data_ptr<T>();
   std::memset(dst + numel, 0, 16 * sizeof(T));
-  const int64_t D = P.D, ysp = P.ysp, d = P.dil;
-  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) {
+  const int64_t D = P.D, yp = P.yp;
+  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      int64_t rest = task;
-      const int64_t p = rest % P.Xs;
-      rest /= P.Xs;
-      const int64_t ry = rest % d;
-      rest /= d;
-      const int64_t rx = rest % d;
-      rest /= d;
-      const int64_t h = rest % P.H;
-      const int64_t b = rest / P.H;
-      T* row = dst + task * D * ysp;
-      const int64_t Xr = (P.X - rx + d - 1) / d, Yr = (P.Y - ry + d - 1) / d;
-      if (p >= Xr) {
-        std::memset(row, 0, sizeof(T) * D * ysp);
-        continue;
-      }
-      const T* base = static_cast<const T*>(src.ptr) + b * src.sb + (p * d + rx) * src.sx + h * src.sh;
-      for (int64_t s = 0; s < Yr; ++s) {
-        const T* kp = base + (s * d + ry) * src.sy;
-        for (int64_t c = 0; c < D; ++c) row[c * ysp + s] = kp[c];
-      }
-      for (int64_t c = 0; c < D; ++c) std::memset(row + c * ysp + Yr, 0, sizeof(T) * (ysp - Yr));
+      const int64_t x = task % P.X, h = (task / P.X) % P.H, b = task / (P.X * P.H);
+      T* row = dst + task * D * yp;
+      const T* base = static_cast<const T*>(src.ptr) + b * src.sb + x * src.sx + h * src.sh;
+      // 8 positions at a time: reads of 8 head_dim vectors, writes of 8 consecutive elements
+      int64_t y = 0;
+      for (; y + 8 <= P.Y; y += 8)
+        for (int64_t c = 0; c < D; ++c)
+          for (int64_t j = 0; j < 8; ++j) row[c * yp + y + j] = base[(y + j) * src.sy + c];
+      for (; y < P.Y; ++y)
+        for (int64_t c = 0; c < D; ++c) row[c * yp + y] = base[y * src.sy + c];
+      for (int64_t c = 0; c < D; ++c) std::memset(row + c * yp + P.Y, 0, sizeof(T) * (yp - P.Y));
     }
   });
   return out;
 }
 
-Tensor pack(const Tensor& t, const Problem& P) {
-  return t.scalar_type() == at::kDouble ? pack_transposed<double>(t, P) : pack_transposed<float>(t, P);
+Tensor pack(const Tensor& t, const Problem& P, int slot) {
+  return t.scalar_type() == at::kDouble ? pack_transposed<double>(t, P, slot) : pack_transposed<float>(t, P, slot);
 }
 
 // [H, 2K-1, rp]: rpb in the compute dtype, zero padded (all zeros without rpb)
@@ -238,16 +288,16 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   check_qkv(key, "key", query);
   check_qkv(value, "value", query);
   const at::ScalarType cdt = compute_dtype_of(query);
-  Problem P = make_problem(query, kernel_size, dilation);
+  const Kernels kern = kernels_for(cdt);
+  Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
   const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt);
-  const Tensor kt = pack(k, P);
+  const Tensor qt = pack(q, P, 0), kt = pack(k, P, 1), vt = pack(v, P, 2);
   const Tensor bias = bias_table(rpb, P, cdt);
   Tensor out = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
-  Tensor weights = save_weights ? at::empty({P.B, P.H, P.X, P.Y, P.K * P.K}, q.options()) : at::empty({0}, q.options());
-  ForwardArgs args{P.geometry(), strided(q),          strided(v), strided(out), kt.data_ptr(), P.ysp,
+  Tensor weights = save_weights ? at::empty({P.B, P.H, P.X, P.K * P.K, P.Y}, q.options()) : at::empty({0}, q.options());
+  ForwardArgs args{P.geometry(), P.lane_geometry(), qt.data_ptr(), kt.data_ptr(), vt.data_ptr(), strided(out),
                    bias.data_ptr(), P.rp, save_weights ? weights.data_ptr() : nullptr, scale};
-  const Kernels kern = kernels_for(cdt);
-  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
+  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
   return {out.to(query.scalar_type()), weights};
 }
 
@@ -260,32 +310,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   check_qkv(value, "value", query);
   check_qkv(grad_out, "grad_out", query);
   const at::ScalarType cdt = compute_dtype_of(query);
-  Problem P = make_problem(query, kernel_size, dilation);
+  const Kernels kern = kernels_for(cdt);
+  Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
   TORCH_CHECK(weights.dim() == 5 && weights.size(0) == P.B && weights.size(1) == P.H && weights.size(2) == P.X &&
-                  weights.size(3) == P.Y && weights.size(4) == P.K * P.K,
-              "dinat::na2d_backward: weights must be the [B, heads, X, Y, K*K] tensor saved by na2d_forward(save_weights=True), got ",
+                  weights.size(3) == P.K * P.K && weights.size(4) == P.Y,
+              "dinat::na2d_backward: weights must be the [B, heads, X, K*K, Y] tensor saved by na2d_forward(save_weights=True), got ",
               weights.sizes());
   const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt), go = prepare(grad_out, cdt);
   const Tensor w = weights.to(cdt).contiguous();
-  const Tensor vt = pack(v, P);
-  Tensor grad_logits = at::empty_like(w);
+  const Tensor got = pack(go, P, 0), kt = pack(k, P, 1), vt = pack(v, P, 2);
+  Tensor grad_logits = scratch(3, w.numel(), cdt);
   Tensor dq = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
   Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);
   const Geometry geo = P.geometry();
-  const Kernels kern = kernels_for(cdt);
 
   const int threads = at::get_num_threads();
   const int64_t drpb_size = P.H * (2 * P.K - 1) * P.rp;
   std::vector<double> drpb_acc(static_cast<size_t>(threads) * drpb_size, 0.0);
-  BackwardQueryArgs qargs{geo, strided(go), strided(k), strided(dq), vt.data_ptr(), P.ysp, w.data_ptr(),
-                          grad_logits.data_ptr(), P.rp, scale};
-  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) {
+  BackwardQueryArgs qargs{geo,           P.lane_geometry(), got.data_ptr(), kt.data_ptr(), vt.data_ptr(), strided(dq),
+                          w.data_ptr(),  grad_logits.data_ptr(), P.rp, scale};
+  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
     kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);
   });
   BackwardKeyArgs kargs{geo, strided(q), strided(go), strided(dk), strided(dv), w.data_ptr(), grad_logits.data_ptr(), scale};
-  at::parallel_for(0, P.tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
+  at::parallel_for(0, P.subgrid_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
 
   const bool has_rpb = rpb.has_value() && rpb->defined();
   Tensor drpb;

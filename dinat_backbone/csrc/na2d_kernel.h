@@ -37,30 +37,49 @@ struct Geometry {
   const int32_t* y_inv_hi;
 };
 
-// Work items ("tasks") of every pass are rows of a sub-grid:
+// Forward and backward pass 1 work in original coordinates, vectorised across queries: a block
+// of L consecutive queries of one row whose windows sit at the same relative offsets (same m,
+// the query's own position inside its window along y) shares every load pattern, so
+// logits[a][t] (one vector over the L queries) += qt[c][y0:y0+L] * kt[row a][c][y0 + (t-m)*d : ...]
+// with all lanes useful and the softmax elementwise across the K*K vectors.
+struct LaneGeometry {
+  const int32_t* x_first;  // original index of the first key row of query row x's window
+  const int32_t* x_m;      // (x - x_first) / d: the window row of the query itself
+  const int32_t* blocks;   // [n_blocks][4] = (y0, count, m, lanes): the query blocks of every row
+  int64_t n_blocks;
+  int64_t yp;              // row length of the transposed copies [B, H, X, D, yp]
+};
+
+// Backward pass 2 works per key on residue-class sub-grids; its tasks are rows of a sub-grid:
 //   task = (((b * H + h) * d + rx) * d + ry) * Xs + p
 // Tasks with p >= the residue class length are empty.
 
+// Forward tasks are query rows: task = (b * H + h) * X + x.
 struct ForwardArgs {
   Geometry g;
-  Strided q, v, out;
-  const void* kt;     // keys transposed per sub-grid row: [B, H, d, d, Xs, D, ysp]
-  int64_t ysp;        // padded sub-grid row length of kt (zero padding past the class length)
+  LaneGeometry lg;
+  const void* qt;     // transposed copies [B, H, X, D, yp] (+ 16 finite elements at the end)
+  const void* kt;
+  const void* vt;
+  Strided out;
   const void* bias;   // [H, 2K-1, rp]: rpb with zero padding (all zeros when there is no rpb)
   int64_t rp;         // padded bias row length, >= K - 1 + (K rounded up to the vector width); see bias_row_len
-  void* weights;      // softmax weights [B, H, X, Y, K*K] saved for backward, or nullptr
+  void* weights;      // softmax weights [B, H, X, K*K, Y] saved for backward, or nullptr
   double scale;
 };
 
 // Pass 1 of backward, per query: dP = dO . v, dS = P * (dP - sum P dP), dQ = scale * dS . k,
 // drpb += dS. dS is stored for pass 2.
+// Tasks as in forward (query rows).
 struct BackwardQueryArgs {
   Geometry g;
-  Strided grad_out, k, grad_q;
-  const void* vt;       // values transposed like ForwardArgs::kt
-  int64_t ysp;
-  const void* weights;  // P [B, H, X, Y, K*K]
-  void* grad_logits;    // dS [B, H, X, Y, K*K] (output)
+  LaneGeometry lg;
+  const void* got;      // transposed copies of grad_out, key, value
+  const void* kt;
+  const void* vt;
+  Strided grad_q;
+  const void* weights;  // P [B, H, X, K*K, Y]
+  void* grad_logits;    // dS [B, H, X, K*K, Y] (output)
   int64_t rp;           // row length of the drpb accumulator [H, 2K-1, rp]
   double scale;
 };
@@ -70,7 +89,7 @@ struct BackwardQueryArgs {
 struct BackwardKeyArgs {
   Geometry g;
   Strided q, grad_out, grad_k, grad_v;
-  const void* weights;      // P
+  const void* weights;      // P [B, H, X, K*K, Y]
   const void* grad_logits;  // dS
   double scale;
 };

@@ -6,17 +6,14 @@
 //   NA_VEC_BYTES  native vector size in bytes (64, 32, 16)
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
-// Layout of the work (see na2d_kernel.h): a dilated problem is d*d dilation-1 problems on
-// residue-class sub-grids; one task is one sub-grid row of queries (forward, backward pass 1) or
-// keys (backward pass 2).
-//
-// Forward, per query:
-//   QK   vectorised over the keys of a window row: keys are stored transposed per sub-grid row
-//        (kt[row][channel][col]), so for a channel c the K keys of window row a are one
-//        contiguous vector load, and logits[a][:] += q[c] * kt[a][c][start:start+W]. No
-//        horizontal sums; lanes past K are masked with -inf.
-//   softmax fused, with a branch-free polynomial exp.
-//   AV   vectorised over head_dim with broadcast weights, 4 independent accumulator sets.
+// Forward and backward pass 1 (see na2d_kernel.h): one task is one query row; it is cut into
+// blocks of L consecutive queries whose windows have the same relative offsets, and every
+// quantity is a vector over the L queries of a block (all lanes useful, no horizontal sums):
+//   QK   logits[a][t] += qt[c][y0:y0+L] * kt[row a][c][y0 + (t-m)d : ...] on transposed copies
+//   softmax elementwise across the K*K logit vectors, with a branch-free polynomial exp
+//   AV   out_t[c] += P[a][t] * vt[row a][c][...], 8 channels in registers, then transposed out.
+// Backward pass 2 (dK, dV) runs per key over its inverse neighbourhood on residue-class
+// sub-grids, vectorised over head_dim; gathers only, so no races and no atomics.
 #include "na2d_kernel.h"
 
 #ifndef NA_ISA
@@ -144,217 +141,211 @@ NA_INLINE T* at_mut(const Strided& s, int64_t b, int64_t x, int64_t y, int64_t h
   return static_cast<T*>(s.ptr) + b * s.sb + x * s.sx + y * s.sy + h * s.sh;
 }
 
-// out[c0 : c0 + NV*WD] = out_scale * sum_n w[n] * src[offsets[n] + c0 : ...] over the KK
-// neighbours; 4 accumulator sets keep 4 FMA chains in flight.
-template <typename T, int WD, int NV, int KKT>
-NA_INLINE void gather_chunk(const T* w, int KK_rt, const T* src, const int64_t* offsets, int64_t c0, T* out,
-                            T out_scale) {
-  typedef typename VecT<T, WD>::type VD;
-  const int KK = KKT ? KKT : KK_rt;
-  constexpr int S = 4;
-  VD acc[S][NV];
-  for (int s = 0; s < S; ++s)
-    for (int n = 0; n < NV; ++n) acc[s][n] = VD{};
-  int i = 0;
-  for (; i + S <= KK; i += S) {
-    for (int s = 0; s < S; ++s) {
-      const T* p = src + offsets[i + s] + c0;
-      const T wi = w[i + s];
-      for (int n = 0; n < NV; ++n) acc[s][n] += wi * vload<VD>(p + n * WD);
+// ---------------------------------------------------------------------------------------------
+// Query blocks (forward and backward pass 1)
+// ---------------------------------------------------------------------------------------------
+// Per block of L queries (y0 .. y0+count-1 of row x, window offset m along y):
+//   row_off[a]  start of key row a of the window in a transposed copy [B, H, X, D, yp]
+//   col_off[t]  y0 + (t - m) * d: the column of window column t for the block's first query
+struct BlockPlan {
+  int64_t row_off[kMaxKernelSize];
+  int64_t col_off[kMaxKernelSize];
+  int64_t y0, count, my, mx;
+};
+
+// acc[a*K + t] = sum_c src[c][lanes] * rows[a][c][col_off[t] + lanes]; src is a transposed row
+template <typename T, int L, int KT>
+NA_INLINE void block_dot(const T* src_row, const T* rows, const BlockPlan& bp, int K, int64_t D, int64_t yp,
+                         typename VecT<T, L>::type* acc) {
+  typedef typename VecT<T, L>::type V;
+  constexpr int KMAX = KT ? KT : kMaxKernelSize;
+  for (int a = 0; a < K; ++a) {
+    const T* krow = rows + bp.row_off[a];
+    V racc[KMAX];
+    for (int t = 0; t < K; ++t) racc[t] = V{};
+    for (int64_t c = 0; c < D; ++c) {
+      const V qv = vload<V>(src_row + c * yp);
+      const T* kc = krow + c * yp;
+      for (int t = 0; t < K; ++t) racc[t] += qv * vload<V>(kc + bp.col_off[t]);
     }
+    for (int t = 0; t < K; ++t) acc[a * K + t] = racc[t];
   }
-  for (; i < KK; ++i) {
-    const T* p = src + offsets[i] + c0;
-    const T wi = w[i];
-    for (int n = 0; n < NV; ++n) acc[0][n] += wi * vload<VD>(p + n * WD);
-  }
-  for (int n = 0; n < NV; ++n) vstore(out + c0 + n * WD, ((acc[0][n] + acc[1][n]) + (acc[2][n] + acc[3][n])) * out_scale);
 }
 
-// out[0:D] = out_scale * sum_n w[n] * src[offsets[n] + 0:D]
-template <typename T, int WD, int KKT>
-NA_INLINE void gather(const T* w, int KK_rt, const T* src, const int64_t* offsets, int64_t D, T* out, T out_scale) {
-  const int KK = KKT ? KKT : KK_rt;
+// out_t[c][lanes] = out_scale * sum_{a,t} w[a*K+t][lanes] * rows[a][c][col_off[t] + lanes] for CB
+// channels from c0 (CB accumulators stay in registers across the K*K neighbours)
+template <typename T, int L, int KT, int CB>
+NA_INLINE void block_weighted_sum_chunk(const typename VecT<T, L>::type* w, const T* rows, const BlockPlan& bp, int K,
+                                        int64_t yp, int64_t c0, T* out_t, T out_scale) {
+  typedef typename VecT<T, L>::type V;
+  V acc[CB];
+  for (int j = 0; j < CB; ++j) acc[j] = V{};
+  for (int a = 0; a < K; ++a) {
+    const T* vrow = rows + bp.row_off[a] + c0 * yp;
+    for (int t = 0; t < K; ++t) {
+      const V wv = w[a * K + t];
+      const T* src = vrow + bp.col_off[t];
+      for (int j = 0; j < CB; ++j) acc[j] += wv * vload<V>(src + j * yp);
+    }
+  }
+  for (int j = 0; j < CB; ++j) vstore(out_t + (c0 + j) * L, acc[j] * out_scale);
+}
+
+template <typename T, int L, int KT>
+NA_INLINE void block_weighted_sum(const typename VecT<T, L>::type* w, const T* rows, const BlockPlan& bp, int K,
+                                  int64_t D, int64_t yp, T* out_t, T out_scale) {
+  constexpr int CB = 8;
   int64_t c0 = 0;
-  for (; c0 + 4 * WD <= D; c0 += 4 * WD) gather_chunk<T, WD, 4, KKT>(w, KK, src, offsets, c0, out, out_scale);
-  switch ((D - c0) / WD) {
-    case 3: gather_chunk<T, WD, 3, KKT>(w, KK, src, offsets, c0, out, out_scale); c0 += 3 * WD; break;
-    case 2: gather_chunk<T, WD, 2, KKT>(w, KK, src, offsets, c0, out, out_scale); c0 += 2 * WD; break;
-    case 1: gather_chunk<T, WD, 1, KKT>(w, KK, src, offsets, c0, out, out_scale); c0 += WD; break;
-    default: break;
-  }
-  for (; c0 < D; ++c0) {
-    T acc = 0;
-    for (int i = 0; i < KK; ++i) acc += w[i] * src[offsets[i] + c0];
-    out[c0] = acc * out_scale;
+  for (; c0 + CB <= D; c0 += CB) block_weighted_sum_chunk<T, L, KT, CB>(w, rows, bp, K, yp, c0, out_t, out_scale);
+  for (; c0 < D; ++c0) block_weighted_sum_chunk<T, L, KT, 1>(w, rows, bp, K, yp, c0, out_t, out_scale);
+}
+
+// out[y0 + l][c] = out_t[c][l] for the block's valid lanes
+template <typename T, int L>
+NA_INLINE void store_transposed(const T* out_t, const Strided& out, int64_t b, int64_t x, int64_t h,
+                                const BlockPlan& bp, int64_t D) {
+  for (int64_t l = 0; l < bp.count; ++l) {
+    T* op = at_mut<T>(out, b, x, bp.y0 + l, h);
+    for (int64_t c = 0; c < D; ++c) op[c] = out_t[c * L + l];
   }
 }
 
-// logits[a][ch] = sum_c qs[c] * rows[a*row_step + c*ysp + ch*W] (qs already scaled)
-template <typename T, int W, int KMAX, int NCMAX>
-NA_INLINE void window_dot(const T* qs, const T* rows, int64_t row_step, int64_t ysp, int64_t D, int K, int NC,
-                          typename VecT<T, W>::type (&acc)[KMAX][NCMAX]) {
-  typedef typename VecT<T, W>::type V;
-  for (int a = 0; a < K; ++a)
-    for (int ch = 0; ch < NC; ++ch) acc[a][ch] = V{};
-  for (int64_t c = 0; c < D; ++c) {
-    const T qc = qs[c];
-    const T* rc = rows + c * ysp;
-    for (int a = 0; a < K; ++a)
-      for (int ch = 0; ch < NC; ++ch) acc[a][ch] += qc * vload<V>(rc + a * row_step + ch * W);
-  }
+NA_INLINE void plan_block(const Geometry& g, const LaneGeometry& lg, int64_t b, int64_t h, int64_t x,
+                          const int32_t* block, int K, BlockPlan& bp) {
+  const int64_t d = g.dil, D = g.D, yp = lg.yp;
+  const int64_t first = lg.x_first[x];
+  for (int a = 0; a < K; ++a) bp.row_off[a] = ((b * g.H + h) * g.X + first + a * d) * D * yp;
+  bp.y0 = block[0];
+  bp.count = block[1];
+  bp.my = block[2];
+  bp.mx = lg.x_m[x];
+  for (int t = 0; t < K; ++t) bp.col_off[t] = bp.y0 + (t - bp.my) * d;
 }
 
-template <typename T, int W, int KT>
-void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
-  typedef typename VecT<T, W>::type V;
-  constexpr int WD = NA_VEC_BYTES / sizeof(T);
+template <typename T, int L, int KT>
+void forward_block(const ForwardArgs& A, int64_t b, int64_t h, int64_t x, const int32_t* block, T* out_buf) {
+  typedef typename VecT<T, L>::type V;
   constexpr int KMAX = KT ? KT : kMaxKernelSize;
-  constexpr int NCMAX = (KMAX + W - 1) / W;
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
-  const int NC = (K + W - 1) / W;
   const int KK = K * K;
-  const int64_t d = g.dil, D = g.D, ysp = A.ysp, rp = A.rp;
+  const int64_t D = g.D, yp = A.lg.yp, rp = A.rp;
+  BlockPlan bp;
+  plan_block(g, A.lg, b, h, x, block, K, bp);
+  const int64_t row_base = ((b * g.H + h) * g.X + x) * D * yp;
+
+  V prob[KMAX * KMAX];
+  block_dot<T, L, KT>(static_cast<const T*>(A.qt) + row_base + bp.y0, static_cast<const T*>(A.kt), bp, K, D, yp, prob);
+  // logits = scale * q.k + rpb[h, K-1 + a - mx, K-1 + t - my]; the bias is the same for every lane
   const T scale = (T)A.scale;
-  const T* kt = static_cast<const T*>(A.kt);
-  const T* bias = static_cast<const T*>(A.bias);
-  T* weights = static_cast<T*>(A.weights);
-
-  V lane_mask[NCMAX];  // 0 for real keys, -inf for the lanes past K
-  for (int ch = 0; ch < NC; ++ch)
-    for (int i = 0; i < W; ++i) lane_mask[ch][i] = (ch * W + i < K) ? T(0) : -infinity<T>();
-
-  V logits[KMAX][NCMAX];
-  T probs[KMAX * KMAX + NCMAX * W];  // compact K*K weights (+ room for the last row's full-vector store)
-  int64_t offsets[KMAX * KMAX];
-
-  for (int64_t task = task_begin; task < task_end; ++task) {
-    const TaskIndex ti = decode_task(g, task);
-    const int64_t Xr = class_len(g.X, ti.rx, d);
-    if (ti.p >= Xr) continue;
-    const int64_t Yr = class_len(g.Y, ti.ry, d);
-    const int64_t sx = g.x_start[ti.rx * g.Xs + ti.p];
-    const int64_t x = ti.p * d + ti.rx;
-    const T* kt_rows = kt + ((((ti.b * g.H + ti.h) * d + ti.rx) * d + ti.ry) * g.Xs + sx) * D * ysp;
-    const T* bias_rows = bias + (ti.h * (2 * K - 1) + (K - 1 + sx - ti.p)) * rp;
-    // value offsets of the window relative to its first key, the same for every query of the row
-    const int64_t row_step = d * A.v.sx, col_step = d * A.v.sy;
-    for (int a = 0; a < K; ++a)
-      for (int t = 0; t < K; ++t) offsets[a * K + t] = a * row_step + t * col_step;
-    const T* v_base = at<T>(A.v, ti.b, sx * d + ti.rx, ti.ry, ti.h);
-
-    for (int64_t s = 0; s < Yr; ++s) {
-      const int64_t sy = g.y_start[ti.ry * g.Ys + s];
-      const int64_t y = s * d + ti.ry;
-      const T* qp = at<T>(A.q, ti.b, x, y, ti.h);
-      window_dot<T, W, KMAX, NCMAX>(qp, kt_rows + sy, D * ysp, ysp, D, K, NC, logits);
-      const int64_t boff = K - 1 + sy - s;
-      V vmax = splat<V>(-infinity<T>());
-      for (int a = 0; a < K; ++a)
-        for (int ch = 0; ch < NC; ++ch) {
-          V l = logits[a][ch] * scale + vload<V>(bias_rows + a * rp + boff + ch * W) + lane_mask[ch];
-          logits[a][ch] = l;
-          vmax = l > vmax ? l : vmax;
-        }
-      const T m = hmax<T, W>(vmax);
-      V vsum = V{};
-      for (int a = 0; a < K; ++a)
-        for (int ch = 0; ch < NC; ++ch) {
-          V e = VecMath<T, W>::exp(logits[a][ch] - m);
-          logits[a][ch] = e;
-          vsum += e;
-        }
-      const T inv = T(1) / hsum<T, W>(vsum);
-      // compact store: each full-vector store spills past its row into the next, which the next
-      // store overwrites (rows are written in order)
-      for (int a = 0; a < K; ++a)
-        for (int ch = 0; ch < NC; ++ch) vstore(probs + a * K + ch * W, logits[a][ch] * inv);
-      if (weights) {
-        T* wq = weights + (((ti.b * g.H + ti.h) * g.X + x) * g.Y + y) * KK;
-        for (int i = 0; i < KK; ++i) wq[i] = probs[i];
-      }
-      const T* src = v_base + sy * col_step;
-      T* op = at_mut<T>(A.out, ti.b, x, y, ti.h);
-      gather<T, WD, KT * KT>(probs, KK, src, offsets, D, op, T(1));
+  const T* bias = static_cast<const T*>(A.bias) + (h * (2 * K - 1) + (K - 1 - bp.mx)) * rp + (K - 1 - bp.my);
+  V vmax = splat<V>(-infinity<T>());
+  for (int a = 0; a < K; ++a)
+    for (int t = 0; t < K; ++t) {
+      V l = prob[a * K + t] * scale + bias[a * rp + t];
+      prob[a * K + t] = l;
+      vmax = l > vmax ? l : vmax;
+    }
+  V vsum = V{};
+  for (int i = 0; i < KK; ++i) {
+    V e = VecMath<T, L>::exp(prob[i] - vmax);
+    prob[i] = e;
+    vsum += e;
+  }
+  const V inv = T(1) / vsum;
+  for (int i = 0; i < KK; ++i) prob[i] *= inv;
+  if (A.weights) {
+    T* wq = static_cast<T*>(A.weights) + (((b * g.H + h) * g.X + x) * KK) * g.Y + bp.y0;
+    for (int i = 0; i < KK; ++i) {
+      if (bp.count == L) vstore(wq + i * g.Y, prob[i]);
+      else __builtin_memcpy(wq + i * g.Y, &prob[i], sizeof(T) * bp.count);
     }
   }
+  block_weighted_sum<T, L, KT>(prob, static_cast<const T*>(A.vt), bp, K, D, yp, out_buf, T(1));
+  store_transposed<T, L>(out_buf, A.out, b, x, h, bp, D);
 }
 
-template <typename T, int W, int KT>
-void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t task_end, double* drpb) {
-  typedef typename VecT<T, W>::type V;
-  constexpr int WD = NA_VEC_BYTES / sizeof(T);
+template <typename T, int L, int KT>
+void backward_query_block(const BackwardQueryArgs& A, int64_t b, int64_t h, int64_t x, const int32_t* block,
+                          double* drpb, T* dq_buf) {
+  typedef typename VecT<T, L>::type V;
   constexpr int KMAX = KT ? KT : kMaxKernelSize;
-  constexpr int NCMAX = (KMAX + W - 1) / W;
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
-  const int NC = (K + W - 1) / W;
   const int KK = K * K;
-  const int64_t d = g.dil, D = g.D, ysp = A.ysp, rp = A.rp;
-  const int64_t bias_rows_n = 2 * K - 1;
-  const T* vt = static_cast<const T*>(A.vt);
-  const T* weights = static_cast<const T*>(A.weights);
-  T* grad_logits = static_cast<T*>(A.grad_logits);
+  const int64_t D = g.D, yp = A.lg.yp, rp = A.rp;
+  BlockPlan bp;
+  plan_block(g, A.lg, b, h, x, block, K, bp);
+  const int64_t row_base = ((b * g.H + h) * g.X + x) * D * yp;
 
-  V lane_keep[NCMAX];  // 1 for real keys, 0 past K
-  for (int ch = 0; ch < NC; ++ch)
-    for (int i = 0; i < W; ++i) lane_keep[ch][i] = (ch * W + i < K) ? T(1) : T(0);
-
-  V dprob[KMAX][NCMAX];
-  T probs[KMAX * KMAX + NCMAX * W];
-  T dlog[KMAX * KMAX + NCMAX * W];
-  for (int i = 0; i < KMAX * KMAX + NCMAX * W; ++i) probs[i] = dlog[i] = 0;
-  int64_t offsets[KMAX * KMAX];
-  // drpb of one row of queries in T; added to the per-thread double accumulator per row
-  T drpb_row[kMaxKernelSize][2 * kMaxKernelSize + 64];
-
-  for (int64_t task = task_begin; task < task_end; ++task) {
-    const TaskIndex ti = decode_task(g, task);
-    const int64_t Xr = class_len(g.X, ti.rx, d);
-    if (ti.p >= Xr) continue;
-    const int64_t Yr = class_len(g.Y, ti.ry, d);
-    const int64_t sx = g.x_start[ti.rx * g.Xs + ti.p];
-    const int64_t x = ti.p * d + ti.rx;
-    const T* vt_rows = vt + ((((ti.b * g.H + ti.h) * d + ti.rx) * d + ti.ry) * g.Xs + sx) * D * ysp;
-    const int64_t row_step = d * A.k.sx, col_step = d * A.k.sy;
-    for (int a = 0; a < K; ++a)
-      for (int t = 0; t < K; ++t) offsets[a * K + t] = a * row_step + t * col_step;
-    const T* k_base = at<T>(A.k, ti.b, sx * d + ti.rx, ti.ry, ti.h);
-    for (int a = 0; a < K; ++a)
-      for (int64_t j = 0; j < rp; ++j) drpb_row[a][j] = 0;
-
-    for (int64_t s = 0; s < Yr; ++s) {
-      const int64_t sy = g.y_start[ti.ry * g.Ys + s];
-      const int64_t y = s * d + ti.ry;
-      const int64_t qidx = ((ti.b * g.H + ti.h) * g.X + x) * g.Y + y;
-      const T* go = at<T>(A.grad_out, ti.b, x, y, ti.h);
-      window_dot<T, W, KMAX, NCMAX>(go, vt_rows + sy, D * ysp, ysp, D, K, NC, dprob);
-      const T* pq = weights + qidx * KK;
-      for (int i = 0; i < KK; ++i) probs[i] = pq[i];
-      V vdot = V{};
-      for (int a = 0; a < K; ++a)
-        for (int ch = 0; ch < NC; ++ch) vdot += vload<V>(probs + a * K + ch * W) * lane_keep[ch] * dprob[a][ch];
-      const T delta = hsum<T, W>(vdot);
-      const int64_t boff = K - 1 + sy - s;
-      for (int a = 0; a < K; ++a)
-        for (int ch = 0; ch < NC; ++ch) {
-          V ds = vload<V>(probs + a * K + ch * W) * lane_keep[ch] * (dprob[a][ch] - delta);
-          vstore(dlog + a * K + ch * W, ds);
-          T* dr = &drpb_row[a][boff + ch * W];
-          vstore(dr, vload<V>(dr) + ds);
-        }
-      T* dsq = grad_logits + qidx * KK;
-      for (int i = 0; i < KK; ++i) dsq[i] = dlog[i];
-      const T* src = k_base + sy * col_step;
-      T* gq = at_mut<T>(A.grad_q, ti.b, x, y, ti.h);
-      gather<T, WD, KT * KT>(dlog, KK, src, offsets, D, gq, (T)A.scale);
+  V dlog[KMAX * KMAX];  // dP, then dS
+  block_dot<T, L, KT>(static_cast<const T*>(A.got) + row_base + bp.y0, static_cast<const T*>(A.vt), bp, K, D, yp, dlog);
+  const int64_t wbase = (((b * g.H + h) * g.X + x) * KK) * g.Y + bp.y0;
+  const T* wq = static_cast<const T*>(A.weights) + wbase;
+  T* dsq = static_cast<T*>(A.grad_logits) + wbase;
+  const bool full = bp.count == L;
+  // P of the block; lanes past count are 0, so their dS is 0 and they add nothing to drpb
+  V prob[KMAX * KMAX];
+  for (int i = 0; i < KK; ++i) {
+    if (full) {
+      prob[i] = vload<V>(wq + i * g.Y);
+    } else {
+      prob[i] = V{};
+      __builtin_memcpy(&prob[i], wq + i * g.Y, sizeof(T) * bp.count);
     }
-    // window row a of query row p has bias row K-1 + sx + a - p
-    double* acc = drpb + (ti.h * bias_rows_n + (K - 1 + sx - ti.p)) * rp;
-    for (int a = 0; a < K; ++a)
-      for (int64_t j = 0; j < rp; ++j) acc[a * rp + j] += (double)drpb_row[a][j];
   }
+  V delta = V{};
+  for (int i = 0; i < KK; ++i) delta += prob[i] * dlog[i];
+  double* dr = drpb + (h * (2 * K - 1) + (K - 1 - bp.mx)) * rp + (K - 1 - bp.my);
+  for (int a = 0; a < K; ++a)
+    for (int t = 0; t < K; ++t) {
+      const int i = a * K + t;
+      V ds = prob[i] * (dlog[i] - delta);
+      dlog[i] = ds;
+      if (full) vstore(dsq + i * g.Y, ds);
+      else __builtin_memcpy(dsq + i * g.Y, &ds, sizeof(T) * bp.count);
+      dr[a * rp + t] += (double)hsum<T, L>(ds);
+    }
+  block_weighted_sum<T, L, KT>(dlog, static_cast<const T*>(A.kt), bp, K, D, yp, dq_buf, (T)A.scale);
+  store_transposed<T, L>(dq_buf, A.grad_q, b, x, h, bp, D);
+}
+
+template <typename T, int LMAX, int KT>
+void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
+  const Geometry& g = A.g;
+  T* buf = new T[LMAX * g.D];  // transposed output of one block
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t x = task % g.X, h = (task / g.X) % g.H, b = task / (g.X * g.H);
+    for (int64_t i = 0; i < A.lg.n_blocks; ++i) {
+      const int32_t* block = A.lg.blocks + 4 * i;
+      switch (block[3]) {
+        case LMAX: forward_block<T, LMAX, KT>(A, b, h, x, block, buf); break;
+        case (LMAX >= 4 ? LMAX / 2 : LMAX): forward_block<T, (LMAX >= 4 ? LMAX / 2 : LMAX), KT>(A, b, h, x, block, buf); break;
+        default: forward_block<T, (LMAX >= 8 ? LMAX / 4 : LMAX), KT>(A, b, h, x, block, buf); break;
+      }
+    }
+  }
+  delete[] buf;
+}
+
+template <typename T, int LMAX, int KT>
+void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t task_end, double* drpb) {
+  const Geometry& g = A.g;
+  T* buf = new T[LMAX * g.D];  // transposed dq of one block
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t x = task % g.X, h = (task / g.X) % g.H, b = task / (g.X * g.H);
+    for (int64_t i = 0; i < A.lg.n_blocks; ++i) {
+      const int32_t* block = A.lg.blocks + 4 * i;
+      switch (block[3]) {
+        case LMAX: backward_query_block<T, LMAX, KT>(A, b, h, x, block, drpb, buf); break;
+        case (LMAX >= 4 ? LMAX / 2 : LMAX):
+          backward_query_block<T, (LMAX >= 4 ? LMAX / 2 : LMAX), KT>(A, b, h, x, block, drpb, buf);
+          break;
+        default: backward_query_block<T, (LMAX >= 8 ? LMAX / 4 : LMAX), KT>(A, b, h, x, block, drpb, buf); break;
+      }
+    }
+  }
+  delete[] buf;
 }
 
 // dK, dV for NV*WD channels starting at c0 of one key, summed over the queries whose window holds it
@@ -372,11 +363,11 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
   for (int64_t i = i_lo; i <= i_hi; ++i) {
     const int64_t a = kp - g.x_start[ti.rx * g.Xs + i];
     const int64_t x = i * d + ti.rx;
-    const int64_t row_idx = ((ti.b * g.H + ti.h) * g.X + x) * g.Y;
+    const int64_t row_idx = ((ti.b * g.H + ti.h) * g.X + x) * KK;
     for (int64_t j = j_lo; j <= j_hi; ++j) {
       const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
       const int64_t y = j * d + ti.ry;
-      const int64_t widx = (row_idx + y) * KK + a * K + t;
+      const int64_t widx = (row_idx + a * K + t) * g.Y + y;
       const T ws = grad_logits[widx], wp = weights[widx];
       const T* qp = at<T>(A.q, ti.b, x, y, ti.h) + c0;
       const T* gp = at<T>(A.grad_out, ti.b, x, y, ti.h) + c0;
@@ -426,7 +417,7 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
           for (int64_t j = j_lo; j <= j_hi; ++j) {
             const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
             const int64_t y = j * d + ti.ry;
-            const int64_t widx = (((ti.b * g.H + ti.h) * g.X + x) * g.Y + y) * KK + a * K + t;
+            const int64_t widx = ((((ti.b * g.H + ti.h) * g.X + x) * KK) + a * K + t) * g.Y + y;
             const T* qp = at<T>(A.q, ti.b, x, y, ti.h);
             const T* gp = at<T>(A.grad_out, ti.b, x, y, ti.h);
             for (int64_t c = c0; c < D; ++c) {
@@ -442,15 +433,17 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
 
 }  // namespace
 
-#define NA_DISPATCH_K(FN, T, W_OF_K, ...)        \
-  switch (a.g.K) {                               \
-    case 3: FN<T, W_OF_K(3), 3>(__VA_ARGS__); break;   \
-    case 5: FN<T, W_OF_K(5), 5>(__VA_ARGS__); break;   \
-    case 7: FN<T, W_OF_K(7), 7>(__VA_ARGS__); break;   \
-    case 9: FN<T, W_OF_K(9), 9>(__VA_ARGS__); break;   \
-    case 11: FN<T, W_OF_K(11), 11>(__VA_ARGS__); break; \
-    case 13: FN<T, W_OF_K(13), 13>(__VA_ARGS__); break; \
-    default: FN<T, W_OF_K(kMaxKernelSize), 0>(__VA_ARGS__); break; \
+// kernel size as a template argument for the common sizes (loops unrolled, accumulators in
+// registers); others run the generic instantiation
+#define NA_DISPATCH_K(FN, T, LMAX, ...)                     \
+  switch (a.g.K) {                                          \
+    case 3: FN<T, LMAX, 3>(__VA_ARGS__); break;             \
+    case 5: FN<T, LMAX, 5>(__VA_ARGS__); break;             \
+    case 7: FN<T, LMAX, 7>(__VA_ARGS__); break;             \
+    case 9: FN<T, LMAX, 9>(__VA_ARGS__); break;             \
+    case 11: FN<T, LMAX, 11>(__VA_ARGS__); break;           \
+    case 13: FN<T, LMAX, 13>(__VA_ARGS__); break;           \
+    default: FN<T, LMAX, 0>(__VA_ARGS__); break;            \
   }
 
 }  // namespace NA_ISA
