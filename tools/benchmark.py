@@ -401,16 +401,19 @@ def markdown(args, dev: Device, shapes, results, env: str) -> str:
             if key not in res:
                 continue
             r = res[key]
-            g = lambda k: (sw or {}).get(k)  # noqa: E731
-            fwd = r.get("fwd_med", float("nan"))
+            ref = sw or {}
+            nan = float("nan")
+            cp_row = key == "tiny_cp"
+            fwd = "–" if cp_row else f"{r['fwd_med']:.3f}"
+            fwd_x = "–" if cp_row else fmt_ratio(r["fwd_med"], ref.get("fwd_med"))
+            mem_f = "–" if cp_row or "mem_fwd" not in r else f"{r['mem_fwd'] / mib:.0f}"
+            mem_f_x = "–" if cp_row else fmt_ratio(r.get("mem_fwd", nan), ref.get("mem_fwd"))
+            mem_b = f"{r['mem_fwdbwd'] / mib:.0f}" if "mem_fwdbwd" in r else "–"
+            mem_b_x = fmt_ratio(r.get("mem_fwdbwd", nan), ref.get("mem_fwdbwd"))
             lines.append(
                 f"| {B}×3×{H}×{W} ({dil}) | {MODEL_LABELS[key]} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.1f} | "
-                f"{'–' if key == 'tiny_cp' else f'{fwd:.3f}'} | {'–' if key == 'tiny_cp' else fmt_ratio(fwd, g('fwd_med'))} | "
-                f"{r['fwdbwd_med']:.3f} | {fmt_ratio(r['fwdbwd_med'], g('fwdbwd_med'))} | "
-                f"{'–' if key == 'tiny_cp' or 'mem_fwd' not in r else f'{r['mem_fwd'] / mib:.0f}'} | "
-                f"{'–' if key == 'tiny_cp' else fmt_ratio(r.get('mem_fwd', float('nan')), g('mem_fwd'))} | "
-                f"{f'{r['mem_fwdbwd'] / mib:.0f}' if 'mem_fwdbwd' in r else '–'} | "
-                f"{fmt_ratio(r.get('mem_fwdbwd', float('nan')), g('mem_fwdbwd'))} |")
+                f"{fwd} | {fwd_x} | {r['fwdbwd_med']:.3f} | {fmt_ratio(r['fwdbwd_med'], ref.get('fwdbwd_med'))} | "
+                f"{mem_f} | {mem_f_x} | {mem_b} | {mem_b_x} |")
     comp = [(shape, key, c) for shape, res in zip(shapes, results) for key, c in res.get("compile", {}).items()]
     if comp:
         lines += ["", "| input | model | eager forward (s) | torch.compile forward (s) | speed-up | first call (s) | max abs diff |",

@@ -44,7 +44,9 @@ def parse_args(argv=None):
                    help="input height and width used for export and the check (default 224 224)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    p.add_argument("--min-size", type=int, default=32, help="smallest height/width allowed with --dynamic")
+    p.add_argument("--min-size", type=int, default=33,
+                   help="smallest height/width allowed with --dynamic (default 33: from 32 px down the stride-32 "
+                        "map is 1x1, which torch.export specialises)")
     p.add_argument("--max-size", type=int, default=4096, help="largest height/width allowed with --dynamic")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--output", "-o", default=None, help="output file (default: dinat_<arch>[_dynamic].onnx)")
@@ -83,19 +85,21 @@ class _TupleOutputs(torch.nn.Module):
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: str, dynamic: bool = False, opset=None,
-           min_size: int = 32, max_size: int = 4096, verbose: bool = False):
+           min_size: int = 33, max_size: int = 4096, verbose: bool = False):
     """Export ``model`` (eval mode) on ``example`` to ``path``; returns the output names."""
     from torch.export import Dim
 
     model = _TupleOutputs(model).eval()
-    with torch.no_grad():
-        n_out = len(model(example))
-    output_names = [f"out{i}" for i in range(n_out)]
     dynamic_shapes = None
     if dynamic:
+        if example.shape[0] == 1:  # torch.export specialises size-1 dimensions: trace with batch 2
+            example = example.expand(2, *example.shape[1:]).contiguous()
         dynamic_shapes = {"x": {0: Dim("batch", min=1, max=1024),
                                 2: Dim("height", min=min_size, max=max_size),
                                 3: Dim("width", min=min_size, max=max_size)}}
+    with torch.no_grad():
+        n_out = len(model(example))
+    output_names = [f"out{i}" for i in range(n_out)]
     kwargs = dict(dynamo=True, input_names=["input"], output_names=output_names, dynamic_shapes=dynamic_shapes,
                   verbose=verbose)
     if opset is not None:
