@@ -186,9 +186,7 @@ def _export_tool():
     return mod
 
 
-@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed", "dynamic"])
-def test_onnx_round_trip(tmp_path, dynamic):
-    pytest.importorskip("onnx")
+def test_onnx_round_trip_fixed(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     import onnx
@@ -197,23 +195,34 @@ def test_onnx_round_trip(tmp_path, dynamic):
     model = small_model()
     path = str(tmp_path / "model.onnx")
     x = torch.randn(1, 3, 64, 96)
-    names = tool.export(model, x, path, dynamic=dynamic)
+    names = tool.export(model, x, path, dynamic=False)
     proto = onnx.load(path)
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node), "custom operators in the graph"
-    inputs = [x]
-    if dynamic:
-        # another batch, sizes where only some stages / axes pad, odd sizes
-        inputs += [torch.randn(2, 3, 160, 250), torch.randn(3, 3, 47, 129)]
-    for shape, errs in tool.check(model, path, inputs, names):
+    for shape, errs in tool.check(model, path, [x], names):
         assert max(errs) <= 1e-4, (shape, errs)
 
 
-def test_export_onnx_cli(tmp_path, capsys):
+def test_export_onnx_cli_dynamic(tmp_path, capsys, monkeypatch):
+    """The command line with --dynamic: one graph, checked by the tool on the export size (every
+    stage pads) and on another batch and size (only some stages / axes pad); exit code 0 means
+    max abs error <= 1e-4. The tiny model stands in for --arch to keep the test fast."""
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
     tool = _export_tool()
-    # the smallest real arch at a small fixed size ('in1k-224' dilations pad stages 1-2 at 64 px)
-    rc = tool.main(["--arch", "mini", "--dilations", "in1k-224", "--shape", "64", "64", "--no-check",
-                    "-o", str(tmp_path / "mini.onnx")])
-    assert rc == 0
-    assert os.path.getsize(tmp_path / "mini.onnx") > 0
-    assert "wrote" in capsys.readouterr().out
+    model = small_model()
+    monkeypatch.setattr(tool, "build_model", lambda args: model)
+    path = tmp_path / "dyn.onnx"
+    rc = tool.main(["--shape", "64", "96", "--dynamic", "-o", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "PASS" in out and out.count("[check] input") == 2, out
+    proto = onnx.load(str(path))
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node), "custom operators in the graph"
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and isinstance(dims[2], str) and isinstance(dims[3], str), dims
+    # a third size straight through onnxruntime
+    x = torch.randn(3, 3, 47, 129)
+    (_, errs), = tool.check(model, str(path), [x])
+    assert max(errs) <= 1e-4, errs
