@@ -585,7 +585,7 @@ def na2d(query, key, value, kernel_size: int, dilation: int = 1, rpb: Optional[t
         scale = query.shape[-1] ** -0.5
     name = _select_backend(query, rpb, backend)
     last_backend = name
-    if logger.isEnabledFor(logging.DEBUG):
+    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
         logger.debug("na2d: backend=%s shape=%s K=%d d=%d rpb=%s", name, tuple(query.shape), kernel_size, dilation, rpb is not None)
     if name == "cpu":
         return na2d_cpu(query, key, value, kernel_size, dilation, rpb, scale)

@@ -1,0 +1,431 @@
+"""Neighbourhood-attention op (issue 2): every backend against the brute-force reference.
+
+* float64 grid (K in {3, 5, 7, 9} x d in {1, 2, 3, 4, 8}; L = K*d exactly on one axis and L not a
+  multiple of d on the other; batch > 1; rpb on and off): forward and gradients of q, k, v, rpb,
+  for both the compiled ``cpu`` kernel and the pure-PyTorch ``torch`` backend;
+* ``torch.autograd.gradcheck`` on small shapes;
+* float32 and bfloat16 against float64 (tolerances below), every instruction set of the kernel;
+* non-contiguous inputs; an independent cross-check with natten-mps (old NATTEN ops);
+* bad input, backend selection, the flex_attention path (CPU eager, forward only) and the module.
+
+The reference is an explicit loop over queries, so maps stay small (L = K*d .. K*d + 1) and
+batch / heads / head_dim tiny.
+"""
+import functools
+import importlib.util
+import warnings
+
+import pytest
+import torch
+
+from dinat_backbone import ops
+from dinat_backbone.ops import NeighborhoodAttention2D, na2d
+from tests.reference import axis_neighbours, na2d_reference
+
+HAVE_KERNEL = ops.cpu_kernel_available()
+needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="compiled CPU kernel (dinat_backbone._C) not built")
+BACKENDS = [pytest.param("cpu", marks=needs_kernel), "torch"]
+
+# Tolerances, as max |error| / max |reference| per tensor:
+#   float64: rounding only.
+#   float32: the kernel computes in float32 with a polynomial exp (~1 ulp); errors ~1e-6.
+#   bfloat16: inputs are rounded to bf16 (the reference gets the same rounded inputs in float64),
+#     the kernel computes in float32 and rounds the result to bf16 (8 mantissa bits: 2^-8 = 0.4 %).
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
+
+
+def rel_err(actual, expected):
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, X, Y, H, D, K, use_rpb, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(q), cast(k), cast(v), cast(rpb)
+
+
+def forward_and_grads(fn, q, k, v, rpb, grad_out):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    rpb_leaf = None if rpb is None else rpb.detach().clone().requires_grad_()
+    out = fn(*leaves, rpb_leaf)
+    out.backward(grad_out.to(out.dtype))
+    grads = [t.grad for t in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
+    return out.detach(), grads
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 grid against the reference
+# ----------------------------------------------------------------------------------------------
+def grid_cases():
+    cases = []
+    for K in (3, 5, 7, 9):
+        for d in (1, 2, 3, 4, 8):
+            X = K * d  # exactly kernel_size * dilation
+            Y = K * d + 1 if d > 1 else K + 2  # not a multiple of d (non-square for d = 1 too)
+            B = 2 if d in (1, 4) else 1
+            use_rpb = (K + d) % 2 == 1 or d == 1
+            cases.append((K, d, B, X, Y, use_rpb))
+    # maps with a proper interior (windows not all clamped to the border), swapped axes
+    cases += [(3, 1, 1, 11, 9, True), (3, 2, 2, 13, 10, False), (5, 3, 1, 17, 21, True), (7, 1, 1, 9, 16, True)]
+    return cases
+
+
+# Maps with more queries than this are checked on selected query rows only (the reference is an
+# explicit loop; its autograd graph over ~5000 queries takes tens of seconds): the output at those
+# rows, and the gradients of the loss sum(grad_out * out) with grad_out zero everywhere else, which
+# still exercises every gradient path (dq, and dk / dv / drpb through the selected queries).
+FULL_REFERENCE_MAX_QUERIES = 400
+
+
+def selected_rows(X, d):
+    return sorted({0, min(d, X - 1), X // 2, max(X - 1 - d, 0), X - 1})
+
+
+def reference_on_rows(q, k, v, K, d, rpb, rows):
+    """tests/reference.py's formulas, evaluated for the queries of ``rows`` only: [B, len(rows), Y, H, D]."""
+    B, X, Y, H, D = q.shape
+    scale = D ** -0.5
+    out_rows = []
+    for i in rows:
+        ky, ry = axis_neighbours(i, X, K, d)
+        cols = []
+        for j in range(Y):
+            kx, rx = axis_neighbours(j, Y, K, d)
+            logits = torch.einsum("bhd,bxyhd->bhxy", q[:, i, j], k[:, ky][:, :, kx]) * scale
+            if rpb is not None:
+                logits = logits + rpb[:, ry][:, :, rx]
+            attn = torch.softmax(logits.reshape(B, H, -1), -1).reshape_as(logits)
+            cols.append(torch.einsum("bhxy,bxyhd->bhd", attn, v[:, ky][:, :, kx]))
+        out_rows.append(torch.stack(cols, 1))
+    return torch.stack(out_rows, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_result(K, d, B, X, Y, use_rpb, H=2, D=3):
+    q, k, v, rpb = make_inputs(B, X, Y, H, D, K, use_rpb)
+    grad_out = torch.randn(B, X, Y, H, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if X * Y <= FULL_REFERENCE_MAX_QUERIES:
+        out, grads = forward_and_grads(lambda *t: na2d_reference(*t[:3], K, d, t[3]), q, k, v, rpb, grad_out)
+        return (q, k, v, rpb, grad_out), None, out, grads
+    rows = selected_rows(X, d)
+    mask = torch.zeros(X, dtype=torch.bool)
+    mask[rows] = True
+    grad_out = grad_out * mask.view(1, X, 1, 1, 1)
+    out, grads = forward_and_grads(
+        lambda *t: reference_on_rows(*t[:3], K, d, t[3], rows), q, k, v, rpb, grad_out[:, rows]
+    )
+    return (q, k, v, rpb, grad_out), rows, out, grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K,d,B,X,Y,use_rpb", grid_cases())
+def test_float64_grid_matches_reference(backend, K, d, B, X, Y, use_rpb):
+    (q, k, v, rpb, grad_out), rows, ref_out, ref_grads = reference_result(K, d, B, X, Y, use_rpb)
+    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    assert ops.last_backend == backend
+    assert out.dtype == torch.float64 and out.shape == q.shape
+    if rows is not None:
+        out = out[:, rows]
+    assert rel_err(out, ref_out) < TOL[torch.float64]
+    names = ["q", "k", "v", "rpb"]
+    for name, g, rg in zip(names, grads, ref_grads):
+        assert g.shape == rg.shape, name
+        assert rel_err(g, rg) < TOL[torch.float64], name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K,d,X,Y,use_rpb", [(3, 1, 4, 5, True), (3, 2, 7, 6, True), (5, 1, 6, 5, False)])
+def test_gradcheck(backend, K, d, X, Y, use_rpb):
+    q, k, v, rpb = make_inputs(1, X, Y, 2, 2, K, use_rpb)
+    inputs = [t.requires_grad_() for t in (q, k, v)] + ([rpb.requires_grad_()] if use_rpb else [])
+
+    def fn(*args):
+        return na2d(args[0], args[1], args[2], K, d, args[3] if use_rpb else None, scale=0.7, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# float32 / bfloat16 against float64; instruction sets of the kernel
+# ----------------------------------------------------------------------------------------------
+LOW_PRECISION_CASES = [(7, 1, 1, 16, 21, True, 32), (3, 4, 2, 13, 17, True, 8), (5, 2, 1, 11, 12, False, 20)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K,d,B,X,Y,use_rpb,D", LOW_PRECISION_CASES)
+def test_low_precision_vs_float64(backend, dtype, K, d, B, X, Y, use_rpb, D):
+    q, k, v, rpb = make_inputs(B, X, Y, 2, D, K, use_rpb, dtype=dtype)
+    grad_out = torch.randn(B, X, Y, 2, D, generator=torch.Generator().manual_seed(3)).to(dtype)
+    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    wide = lambda t: None if t is None else t.double()  # noqa: E731
+    ref_out, ref_grads = forward_and_grads(
+        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), wide(q), wide(k), wide(v), wide(rpb), grad_out.double()
+    )
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    assert rel_err(out, ref_out) < TOL[dtype]
+    for g, rg in zip(grads, ref_grads):
+        assert rel_err(g, rg) < 2 * TOL[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("K,d,B,X,Y,use_rpb,D", LOW_PRECISION_CASES + [(9, 1, 1, 12, 40, True, 16), (15, 1, 1, 16, 17, True, 4)])
+def test_kernel_instruction_sets(isa, K, d, B, X, Y, use_rpb, D):
+    """Every run-time code path of the kernel (capped to what this CPU has) against float64."""
+    from dinat_backbone import _C
+
+    q, k, v, rpb = make_inputs(B, X, Y, 2, D, K, use_rpb, dtype=torch.float32)
+    grad_out = torch.randn(B, X, Y, 2, D, generator=torch.Generator().manual_seed(3))
+    previous = _C.isa()
+    try:
+        _C.set_isa(isa)
+        out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend="cpu"), q, k, v, rpb, grad_out)
+    finally:
+        _C.set_isa(previous)
+    wide = lambda t: None if t is None else t.double()  # noqa: E731
+    ref_out, ref_grads = forward_and_grads(
+        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), wide(q), wide(k), wide(v), wide(rpb), grad_out.double()
+    )
+    assert rel_err(out, ref_out) < TOL[torch.float32]
+    for g, rg in zip(grads, ref_grads):
+        assert rel_err(g, rg) < 2 * TOL[torch.float32]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts, inference mode
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    B, X, Y, H, D, K, d = 2, 9, 11, 2, 6, 3, 2
+    gen = torch.Generator().manual_seed(5)
+    # q, k, v as unbound slices of a fused qkv projection (the module's layout) ...
+    qkv = torch.randn(B, X, Y, 3, H, D, generator=gen, dtype=torch.float64)
+    q, k, v = qkv.unbind(3)
+    # ... and value with head_dim not contiguous at all
+    v = torch.randn(B, X, Y, D, H, generator=gen, dtype=torch.float64).transpose(-1, -2)
+    rpb = torch.randn(2 * K - 1, 2 * K - 1, H, generator=gen, dtype=torch.float64).permute(2, 0, 1)
+    assert not (q.is_contiguous() or v.is_contiguous() or rpb.is_contiguous())
+    grad_out = torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64)
+    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    ref_out, ref_grads = forward_and_grads(
+        lambda *t: na2d_reference(*t[:3], K, d, t[3]),
+        q.contiguous(), k.contiguous(), v.contiguous(), rpb.contiguous(), grad_out,
+    )
+    assert rel_err(out, ref_out) < TOL[torch.float64]
+    for g, rg in zip(grads, ref_grads):
+        assert rel_err(g, rg) < TOL[torch.float64]
+
+
+@needs_kernel
+def test_cpu_kernel_inference_mode_matches_training_forward():
+    q, k, v, rpb = make_inputs(1, 14, 15, 2, 8, 7, True, dtype=torch.float32)
+    with torch.no_grad():
+        out_nograd = na2d(q, k, v, 7, 2, rpb, backend="cpu")
+    out_grad = na2d(q.requires_grad_(), k, v, 7, 2, rpb, backend="cpu")
+    assert torch.equal(out_nograd, out_grad.detach())
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent implementation: natten-mps (the old NATTEN <= 0.17 ops in pure PyTorch)
+# ----------------------------------------------------------------------------------------------
+HAVE_NATTEN_MPS = importlib.util.find_spec("natten_mps") is not None
+
+
+@pytest.mark.skipif(not HAVE_NATTEN_MPS, reason="natten-mps not installed (pip install --no-deps natten-mps)")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K,d,X,Y", [(3, 1, 8, 9), (5, 2, 13, 10), (7, 3, 21, 23), (3, 4, 12, 15)])
+def test_matches_natten_mps(backend, K, d, X, Y):
+    from natten_mps.compat.v014 import natten2dav, natten2dqkrpb
+
+    B, H, D = 2, 2, 8
+    q, k, v, rpb = make_inputs(B, X, Y, H, D, K, True)
+    scale = D ** -0.5
+    # the old ops use [B, heads, X, Y, D] and leave the scaling of q to the caller
+    heads_first = lambda t: t.permute(0, 3, 1, 2, 4).contiguous()  # noqa: E731
+    attn = natten2dqkrpb(heads_first(q) * scale, heads_first(k), rpb, K, d).softmax(-1)
+    expected = natten2dav(attn, heads_first(v), K, d).permute(0, 2, 3, 1, 4)
+    assert rel_err(na2d(q, k, v, K, d, rpb, backend=backend), expected) < 1e-10
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+def _qkv(shape=(1, 9, 9, 2, 4)):
+    return [torch.randn(*shape) for _ in range(3)]
+
+
+@pytest.mark.parametrize(
+    "make_call,match",
+    [
+        (lambda: (torch.randn(1, 9, 9, 8), *_qkv()[1:], 3), r"query must have 5 dims \[batch, X, Y, heads, head_dim\]"),
+        (lambda: (*_qkv()[:2], torch.randn(1, 9, 8, 2, 4), 3), r"must have the same shape"),
+        (lambda: (*_qkv(), 4), r"kernel_size must be an odd integer >= 3, got 4; use e.g. 5"),
+        (lambda: (*_qkv(), 1), r"kernel_size must be an odd integer >= 3"),
+        (lambda: (*_qkv((1, 8, 12, 2, 4)), 3, 3), r"axis X \(dim 1\) has size 8, smaller than kernel_size \* dilation = 3 \* 3 = 9; pad the map"),
+        (lambda: (*_qkv((1, 12, 5, 2, 4)), 7), r"axis Y \(dim 2\) has size 5, smaller than kernel_size \* dilation = 7 \* 1 = 7"),
+        (lambda: (*_qkv(), 3, 1, torch.zeros(2, 3, 3)), r"rpb must have shape \[heads, 2\*kernel_size-1, 2\*kernel_size-1\] = \[2, 5, 5\], got \(2, 3, 3\)"),
+        (lambda: (*_qkv(), 3, 1, torch.zeros(3, 5, 5)), r"rpb must have shape .* = \[2, 5, 5\], got \(3, 5, 5\)"),
+        (lambda: (*_qkv(), 3, 0), r"dilation must be an integer >= 1"),
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_raises_value_error(backend, make_call, match):
+    with pytest.raises(ValueError, match=match):
+        na2d(*make_call(), backend=backend)
+
+
+def test_mixed_dtypes_raise():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="must share a dtype"):
+        na2d(q, k.double(), v, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend selection
+# ----------------------------------------------------------------------------------------------
+def test_default_cpu_backend(monkeypatch):
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    na2d(*_qkv(), 3)
+    assert ops.last_backend == ("cpu" if HAVE_KERNEL else "torch")
+    assert ops.available_backends("cpu")[-1] == "torch"
+
+
+def test_env_var_forces_backend(monkeypatch):
+    monkeypatch.setenv(ops.BACKEND_ENV, "torch")
+    na2d(*_qkv(), 3)
+    assert ops.last_backend == "torch"
+    monkeypatch.setenv(ops.BACKEND_ENV, "nonsense")
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        na2d(*_qkv(), 3)
+
+
+def test_argument_overrides_env_var(monkeypatch):
+    monkeypatch.setenv(ops.BACKEND_ENV, "torch")
+    na2d(*_qkv(), 3, backend="flex")
+    assert ops.last_backend == "flex"
+
+
+def test_unavailable_backends_raise_clearly(monkeypatch):
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(ops, "cpu_kernel_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"backend='cpu' requested but the compiled kernel is not available"):
+        na2d(*_qkv(), 3, backend="cpu")
+    with pytest.raises(ValueError, match="cannot apply a relative positional bias"):
+        na2d(*_qkv(), 3, rpb=torch.zeros(2, 5, 5), backend="natten")
+    if ops._natten_na2d() is None:
+        with pytest.raises(RuntimeError, match="natten is not installed"):
+            na2d(*_qkv(), 3, backend="natten")
+
+
+def test_missing_kernel_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(ops, "cpu_kernel_available", lambda: False)
+    monkeypatch.setattr(ops, "_warned_no_kernel", False)
+    with pytest.warns(RuntimeWarning, match="compiled CPU kernel .* is not available"):
+        na2d(*_qkv(), 3)
+    assert ops.last_backend == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        na2d(*_qkv(), 3)  # no second warning
+
+
+# ----------------------------------------------------------------------------------------------
+# flex_attention path (the GPU path with rpb), checked on CPU in eager mode, forward only
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not ops._flex_available(), reason="torch without flex_attention")
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("K,d,X,Y,use_rpb", [(3, 1, 7, 9, True), (5, 2, 11, 10, True), (3, 3, 9, 13, False)])
+def test_flex_block_mask_and_score_mod_match_reference(K, d, X, Y, use_rpb):
+    q, k, v, rpb = make_inputs(1, X, Y, 2, 8, K, use_rpb, dtype=torch.float32)
+    with torch.no_grad():
+        out = ops.na2d_flex(q, k, v, K, d, rpb, compile=False)
+        ref = na2d_reference(q.double(), k.double(), v.double(), K, d, None if rpb is None else rpb.double())
+    assert rel_err(out, ref) < TOL[torch.float32]
+    # the block mask is exactly the neighbourhood
+    mask_mod = ops.neighborhood_mask_mod(X, Y, K, d)
+    qi, ki = torch.meshgrid(torch.arange(X * Y), torch.arange(X * Y), indexing="ij")
+    dense = mask_mod(0, 0, qi, ki)
+    keys_y, _ = ops.neighborhood_indices(X, K, d)
+    keys_x, _ = ops.neighborhood_indices(Y, K, d)
+    expected = torch.zeros(X * Y, X * Y, dtype=torch.bool)
+    for i in range(X):
+        for j in range(Y):
+            for ky in keys_y[i].tolist():
+                for kx in keys_x[j].tolist():
+                    expected[i * Y + j, ky * Y + kx] = True
+    assert torch.equal(dense, expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile traces the compiled kernel without graph breaks
+# ----------------------------------------------------------------------------------------------
+@needs_kernel
+def test_cpu_kernel_under_torch_compile_fullgraph():
+    K, d = 3, 2
+    q, k, v, rpb = make_inputs(1, 8, 9, 2, 4, K, True, dtype=torch.float32)
+    grad_out = torch.randn(1, 8, 9, 2, 4)
+
+    def fn(q, k, v, rpb):
+        return na2d(q, k, v, K, d, rpb, backend="cpu") * 2
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out_c, grads_c = forward_and_grads(compiled, q, k, v, rpb, grad_out)
+    out_e, grads_e = forward_and_grads(fn, q, k, v, rpb, grad_out)
+    assert torch.allclose(out_c, out_e, atol=1e-6)
+    for gc, ge in zip(grads_c, grads_e):
+        assert torch.allclose(gc, ge, atol=1e-5)
+
+
+@needs_kernel
+def test_fake_tensor_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 9, 10, 3, 4, dtype=torch.bfloat16)
+        out, weights = torch.ops.dinat.na2d_forward(q, q, q, None, 3, 1, 0.5, True)
+        assert out.shape == q.shape and out.dtype == torch.bfloat16
+        assert weights.shape == (2, 3, 9, 9, 10) and weights.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Module
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_matches_reference_and_trains(backend):
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2D(dim=12, num_heads=3, kernel_size=3, dilation=2, backend=backend).double()
+    x = torch.randn(2, 7, 8, 12, dtype=torch.float64, requires_grad=True)
+    out = m(x)
+    assert out.shape == x.shape and ops.last_backend == backend
+    B, X, Y, C = x.shape
+    q, k, v = m.qkv(x).view(B, X, Y, 3, 3, 4).unbind(3)
+    expected = m.proj(na2d_reference(q, k, v, 3, 2, m.rpb, m.scale).reshape(B, X, Y, C))
+    assert rel_err(out, expected) < TOL[torch.float64]
+    out.square().sum().backward()
+    assert m.rpb.grad is not None and m.qkv.weight.grad is not None and x.grad is not None
+    g_out = torch.autograd.grad(expected.square().sum(), m.rpb)[0]
+    assert rel_err(m.rpb.grad, g_out) < TOL[torch.float64]
+
+
+def test_module_checks_input_and_config():
+    m = NeighborhoodAttention2D(dim=8, num_heads=2, kernel_size=3)
+    with pytest.raises(ValueError, match=r"expected a channels-last map \[B, X, Y, 8\]"):
+        m(torch.randn(1, 8, 5, 5))
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        NeighborhoodAttention2D(dim=10, num_heads=3)
+    with pytest.raises(ValueError, match="odd integer"):
+        NeighborhoodAttention2D(dim=8, num_heads=2, kernel_size=6)
+    assert NeighborhoodAttention2D(dim=8, num_heads=2, bias=False).rpb is None
+
+
+def test_module_attention_dropout_in_training():
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2D(dim=8, num_heads=2, kernel_size=3, attn_drop=0.5)
+    x = torch.randn(1, 6, 6, 8)
+    m.train()
+    m(x).sum().backward()
+    m.eval()
+    torch.testing.assert_close(m(x), m(x))
