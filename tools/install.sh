@@ -91,5 +91,14 @@ else
   say "dinat-backbone (editable; compiles the CPU neighbourhood-attention kernel)"
   $PIP install -q --no-build-isolation -e .
 fi
+# 6. consistency: the numpy<2 / opencv<4.12 downgrades can leave a package installed earlier with a
+#    requirement it no longer meets (e.g. ml-dtypes 0.6 wants numpy 2); let pip re-resolve those.
+if ! check=$($PIP check 2>&1); then
+  broken=$(echo "$check" | awk '{print $1}' | sort -u | tr '\n' ' ')
+  say "re-resolving packages with broken requirements: $broken"
+  # shellcheck disable=SC2086
+  $PIP install -q $broken
+  $PIP check
+fi
 $PY -c "from dinat_backbone import ops; print('[install] compiled CPU kernel:', 'yes' if ops.cpu_kernel_available() else 'NO (pure-PyTorch fallback)')"
 say "done in $(( $(date +%s) - T0 )) s"
