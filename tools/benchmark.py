@@ -188,7 +188,8 @@ def loss_of(outs) -> torch.Tensor:
 
 
 def forward_eval(model, x, dev: Device):
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     with torch.no_grad(), dev.autocast():
         out = model(x)
     dev.sync()
@@ -301,7 +302,8 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
                 forward_eval(models[key], x, dev)
             forward_backward(models[key], x, dev)
             clear_grads(models[key])
-        log(f"[{name}] warmed up {MODEL_LABELS[key]}")
+        if args.warmup:
+            log(f"[{name}] warmed up {MODEL_LABELS[key]}")
 
     # alternating timed repetitions
     for mode, keys in (("fwd", fwd_keys), ("fwdbwd", bwd_keys)):
@@ -351,7 +353,8 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
         for key in args.compile:
             if key not in models:
                 continue
-            m = models[key].eval()
+            m = models[key]
+            m.eval()  # (mmdet's SwinTransformer.train() does not return self)
             torch._dynamo.reset()
             cm = torch.compile(m)
             log(f"[{name}] compiling {MODEL_LABELS[key]} (inductor) ...")
