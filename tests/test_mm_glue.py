@@ -65,7 +65,9 @@ def test_mmseg_legacy_pretrained_argument_and_other_initialisers(tmp_path):
     init_default_scope("mmseg")
     from mmseg.registry import MODELS
 
-    seg = MODELS.build(dict(
+    from mmengine.config import ConfigDict
+
+    seg = MODELS.build(ConfigDict(
         type="EncoderDecoder", pretrained=path,
         backbone=dict(type="DiNAT", arch="mini"),
         decode_head=dict(type="FCNHead", in_channels=512, in_index=3, channels=16, num_classes=3)))
