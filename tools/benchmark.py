@@ -24,15 +24,17 @@ so slow drifts of the machine hit every model alike) and reports medians of
   model (``--compile tiny swin`` by default, on the first shape only unless
   ``--compile-all-shapes``), and the largest difference from eager.
 
-Peak memory. CUDA: ``torch.cuda.max_memory_allocated()`` minus the allocation before the call.
-CPU: a background thread samples the process's resident set size (``/proc/self/statm``) every
-0.5 ms during the call; the figure is that peak minus the RSS measured just before the call,
-after ``gc.collect()`` and glibc ``malloc_trim(0)`` (which hands memory freed by earlier calls
-back to the OS, so that it cannot be silently reused and hide from the measurement). The
-weights and the input are in the baseline; activations, saved tensors, parameter gradients,
-workspaces of the kernels (oneDNN, the attention kernel) and allocator overhead are in the
-figure. It is the same method for every model. Peaks shorter than the sampling interval could
-be missed; the fwd+bwd peak (all saved activations, at the start of backward) lasts far longer.
+Peak memory, in a separate untimed pass. CUDA: ``torch.cuda.max_memory_allocated()`` minus the
+allocation before the call. CPU: the same quantity for PyTorch's CPU allocator: the call runs
+under ``torch.profiler`` with ``profile_memory=True``, which records every allocation and free
+of the c10 CPU allocator with the running total of bytes allocated since the profiler started;
+the figure is the largest running total, i.e. the peak of live tensor memory above what existed
+before the call (activations, saved tensors, parameter gradients, workspaces the kernels take
+from the allocator). It does not depend on glibc's heap behaviour or on what ran before, and is
+the same method for every model. For reference the progress log also prints the peak increase
+of the process's resident set size (RSS, sampled every 0.5 ms by a thread, after
+``gc.collect()`` and ``malloc_trim(0)``), which includes allocator fragmentation and memory
+taken outside PyTorch's allocator (e.g. oneDNN scratch buffers).
 
 FLOPs. ``torch.utils.flop_counter.FlopCounterMode`` counts every matmul / linear / convolution
 (including Swin's q@k and attn@v); DiNAT's neighbourhood attention is a custom op it cannot see,
@@ -168,8 +170,35 @@ class PeakRSS:
         return max(0, self.peak - self.base)
 
 
-def measure_peak(dev: Device, fn: Callable[[], object]) -> int:
-    """Bytes of peak memory ``fn()`` needs above what is allocated before it (see module doc)."""
+def _cpu_allocator_peak(fn: Callable[[], object]) -> int:
+    """Peak bytes live in PyTorch's CPU allocator during ``fn()``, above the level at entry."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
+        stack.extend(node.children)
+    if not events:
+        return 0
+    events.sort()
+    # total_allocated is a running total kept by the allocator's reporter across profiling
+    # sessions (with stale entries from earlier ones): take it relative to the level before the
+    # first event of this call
+    start = events[0][2] - events[0][1]
+    return max(0, max(e[2] for e in events) - start)
+
+
+def measure_peak(dev: Device, fn: Callable[[], object]) -> Dict[str, int]:
+    """Peak memory ``fn()`` needs above what is allocated before it (see module doc):
+    ``{'alloc': allocator peak, 'rss': resident-set peak (CPU only)}`` in bytes."""
     if dev.is_cuda:
         dev.sync()
         torch.cuda.empty_cache()
@@ -177,10 +206,10 @@ def measure_peak(dev: Device, fn: Callable[[], object]) -> int:
         base = torch.cuda.memory_allocated(dev.device)
         fn()
         dev.sync()
-        return torch.cuda.max_memory_allocated(dev.device) - base
+        return {"alloc": torch.cuda.max_memory_allocated(dev.device) - base, "rss": float("nan")}
     with PeakRSS() as m:
-        fn()
-    return m.increase
+        alloc = _cpu_allocator_peak(fn)
+    return {"alloc": alloc, "rss": m.increase}
 
 
 def loss_of(outs) -> torch.Tensor:
@@ -323,18 +352,23 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
 
     # peak memory (untimed passes), with_cp parity
     if args.memory:
+        mib = 2 ** 20
         for key in bwd_keys:
             m = models[key]
             if key in fwd_keys:
-                res[key]["mem_fwd"] = measure_peak(dev, lambda: forward_eval(m, x, dev))
+                peak_f = measure_peak(dev, lambda: forward_eval(m, x, dev))
             else:
-                res[key]["mem_fwd"] = float("nan")
+                peak_f = {"alloc": float("nan"), "rss": float("nan")}
             holder = {}
-            res[key]["mem_fwdbwd"] = measure_peak(dev, lambda: holder.setdefault("outs", forward_backward(m, x, dev)))
+            peak_b = measure_peak(dev, lambda: holder.setdefault("outs", forward_backward(m, x, dev)))
+            res[key].update(mem_fwd=peak_f["alloc"], mem_fwdbwd=peak_b["alloc"],
+                            rss_fwd=peak_f["rss"], rss_fwdbwd=peak_b["rss"])
             res[key]["outs"] = [o.detach() for o in holder["outs"]]
             del holder
-            log(f"[{name}] peak memory {MODEL_LABELS[key]:18s} forward {res[key]['mem_fwd'] / 2 ** 20:8.0f} MiB   "
-                f"fwd+bwd {res[key]['mem_fwdbwd'] / 2 ** 20:8.0f} MiB")
+            rss = "" if dev.is_cuda else (f"   (RSS increase: forward {peak_f['rss'] / mib:.0f} MiB, "
+                                          f"fwd+bwd {peak_b['rss'] / mib:.0f} MiB)")
+            log(f"[{name}] peak memory {MODEL_LABELS[key]:18s} forward {peak_f['alloc'] / mib:8.0f} MiB   "
+                f"fwd+bwd {peak_b['alloc'] / mib:8.0f} MiB{rss}")
     if "tiny_cp" in models:
         if "outs" not in res["tiny"]:
             res["tiny"]["outs"] = [o.detach() for o in forward_backward(models["tiny"], x, dev)]
@@ -393,6 +427,7 @@ def fmt_ratio(a, b) -> str:
 def markdown(args, dev: Device, shapes, results, env: str) -> str:
     mib = 2 ** 20
     lines = [f"Backbone benchmark ({env}); medians of {args.reps} alternating repetitions; "
+             "peak memory: PyTorch allocator peak above the pre-call level; "
              "ratios are model / Swin-T (lower is better).", ""]
     lines.append("| input | model | params (M) | GMACs | forward (s) | ×Swin | fwd+bwd (s) | ×Swin | "
                  "peak mem fwd (MiB) | ×Swin | peak mem fwd+bwd (MiB) | ×Swin |")
