@@ -13,6 +13,8 @@ batch / heads / head_dim tiny.
 """
 import functools
 import importlib.util
+import os
+import sys
 import warnings
 
 import pytest
@@ -20,7 +22,10 @@ import torch
 
 from dinat_backbone import ops
 from dinat_backbone.ops import NeighborhoodAttention2D, na2d
-from tests.reference import axis_neighbours, na2d_reference
+# `from tests.reference import ...` is shadowed by the top-level `tests` package that the
+# mmsegmentation 1.2.2 wheel installs into site-packages; import the module from this directory.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import axis_neighbours, na2d_reference  # noqa: E402
 
 HAVE_KERNEL = ops.cpu_kernel_available()
 needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="compiled CPU kernel (dinat_backbone._C) not built")
