@@ -25,14 +25,17 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
+        # fixed RoIAlign sampling (the default adaptive one is the slowest CPU op here)
+        bbox_roi_extractor=dict(
+            out_channels=64, roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2)),
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=num_classes),
-        mask_roi_extractor=dict(out_channels=64),
+        mask_roi_extractor=dict(
+            out_channels=64, roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2)),
         mask_head=dict(num_convs=2, in_channels=64, conv_out_channels=64, num_classes=num_classes)),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=200),
         rcnn=dict(max_per_img=20)))
