@@ -55,13 +55,19 @@ def toy_data():
     return make_toy_data.ensure(quiet=True)
 
 
+_RUN = iter(range(10 ** 6))
+
+
 def _opts(iters, ckpt_interval, extra=()):
     # no validation inside training (mmengine would run it at the last iteration): tools/test.py
     # evaluates the checkpoint afterwards
     return ["--cfg-options", f"train_cfg.max_iters={iters}", "val_cfg=None", "val_dataloader=None",
             "val_evaluator=None",
             f"default_hooks.checkpoint.interval={ckpt_interval}", "default_hooks.logger.interval=5",
-            "log_processor.window_size=5", "param_scheduler.0.end=5", *extra]
+            "log_processor.window_size=5", "param_scheduler.0.end=5",
+            # one visualizer per run: several runners in one process would otherwise share the
+            # first one's (and its scalars.json)
+            f"visualizer.name=vis_{os.getpid()}_{next(_RUN)}", *extra]
 
 
 def _scalars(work_dir):
@@ -131,7 +137,7 @@ def test_toy_detection_train_resume_test(tmp_path):
 
 def test_toy_segmentation_train_resume_test(tmp_path):
     work = str(tmp_path / "seg")
-    mm_train_tool.main([SEG_CFG, "--work-dir", work, *_opts(20, 20)])
+    mm_train_tool.main([SEG_CFG, "--work-dir", work, *_opts(20, 20, ["optim_wrapper.optimizer.lr=0.001"])])
     ckpt_path = os.path.join(work, "iter_20.pth")
     assert os.path.exists(ckpt_path)
     losses = [r["loss"] for r in _scalars(work) if "loss" in r]
@@ -139,7 +145,8 @@ def test_toy_segmentation_train_resume_test(tmp_path):
     ckpt30 = _assert_weights_only_loadable(ckpt_path)
 
     # --resume with an explicit checkpoint
-    mm_train_tool.main([SEG_CFG, "--work-dir", work, "--resume", ckpt_path, *_opts(26, 6)])
+    mm_train_tool.main([SEG_CFG, "--work-dir", work, "--resume", ckpt_path,
+                        *_opts(26, 6, ["optim_wrapper.optimizer.lr=0.001"])])
     ckpt36 = _assert_weights_only_loadable(os.path.join(work, "iter_26.pth"))
     assert ckpt36["meta"]["iter"] == 26
     assert _optimizer_steps(ckpt30) == {20} and _optimizer_steps(ckpt36) == {26}
@@ -189,7 +196,7 @@ def _to_hf(native, prefix=""):
         elif ".downsample." in k:
             out["encoder." + k] = v
         elif ".blocks." in k:
-            lv, _, i, _, j, rest = k.split(".", 5)
+            _, i, _, j, rest = k.split(".", 4)  # levels.i.blocks.j.<rest>
             base = f"encoder.levels.{i}.layers.{j}."
             if rest.startswith("attn.qkv."):
                 q, kk, vv = v.chunk(3, dim=0)
