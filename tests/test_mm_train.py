@@ -58,13 +58,13 @@ def toy_data():
 _RUN = iter(range(10 ** 6))
 
 
-def _opts(iters, ckpt_interval, extra=()):
+def _opts(iters, ckpt_interval, extra=(), log=5):
     # no validation inside training (mmengine would run it at the last iteration): tools/test.py
     # evaluates the checkpoint afterwards
     return ["--cfg-options", f"train_cfg.max_iters={iters}", "val_cfg=None", "val_dataloader=None",
             "val_evaluator=None",
-            f"default_hooks.checkpoint.interval={ckpt_interval}", "default_hooks.logger.interval=5",
-            "log_processor.window_size=5", "param_scheduler.0.end=5",
+            f"default_hooks.checkpoint.interval={ckpt_interval}", f"default_hooks.logger.interval={log}",
+            f"log_processor.window_size={log}", "param_scheduler.0.end=5",
             # one visualizer per run: several runners in one process would otherwise share the
             # first one's (and its scalars.json)
             f"visualizer.name=vis_{os.getpid()}_{next(_RUN)}", *extra]
@@ -103,36 +103,36 @@ def _assert_weights_only_loadable(path):
 def test_toy_detection_train_resume_test(tmp_path):
     work = str(tmp_path / "det")
     t0 = time.time()
-    mm_train_tool.main([DET_CFG, "--work-dir", work, *_opts(20, 20)])
+    mm_train_tool.main([DET_CFG, "--work-dir", work, *_opts(16, 16, log=4)])
     t_train = time.time() - t0
-    ckpt_path = os.path.join(work, "iter_20.pth")
+    ckpt_path = os.path.join(work, "iter_16.pth")
     assert os.path.exists(ckpt_path)
     losses = [r["loss"] for r in _scalars(work) if "loss" in r]
     assert len(losses) == 4
     assert losses[-1] < 0.9 * losses[0], losses
 
     ckpt30 = _assert_weights_only_loadable(ckpt_path)
-    assert ckpt30["meta"]["iter"] == 20
-    assert _optimizer_steps(ckpt30) == {20}
+    assert ckpt30["meta"]["iter"] == 16
+    assert _optimizer_steps(ckpt30) == {16}
 
-    # --resume (auto: latest checkpoint of the work dir) and continue to 30 iterations
-    mm_train_tool.main([DET_CFG, "--work-dir", work, "--resume", *_opts(30, 10)])
-    ckpt40 = _assert_weights_only_loadable(os.path.join(work, "iter_30.pth"))
-    assert ckpt40["meta"]["iter"] == 30
-    # AdamW's step counters went on from 20 (a fresh optimizer would be at 10)
-    assert _optimizer_steps(ckpt40) == {30}
+    # --resume (auto: latest checkpoint of the work dir) and continue to 24 iterations
+    mm_train_tool.main([DET_CFG, "--work-dir", work, "--resume", *_opts(24, 8, log=4)])
+    ckpt40 = _assert_weights_only_loadable(os.path.join(work, "iter_24.pth"))
+    assert ckpt40["meta"]["iter"] == 24
+    # AdamW's step counters went on from 16 (a fresh optimizer would be at 8)
+    assert _optimizer_steps(ckpt40) == {24}
     warmup, steps = ckpt40["param_schedulers"]  # LinearLR (ended at iteration 5), MultiStepLR
-    assert warmup["last_step"] == 4 and steps["last_step"] == 30, (warmup, steps)
+    assert warmup["last_step"] == 4 and steps["last_step"] == 24, (warmup, steps)
     resumed_iters = [r["iter"] for r in _scalars(work) if "loss" in r]
-    assert resumed_iters == [25, 30], resumed_iters
+    assert resumed_iters == [20, 24], resumed_iters
     # weights moved on from the resumed ones (training really continued)
     key = "backbone.patch_embed.proj.0.weight"
     assert not torch.equal(ckpt30["state_dict"][key], ckpt40["state_dict"][key])
 
-    metrics = mm_test_tool.main([DET_CFG, os.path.join(work, "iter_30.pth"), "--work-dir", str(tmp_path / "det_test")])
+    metrics = mm_test_tool.main([DET_CFG, os.path.join(work, "iter_24.pth"), "--work-dir", str(tmp_path / "det_test")])
     for k in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
         assert k in metrics and 0.0 <= metrics[k] <= 1.0, metrics
-    print(f"toy det: 20 iters in {t_train:.0f} s, losses {losses}, metrics {metrics}")
+    print(f"toy det: 16 iters in {t_train:.0f} s, losses {losses}, metrics {metrics}")
 
 
 def test_toy_segmentation_train_resume_test(tmp_path):
