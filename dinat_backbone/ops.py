@@ -323,7 +323,7 @@ def _register_cpu_kernel_python_parts():
         cdt = _compute_dtype_of(query.dtype)
         out = query.new_empty((B, X, Y, H, D))
         if save_weights:
-            weights = query.new_empty((B, H, X, kernel_size * kernel_size, Y), dtype=cdt)
+            weights = query.new_empty((B, X, kernel_size * kernel_size, Y, H), dtype=cdt)
         else:
             weights = query.new_empty((0,), dtype=cdt)
         return out, weights
@@ -387,7 +387,7 @@ def _na2d_torch_decomposed(query, key, value, kernel_size, dilation, rpb, scale)
 def na2d_cpu(query, key, value, kernel_size, dilation=1, rpb=None, scale=None):
     """Compiled CPU kernel path (forward and backward in C++, ``torch.ops.dinat.na2d_forward``).
 
-    The attention weights (``[B, heads, X, K*K, Y]``, float32 / float64) are kept for backward
+    The attention weights (``[B, X, K*K, Y, heads]``, float32 / float64) are kept for backward
     only when an input requires grad. Kernels larger than :data:`CPU_KERNEL_MAX_KERNEL_SIZE` and
     export tracing take the pure-PyTorch path.
     """

@@ -392,7 +392,7 @@ def test_fake_tensor_shapes():
         q = torch.empty(2, 9, 10, 3, 4, dtype=torch.bfloat16)
         out, weights = torch.ops.dinat.na2d_forward(q, q, q, None, 3, 1, 0.5, True)
         assert out.shape == q.shape and out.dtype == torch.bfloat16
-        assert weights.shape == (2, 3, 9, 9, 10) and weights.dtype == torch.float32
+        assert weights.shape == (2, 9, 9, 10, 3) and weights.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------

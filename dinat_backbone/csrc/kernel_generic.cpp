@@ -15,6 +15,7 @@ void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, 
   NA_DISPATCH_K(backward_query_rows, float, kLanes, a, begin, end, drpb)
 }
 void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float>(a, begin, end); }
+void pack_f32(const PackArgs& a, int64_t begin, int64_t end) { pack_rows<float, 4>(a, begin, end); }
 
 // float64 is for accuracy checks, not speed: one instantiation with a run-time kernel size
 void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_rows<double, 4, 0>(a, begin, end); }
@@ -22,5 +23,6 @@ void backward_query_f64(const BackwardQueryArgs& a, int64_t begin, int64_t end, 
   backward_query_rows<double, 4, 0>(a, begin, end, drpb);
 }
 void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<double>(a, begin, end); }
+void pack_f64(const PackArgs& a, int64_t begin, int64_t end) { pack_rows<double, 1>(a, begin, end); }
 }  // namespace generic
 }  // namespace dinat

@@ -65,15 +65,16 @@ struct Kernels {
   void (*forward)(const ForwardArgs&, int64_t, int64_t);
   void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
   void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);
+  void (*pack)(const PackArgs&, int64_t, int64_t);
 };
 
 Kernels kernels_for(at::ScalarType compute_dtype) {
   if (compute_dtype == at::kDouble)
-    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64};
+    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::pack_f64};
   switch (static_cast<Isa>(active_isa().load())) {
-    case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32};
-    case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32};
-    default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32};
+    case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::pack_f32};
+    case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::pack_f32};
+    default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::pack_f32};
   }
 }
 
@@ -140,7 +141,7 @@ struct Problem {
   int64_t B, X, Y, H, D, K, dil, Xs, Ys, yp, rp;
   AxisTables xt, yt;
   std::vector<int32_t> x_first, x_m, blocks;
-  int64_t row_tasks() const { return B * H * X; }                 // forward, backward pass 1
+  int64_t row_tasks() const { return B * X; }                     // forward, backward pass 1, packing
   int64_t subgrid_tasks() const { return B * H * dil * dil * Xs; }  // backward pass 2
   LaneGeometry lane_geometry() const {
     return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp};
@@ -152,9 +153,10 @@ struct Problem {
 };
 
 // Query blocks of one row: maximal runs of consecutive y whose windows have the same relative
-// offsets (same m = position of the query inside its window), cut greedily into vectors of
-// lanes, lanes/2 (and lanes/4 when lanes >= 8): (y0, count, m, block lanes).
-std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int lanes) {
+// offsets (same m = position of the query inside its window) times all H heads (lanes
+// j = y * H + h), cut greedily into vectors of lanes, lanes/2 (and lanes/4 when lanes >= 8):
+// (j0, count, m, block lanes).
+std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int64_t H, int lanes) {
   std::vector<int> sizes = {lanes, lanes / 2};
   if (lanes >= 8) sizes.push_back(lanes / 4);
   std::vector<int32_t> blocks;
@@ -163,8 +165,11 @@ std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int l
   while (y < Y) {
     int64_t run_end = y;
     while (run_end < Y && m_of_y[run_end] == m_of_y[y]) ++run_end;
-    while (y < run_end) {
-      const int64_t left = run_end - y;
+    const int32_t m = m_of_y[y];
+    int64_t j = y * H;
+    const int64_t j_end = run_end * H;
+    while (j < j_end) {
+      const int64_t left = j_end - j;
       int block_lanes = sizes.back();
       for (int size : sizes)
         if (size <= left) {
@@ -172,9 +177,10 @@ std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int l
           break;
         }
       const int64_t count = std::min<int64_t>(block_lanes, left);
-      blocks.insert(blocks.end(), {static_cast<int32_t>(y), static_cast<int32_t>(count), m_of_y[y], block_lanes});
-      y += count;
+      blocks.insert(blocks.end(), {static_cast<int32_t>(j), static_cast<int32_t>(count), m, block_lanes});
+      j += count;
     }
+    y = run_end;
   }
   return blocks;
 }
@@ -199,9 +205,9 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   // number of lines, so the D channel rows of a key row fall into different L1 sets (a
   // power-of-two-ish stride put all of them into a few sets and thrashed L1). Vector loads of a
   // block's unused lanes may run past a row into the next row's finite values; they are discarded.
-  p.yp = (p.Y + 15) / 16 * 16;
+  p.yp = (p.Y * p.H + 15) / 16 * 16;
   if ((p.yp / 16) % 2 == 0) p.yp += 16;
-  p.rp = bias_row_len(K);
+  p.rp = 2 * K - 1;
   p.xt = axis_tables(p.X, K, dil, p.Xs);
   p.yt = axis_tables(p.Y, K, dil, p.Ys);
   // original-coordinate window tables: first key and the query's own window position
@@ -218,7 +224,7 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   first_and_m(p.X, p.xt, p.Xs, p.x_first, p.x_m);
   std::vector<int32_t> y_first, y_m;
   first_and_m(p.Y, p.yt, p.Ys, y_first, y_m);
-  p.blocks = plan_query_blocks(y_m, lanes);
+  p.blocks = plan_query_blocks(y_m, p.H, lanes);
   return p;
 }
 
@@ -233,49 +239,47 @@ Tensor scratch(int slot, int64_t numel, at::ScalarType dtype) {
   return t.narrow(0, 0, numel);
 }
 
-// Transposed copy per row and head: out[b, h, x, c, y] = t[b, x, y, h, c], rows of yp elements
-// (zero past Y) and 16 zeros after the last row, so that full-vector loads stay in the buffer.
-template <typename T>
-Tensor pack_transposed(const Tensor& t, const Problem& P, int slot) {
+PackArgs pack_args(const Tensor& t, const Problem& P) {
+  return PackArgs{strided(t), P.X, P.Y, P.H, P.D, P.yp, nullptr};
+}
+
+// Transposed copies (see PackArgs) of up to three tensors in one parallel region, in scratch slots
+// slot0.., rows of yp elements (zero past Y * H) and 16 zeros after the last row, so that
+// full-vector loads stay in the buffer.
+std::vector<Tensor> pack_all(const std::vector<const Tensor*>& ts, const Problem& P, const Kernels& kern, int slot0) {
   const int64_t numel = P.row_tasks() * P.D * P.yp;
-  Tensor out = scratch(slot, numel + 16, t.scalar_type());
-  const Strided src = strided(t);
-  T* dst = out.data_ptr<T>();
-  std::memset(dst + numel, 0, 16 * sizeof(T));
-  const int64_t D = P.D, yp = P.yp;
-  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t x = task % P.X, h = (task / P.X) % P.H, b = task / (P.X * P.H);
-      T* row = dst + task * D * yp;
-      const T* base = static_cast<const T*>(src.ptr) + b * src.sb + x * src.sx + h * src.sh;
-      // 8 positions at a time: reads of 8 head_dim vectors, writes of 8 consecutive elements
-      int64_t y = 0;
-      for (; y + 8 <= P.Y; y += 8)
-        for (int64_t c = 0; c < D; ++c)
-          for (int64_t j = 0; j < 8; ++j) row[c * yp + y + j] = base[(y + j) * src.sy + c];
-      for (; y < P.Y; ++y)
-        for (int64_t c = 0; c < D; ++c) row[c * yp + y] = base[y * src.sy + c];
-      for (int64_t c = 0; c < D; ++c) std::memset(row + c * yp + P.Y, 0, sizeof(T) * (yp - P.Y));
-    }
-  });
-  return out;
-}
-
-Tensor pack(const Tensor& t, const Problem& P, int slot) {
-  return t.scalar_type() == at::kDouble ? pack_transposed<double>(t, P, slot) : pack_transposed<float>(t, P, slot);
-}
-
-// [H, 2K-1, rp]: rpb in the compute dtype, zero padded (all zeros without rpb)
-Tensor bias_table(const c10::optional<Tensor>& rpb, const Problem& P, at::ScalarType dtype) {
-  Tensor table = at::zeros({P.H, 2 * P.K - 1, P.rp}, at::TensorOptions().dtype(dtype));
-  if (rpb.has_value() && rpb->defined()) {
-    const Tensor& r = *rpb;
-    TORCH_CHECK(r.dim() == 3 && r.size(0) == P.H && r.size(1) == 2 * P.K - 1 && r.size(2) == 2 * P.K - 1,
-                "dinat::na2d: rpb must be [heads, 2*kernel_size-1, 2*kernel_size-1] = [", P.H, ", ", 2 * P.K - 1, ", ",
-                2 * P.K - 1, "], got ", r.sizes());
-    table.narrow(2, 0, 2 * P.K - 1).copy_(r.to(at::kCPU));
+  std::vector<Tensor> outs;
+  std::vector<PackArgs> args;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    Tensor out = scratch(slot0 + static_cast<int>(i), numel + 16, ts[i]->scalar_type());
+    std::memset(static_cast<char*>(out.data_ptr()) + numel * out.element_size(), 0, 16 * out.element_size());
+    args.push_back(pack_args(*ts[i], P));
+    args.back().dst = out.data_ptr();
+    outs.push_back(out);
   }
-  return table;
+  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (const PackArgs& a : args) kern.pack(a, begin, end);
+  });
+  return outs;
+}
+
+// [H phases, 2K-1, 2K-1, 16]: lane l of phase p holds rpb[(p + l) % H] in the compute dtype (the
+// bias of a vector of lanes j0.. with j0 % H = p); all zeros without rpb
+Tensor bias_table(const c10::optional<Tensor>& rpb, const Problem& P, at::ScalarType dtype) {
+  const int64_t K2 = 2 * P.K - 1;
+  if (!(rpb.has_value() && rpb->defined())) return at::zeros({P.H, K2, K2, kBiasLanes}, at::TensorOptions().dtype(dtype));
+  const Tensor& r = *rpb;
+  TORCH_CHECK(r.dim() == 3 && r.size(0) == P.H && r.size(1) == K2 && r.size(2) == K2,
+              "dinat::na2d: rpb must be [heads, 2*kernel_size-1, 2*kernel_size-1] = [", P.H, ", ", K2, ", ", K2,
+              "], got ", r.sizes());
+  // heads of lane l of phase p: (p + l) % H
+  std::vector<int64_t> idx(P.H * kBiasLanes);
+  for (int64_t p = 0; p < P.H; ++p)
+    for (int64_t l = 0; l < kBiasLanes; ++l) idx[p * kBiasLanes + l] = (p + l) % P.H;
+  Tensor index = at::tensor(idx, at::TensorOptions().dtype(at::kLong));
+  // [H, K2, K2] -> [K2, K2, H] -> gather heads -> [K2, K2, H, 16] -> [H, K2, K2, 16]
+  Tensor rr = r.to(at::kCPU).to(dtype).permute({1, 2, 0}).index_select(2, index).view({K2, K2, P.H, kBiasLanes});
+  return rr.permute({2, 0, 1, 3}).contiguous();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,12 +295,13 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   const Kernels kern = kernels_for(cdt);
   Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
   const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt);
-  const Tensor qt = pack(q, P, 0), kt = pack(k, P, 1), vt = pack(v, P, 2);
+  const std::vector<Tensor> packed = pack_all({&k, &v}, P, kern, 1);
+  const Tensor &kt = packed[0], &vt = packed[1];
   const Tensor bias = bias_table(rpb, P, cdt);
   Tensor out = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
-  Tensor weights = save_weights ? at::empty({P.B, P.H, P.X, P.K * P.K, P.Y}, q.options()) : at::empty({0}, q.options());
-  ForwardArgs args{P.geometry(), P.lane_geometry(), qt.data_ptr(), kt.data_ptr(), vt.data_ptr(), strided(out),
-                   bias.data_ptr(), P.rp, save_weights ? weights.data_ptr() : nullptr, scale};
+  Tensor weights = save_weights ? at::empty({P.B, P.X, P.K * P.K, P.Y, P.H}, q.options()) : at::empty({0}, q.options());
+  ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), kt.data_ptr(), vt.data_ptr(), strided(out),
+                   bias.data_ptr(), save_weights ? weights.data_ptr() : nullptr, scale};
   at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
   return {out.to(query.scalar_type()), weights};
 }
@@ -312,13 +317,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   const at::ScalarType cdt = compute_dtype_of(query);
   const Kernels kern = kernels_for(cdt);
   Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
-  TORCH_CHECK(weights.dim() == 5 && weights.size(0) == P.B && weights.size(1) == P.H && weights.size(2) == P.X &&
-                  weights.size(3) == P.K * P.K && weights.size(4) == P.Y,
-              "dinat::na2d_backward: weights must be the [B, heads, X, K*K, Y] tensor saved by na2d_forward(save_weights=True), got ",
+  TORCH_CHECK(weights.dim() == 5 && weights.size(0) == P.B && weights.size(1) == P.X && weights.size(2) == P.K * P.K &&
+                  weights.size(3) == P.Y && weights.size(4) == P.H,
+              "dinat::na2d_backward: weights must be the [B, X, K*K, Y, heads] tensor saved by na2d_forward(save_weights=True), got ",
               weights.sizes());
   const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt), go = prepare(grad_out, cdt);
   const Tensor w = weights.to(cdt).contiguous();
-  const Tensor got = pack(go, P, 0), kt = pack(k, P, 1), vt = pack(v, P, 2);
+  const std::vector<Tensor> packed = pack_all({&k, &v}, P, kern, 1);
+  const Tensor &kt = packed[0], &vt = packed[1];
   Tensor grad_logits = scratch(3, w.numel(), cdt);
   Tensor dq = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
   Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);
@@ -327,7 +333,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   const int threads = at::get_num_threads();
   const int64_t drpb_size = P.H * (2 * P.K - 1) * P.rp;
   std::vector<double> drpb_acc(static_cast<size_t>(threads) * drpb_size, 0.0);
-  BackwardQueryArgs qargs{geo,           P.lane_geometry(), got.data_ptr(), kt.data_ptr(), vt.data_ptr(), strided(dq),
+  BackwardQueryArgs qargs{geo,           P.lane_geometry(), pack_args(go, P), kt.data_ptr(), vt.data_ptr(), strided(dq),
                           w.data_ptr(),  grad_logits.data_ptr(), P.rp, scale};
   at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
@@ -370,7 +376,15 @@ std::string set_isa(const std::string& name) {
 }  // namespace
 }  // namespace dinat
 
-TORCH_LIBRARY(dinat, m) {
+// The op namespace is a macro only so that a renamed copy can be loaded beside the installed one
+// (A/B timing in one process); builds of the package always use "dinat".
+#ifndef DINAT_OPS_NS
+#define DINAT_OPS_NS dinat
+#endif
+#define DINAT_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define DINAT_TORCH_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
+DINAT_TORCH_LIBRARY(DINAT_OPS_NS, m) {
   m.def(
       "na2d_forward(Tensor query, Tensor key, Tensor value, Tensor? rpb, int kernel_size, int dilation, float scale, "
       "bool save_weights) -> (Tensor, Tensor)");
@@ -379,7 +393,7 @@ TORCH_LIBRARY(dinat, m) {
       "int kernel_size, int dilation, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(dinat, CPU, m) {
+DINAT_TORCH_LIBRARY_IMPL(DINAT_OPS_NS, CPU, m) {
   m.impl("na2d_forward", &dinat::na2d_forward);
   m.impl("na2d_backward", &dinat::na2d_backward);
 }

@@ -13,10 +13,6 @@ namespace dinat {
 // take the pure-PyTorch path in ops.py.
 constexpr int kMaxKernelSize = 31;
 
-// Row length of the padded bias table and the drpb accumulators: a full-vector load at column
-// offset (K - 1 + start - query) <= K - 1 may run up to K rounded up to the widest vector (16).
-static inline int64_t bias_row_len(int64_t K) { return K - 1 + (K + 15) / 16 * 16; }
-
 // A [batch, X, Y, heads, head_dim] tensor with head_dim contiguous; strides in elements.
 struct Strided {
   void* ptr;
@@ -37,34 +33,44 @@ struct Geometry {
   const int32_t* y_inv_hi;
 };
 
-// Forward and backward pass 1 work in original coordinates, vectorised across queries: a block
-// of L consecutive queries of one row whose windows sit at the same relative offsets (same m,
-// the query's own position inside its window along y) shares every load pattern, so
-// logits[a][t] (one vector over the L queries) += qt[c][y0:y0+L] * kt[row a][c][y0 + (t-m)*d : ...]
-// with all lanes useful and the softmax elementwise across the K*K vectors.
+// Forward and backward pass 1 work in original coordinates, vectorised across queries AND heads:
+// the transposed copies are [B, X, D, yp] with lane j = y * H + h along a row, so every head of a
+// run of consecutive queries of one row whose windows sit at the same relative offsets (same m,
+// the query's own position inside its window along y) shares every load pattern:
+//   logits[a][t] (one vector over L lanes) += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)*d*H : ...]
+// with all lanes useful (also for dilations whose runs of equal m are short, e.g. d = 7 with 8
+// heads: runs of 7 queries x 8 heads = 56 lanes instead of 7), and the softmax elementwise across
+// the K*K vectors. The head of lane l of a vector starting at lane j0 is (j0 + l) % H, so the bias
+// comes from a table of 16-lane vectors per phase j0 % H.
 struct LaneGeometry {
   const int32_t* x_first;  // original index of the first key row of query row x's window
   const int32_t* x_m;      // (x - x_first) / d: the window row of the query itself
-  const int32_t* blocks;   // [n_blocks][4] = (y0, count, m, lanes): the query blocks of every row
+  const int32_t* blocks;   // [n_blocks][4] = (j0, count, m, lanes): the vectors of every row
   int64_t n_blocks;
-  int64_t yp;              // row length of the transposed copies [B, H, X, D, yp]
+  int64_t yp;              // row length of the transposed copies [B, X, D, yp], >= Y * H
 };
 
-// Backward pass 2 works per key on residue-class sub-grids; its tasks are rows of a sub-grid:
-//   task = (((b * H + h) * d + rx) * d + ry) * Xs + p
-// Tasks with p >= the residue class length are empty.
+// Transposed copy of rows [task_begin, task_end) (task = b * X + x):
+//   dst[b, x, c, y * H + h] = src[b, x, y, h, c], rows of yp elements, zero past Y * H.
+struct PackArgs {
+  Strided src;
+  int64_t X, Y, H, D, yp;
+  void* dst;
+};
 
-// Forward tasks are query rows: task = (b * H + h) * X + x.
+// Lane width of the bias table rows and drpb accumulators (the widest vector).
+constexpr int kBiasLanes = 16;
+
+// Forward tasks are query rows: task = b * X + x (all heads).
 struct ForwardArgs {
   Geometry g;
   LaneGeometry lg;
-  const void* qt;     // transposed copies [B, H, X, D, yp] (+ 16 finite elements at the end)
-  const void* kt;
+  PackArgs q;         // the query, transposed row by row inside the kernel (dst unused)
+  const void* kt;     // transposed copies [B, X, D, yp] (+ 16 finite elements at the end)
   const void* vt;
   Strided out;
-  const void* bias;   // [H, 2K-1, rp]: rpb with zero padding (all zeros when there is no rpb)
-  int64_t rp;         // padded bias row length, >= K - 1 + (K rounded up to the vector width); see bias_row_len
-  void* weights;      // softmax weights [B, H, X, K*K, Y] saved for backward, or nullptr
+  const void* bias;   // [H phases, 2K-1, 2K-1, 16]: lane l of phase p = rpb[(p + l) % H] (zeros without rpb)
+  void* weights;      // softmax weights [B, X, K*K, Y, H] saved for backward, or nullptr
   double scale;
 };
 
@@ -74,12 +80,12 @@ struct ForwardArgs {
 struct BackwardQueryArgs {
   Geometry g;
   LaneGeometry lg;
-  const void* got;      // transposed copies of grad_out, key, value
-  const void* kt;
+  PackArgs grad_out;    // transposed row by row inside the kernel (dst unused)
+  const void* kt;       // transposed copies of key, value
   const void* vt;
   Strided grad_q;
-  const void* weights;  // P [B, H, X, K*K, Y]
-  void* grad_logits;    // dS [B, H, X, K*K, Y] (output)
+  const void* weights;  // P [B, X, K*K, Y, H]
+  void* grad_logits;    // dS [B, X, K*K, Y, H] (output)
   int64_t rp;           // row length of the drpb accumulator [H, 2K-1, rp]
   double scale;
 };
@@ -89,7 +95,7 @@ struct BackwardQueryArgs {
 struct BackwardKeyArgs {
   Geometry g;
   Strided q, grad_out, grad_k, grad_v;
-  const void* weights;      // P [B, H, X, K*K, Y]
+  const void* weights;      // P [B, X, K*K, Y, H]
   const void* grad_logits;  // dS
   double scale;
 };
@@ -99,6 +105,7 @@ struct BackwardKeyArgs {
   void forward_f32(const ForwardArgs& a, int64_t task_begin, int64_t task_end);                          \
   void backward_query_f32(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb); \
   void backward_key_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);                 \
+  void pack_f32(const PackArgs& a, int64_t task_begin, int64_t task_end);                                \
   }
 
 DINAT_DECLARE_ISA(avx512)
@@ -109,6 +116,7 @@ namespace generic {
 void forward_f64(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
 void backward_query_f64(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);
 void backward_key_f64(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
+void pack_f64(const PackArgs& a, int64_t task_begin, int64_t task_end);
 }  // namespace generic
 
 }  // namespace dinat

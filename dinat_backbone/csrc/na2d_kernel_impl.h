@@ -6,10 +6,10 @@
 //   NA_VEC_BYTES  native vector size in bytes (64, 32, 16)
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
-// Forward and backward pass 1 (see na2d_kernel.h): one task is one query row; it is cut into
-// blocks of L consecutive queries whose windows have the same relative offsets, and every
-// quantity is a vector over the L queries of a block (all lanes useful, no horizontal sums):
-//   QK   logits[a][t] += qt[c][y0:y0+L] * kt[row a][c][y0 + (t-m)d : ...] on transposed copies
+// Forward and backward pass 1 (see na2d_kernel.h): one task is one query row (all heads); its
+// lanes j = y * H + h are cut into vectors of L lanes whose queries have windows at the same
+// relative offsets, and every quantity is a vector over the L lanes (all useful, no horizontal sums):
+//   QK   logits[a][t] += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)dH : ...] on transposed copies
 //   softmax elementwise across the K*K logit vectors, with a branch-free polynomial exp
 //   AV   out_t[c] += P[a][t] * vt[row a][c][...], 8 channels in registers, then transposed out.
 // Backward pass 2 (dK, dV) runs per key over its inverse neighbourhood on residue-class
@@ -142,210 +142,340 @@ NA_INLINE T* at_mut(const Strided& s, int64_t b, int64_t x, int64_t y, int64_t h
 }
 
 // ---------------------------------------------------------------------------------------------
-// Query blocks (forward and backward pass 1)
+// Transposed copies
 // ---------------------------------------------------------------------------------------------
-// Per block of L queries (y0 .. y0+count-1 of row x, window offset m along y):
-//   row_off[a]  start of key row a of the window in a transposed copy [B, H, X, D, yp]
-//   col_off[t]  y0 + (t - m) * d: the column of window column t for the block's first query
-struct BlockPlan {
-  int64_t row_off[kMaxKernelSize];
-  int64_t col_off[kMaxKernelSize];
-  int64_t y0, count, my, mx;
+// In-register transpose of a W x W tile (float): log2(W) stages; stage B swaps the off-diagonal
+// B x B sub-blocks of every pair of rows (i, i + B), two two-source shuffles per pair.
+template <int W, int B>
+NA_INLINE void transpose_stage(typename VecT<float, W>::type* r) {
+  typedef typename VecT<float, W>::type V;
+  typedef typename IntVecT<W>::type VI;
+  VI m_lo, m_hi;
+  for (int c = 0; c < W; ++c) {
+    m_lo[c] = (c & B) ? W + c - B : c;
+    m_hi[c] = (c & B) ? W + c : c + B;
+  }
+  for (int i = 0; i < W; ++i)
+    if (!(i & B)) {
+      const V a = r[i], b = r[i + B];
+      r[i] = __builtin_shuffle(a, b, m_lo);
+      r[i + B] = __builtin_shuffle(a, b, m_hi);
+    }
+}
+template <int W>
+NA_INLINE void transpose_tile(typename VecT<float, W>::type* r) {
+  if constexpr (W >= 16) transpose_stage<W, 8>(r);
+  if constexpr (W >= 8) transpose_stage<W, 4>(r);
+  if constexpr (W >= 4) transpose_stage<W, 2>(r);
+  if constexpr (W >= 2) transpose_stage<W, 1>(r);
+}
+
+// one row (task = b * X + x) into row[D][yp]; W = 1: scalar copies (double)
+template <typename T, int W>
+NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
+  const Strided& src = A.src;
+  const int64_t D = A.D, yp = A.yp, H = A.H, YH = A.Y * A.H;
+  {
+    const int64_t x = task % A.X, b = task / A.X;
+    const T* base = static_cast<const T*>(src.ptr) + b * src.sb + x * src.sx;
+    int64_t j = 0;
+    if constexpr (W > 1) {
+      typedef typename VecT<T, W>::type V;
+      const T* ptrs[W];
+      for (; j + W <= YH; j += W) {
+        for (int l = 0; l < W; ++l) ptrs[l] = base + ((j + l) / H) * src.sy + ((j + l) % H) * src.sh;
+        int64_t c = 0;
+        for (; c + W <= D; c += W) {
+          V r[W];
+          for (int l = 0; l < W; ++l) r[l] = vload<V>(ptrs[l] + c);
+          transpose_tile<W>(r);
+          for (int l = 0; l < W; ++l) vstore(row + (c + l) * yp + j, r[l]);
+        }
+        for (; c < D; ++c)
+          for (int l = 0; l < W; ++l) row[c * yp + j + l] = ptrs[l][c];
+      }
+    }
+    for (; j < YH; ++j) {
+      const T* s = base + (j / H) * src.sy + (j % H) * src.sh;
+      for (int64_t c = 0; c < D; ++c) row[c * yp + j] = s[c];
+    }
+    for (int64_t c = 0; c < D; ++c)
+      for (int64_t jj = YH; jj < yp; ++jj) row[c * yp + jj] = T(0);
+  }
+}
+
+template <typename T, int W>
+void pack_rows(const PackArgs& A, int64_t task_begin, int64_t task_end) {
+  for (int64_t task = task_begin; task < task_end; ++task)
+    pack_row<T, W>(A, task, static_cast<T*>(A.dst) + task * A.D * A.yp);
+}
+
+// lanes of the in-register transpose used to pack a row of T
+template <typename T>
+constexpr int pack_width() {
+  return sizeof(T) == 4 ? NA_VEC_BYTES / 4 : 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query rows (forward and backward pass 1)
+// ---------------------------------------------------------------------------------------------
+// A task is one query row (all heads). Its vectors ("blocks", see plan_query_blocks in na2d.cpp)
+// are processed key row by key row: for window row a, every block of the row runs against key
+// row first + a*d before the next window row starts. Consecutive blocks read overlapping stretches
+// of the same key row, so these stay in L1 (per block, the K window rows x D channels touch far
+// more than L1 holds, which made the block-at-a-time order stream everything from L2, worst with
+// dilation). Per-block intermediates (logits / weights, output channels) live in row buffers of
+// LMAX-lane slots.
+
+template <int N>
+struct IntC {
+  static constexpr int value = N;
 };
 
-// acc[a*K + t] = sum_c src[c][lanes] * rows[a][c][col_off[t] + lanes]; src is a transposed row
-template <typename T, int L, int KT>
-NA_INLINE void block_dot(const T* src_row, const T* rows, const BlockPlan& bp, int K, int64_t D, int64_t yp,
-                         typename VecT<T, L>::type* acc) {
-  typedef typename VecT<T, L>::type V;
-  constexpr int KMAX = KT ? KT : kMaxKernelSize;
-  for (int a = 0; a < K; ++a) {
-    const T* krow = rows + bp.row_off[a];
-    V racc[KMAX];
-    for (int t = 0; t < K; ++t) racc[t] = V{};
-    for (int64_t c = 0; c < D; ++c) {
-      const V qv = vload<V>(src_row + c * yp);
-      const T* kc = krow + c * yp;
-      for (int t = 0; t < K; ++t) racc[t] += qv * vload<V>(kc + bp.col_off[t]);
-    }
-    for (int t = 0; t < K; ++t) acc[a * K + t] = racc[t];
-  }
+// calls f(IntC<L>) with the block width of this block (LMAX, LMAX/2, LMAX/4)
+template <int LMAX, class F>
+NA_INLINE void with_lanes(int lanes, F&& f) {
+  constexpr int L2 = LMAX >= 4 ? LMAX / 2 : LMAX;
+  constexpr int L4 = LMAX >= 8 ? LMAX / 4 : L2;
+  if (lanes == LMAX) f(IntC<LMAX>{});
+  else if (lanes == L2) f(IntC<L2>{});
+  else f(IntC<L4>{});
 }
 
-// out_t[c][lanes] = out_scale * sum_{a,t} w[a*K+t][lanes] * rows[a][c][col_off[t] + lanes] for CB
-// channels from c0 (CB accumulators stay in registers across the K*K neighbours)
-template <typename T, int L, int KT, int CB>
-NA_INLINE void block_weighted_sum_chunk(const typename VecT<T, L>::type* w, const T* rows, const BlockPlan& bp, int K,
-                                        int64_t yp, int64_t c0, T* out_t, T out_scale) {
+// lane of window column t for the block's first lane: j0 + (t - m) * d * H
+NA_INLINE void block_cols(const int32_t* block, int64_t dH, int K, int64_t* col) {
+  for (int t = 0; t < K; ++t) col[t] = block[0] + (t - block[2]) * dH;
+}
+
+// dst[t][lanes] = sum_c src[c][lanes] * krow[c][col[t] + lanes], t < K (dst slots LMAX apart)
+template <typename T, int L, int KT>
+NA_INLINE void block_dot_row(const T* src, const T* krow, const int64_t* col, int K, int64_t D, int64_t yp, T* dst,
+                             int64_t slot) {
+  typedef typename VecT<T, L>::type V;
+  constexpr int KMAX = KT ? KT : kMaxKernelSize;
+  V racc[KMAX];
+  for (int t = 0; t < K; ++t) racc[t] = V{};
+  for (int64_t c = 0; c < D; ++c) {
+    const V qv = vload<V>(src + c * yp);
+    const T* kc = krow + c * yp;
+    for (int t = 0; t < K; ++t) racc[t] += qv * vload<V>(kc + col[t]);
+  }
+  for (int t = 0; t < K; ++t) vstore(dst + t * slot, racc[t]);
+}
+
+// out[c][lanes] (+)= sum_t w[t][lanes] * vrow[c][col[t] + lanes] for CB channels (slots LMAX apart)
+template <typename T, int L, int CB>
+NA_INLINE void block_wsum_row_chunk(const T* w, const T* vrow, const int64_t* col, int K, int64_t yp, T* out,
+                                    int64_t slot, bool first) {
   typedef typename VecT<T, L>::type V;
   V acc[CB];
-  for (int j = 0; j < CB; ++j) acc[j] = V{};
-  for (int a = 0; a < K; ++a) {
-    const T* vrow = rows + bp.row_off[a] + c0 * yp;
-    for (int t = 0; t < K; ++t) {
-      const V wv = w[a * K + t];
-      const T* src = vrow + bp.col_off[t];
-      for (int j = 0; j < CB; ++j) acc[j] += wv * vload<V>(src + j * yp);
-    }
+  if (first)
+    for (int j = 0; j < CB; ++j) acc[j] = V{};
+  else
+    for (int j = 0; j < CB; ++j) acc[j] = vload<V>(out + j * slot);
+  for (int t = 0; t < K; ++t) {
+    const V wv = vload<V>(w + t * slot);
+    const T* src = vrow + col[t];
+    for (int j = 0; j < CB; ++j) acc[j] += wv * vload<V>(src + j * yp);
   }
-  for (int j = 0; j < CB; ++j) vstore(out_t + (c0 + j) * L, acc[j] * out_scale);
+  for (int j = 0; j < CB; ++j) vstore(out + j * slot, acc[j]);
 }
 
-template <typename T, int L, int KT>
-NA_INLINE void block_weighted_sum(const typename VecT<T, L>::type* w, const T* rows, const BlockPlan& bp, int K,
-                                  int64_t D, int64_t yp, T* out_t, T out_scale) {
+template <typename T, int L>
+NA_INLINE void block_wsum_row(const T* w, const T* vrow, const int64_t* col, int K, int64_t D, int64_t yp, T* out,
+                              int64_t slot, bool first) {
   constexpr int CB = 8;
   int64_t c0 = 0;
-  for (; c0 + CB <= D; c0 += CB) block_weighted_sum_chunk<T, L, KT, CB>(w, rows, bp, K, yp, c0, out_t, out_scale);
-  for (; c0 < D; ++c0) block_weighted_sum_chunk<T, L, KT, 1>(w, rows, bp, K, yp, c0, out_t, out_scale);
+  for (; c0 + CB <= D; c0 += CB)
+    block_wsum_row_chunk<T, L, CB>(w, vrow + c0 * yp, col, K, yp, out + c0 * slot, slot, first);
+  for (; c0 < D; ++c0) block_wsum_row_chunk<T, L, 1>(w, vrow + c0 * yp, col, K, yp, out + c0 * slot, slot, first);
 }
 
-// out[y0 + l][c] = out_t[c][l] for the block's valid lanes
-template <typename T, int L>
-NA_INLINE void store_transposed(const T* out_t, const Strided& out, int64_t b, int64_t x, int64_t h,
-                                const BlockPlan& bp, int64_t D) {
-  for (int64_t l = 0; l < bp.count; ++l) {
-    T* op = at_mut<T>(out, b, x, bp.y0 + l, h);
-    for (int64_t c = 0; c < D; ++c) op[c] = out_t[c * L + l];
+// out[y][h][c] = scale * out_t[c][l] for the block's valid lanes l (j0 + l = y * H + h)
+template <typename T>
+NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
+                           const int32_t* block, int64_t D, T scale) {
+  int64_t y = block[0] / H, h = block[0] - y * H;
+  for (int64_t l = 0; l < block[1]; ++l) {
+    T* op = at_mut<T>(out, b, x, y, h);
+    for (int64_t c = 0; c < D; ++c) op[c] = out_t[c * slot + l] * scale;
+    if (++h == H) h = 0, ++y;
   }
 }
 
-NA_INLINE void plan_block(const Geometry& g, const LaneGeometry& lg, int64_t b, int64_t h, int64_t x,
-                          const int32_t* block, int K, BlockPlan& bp) {
-  const int64_t d = g.dil, D = g.D, yp = lg.yp;
+// Per-thread row buffers: lbuf [n_blocks][K*K][LMAX] (logits, weights, dS), obuf [n_blocks][D][LMAX],
+// srow [D][yp] + 16 zeros: the query row (or grad_out row), transposed here rather than in a
+// separate pass over the whole tensor.
+template <typename T>
+struct RowBuffers {
+  T* lbuf;
+  T* obuf;
+  T* srow;
+  RowBuffers(int64_t nb, int64_t KK, int64_t D, int64_t lmax, int64_t yp)
+      : lbuf(new T[nb * KK * lmax]), obuf(new T[nb * D * lmax]), srow(new T[D * yp + 16]()) {}
+  ~RowBuffers() {
+    delete[] lbuf;
+    delete[] obuf;
+    delete[] srow;
+  }
+};
+
+// Row pass shared by forward and backward pass 1:
+//   lbuf[i][a*K + t] = src_row . rows[first + a*d] at the window columns of block i   (QK or dO.V)
+//   per_block(i, block, L)   (softmax or dS, in place in lbuf)
+//   obuf[i][c] = sum_{a,t} lbuf[i][a*K+t] * wrows[first + a*d][c][cols]   (AV or dS.K)
+template <typename T, int LMAX, int KT, class PerBlock>
+NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, int64_t x, const T* src_row,
+                        const T* dot_rows, const T* sum_rows, RowBuffers<T>& rb, PerBlock&& per_block) {
+  const int K = KT ? KT : (int)g.K;
+  const int64_t KK = K * K, D = g.D, yp = lg.yp, dH = g.dil * g.H, nb = lg.n_blocks;
   const int64_t first = lg.x_first[x];
-  for (int a = 0; a < K; ++a) bp.row_off[a] = ((b * g.H + h) * g.X + first + a * d) * D * yp;
-  bp.y0 = block[0];
-  bp.count = block[1];
-  bp.my = block[2];
-  bp.mx = lg.x_m[x];
-  for (int t = 0; t < K; ++t) bp.col_off[t] = bp.y0 + (t - bp.my) * d;
-}
-
-template <typename T, int L, int KT>
-void forward_block(const ForwardArgs& A, int64_t b, int64_t h, int64_t x, const int32_t* block, T* out_buf) {
-  typedef typename VecT<T, L>::type V;
-  constexpr int KMAX = KT ? KT : kMaxKernelSize;
-  const Geometry& g = A.g;
-  const int K = KT ? KT : (int)g.K;
-  const int KK = K * K;
-  const int64_t D = g.D, yp = A.lg.yp, rp = A.rp;
-  BlockPlan bp;
-  plan_block(g, A.lg, b, h, x, block, K, bp);
-  const int64_t row_base = ((b * g.H + h) * g.X + x) * D * yp;
-
-  V prob[KMAX * KMAX];
-  block_dot<T, L, KT>(static_cast<const T*>(A.qt) + row_base + bp.y0, static_cast<const T*>(A.kt), bp, K, D, yp, prob);
-  // logits = scale * q.k + rpb[h, K-1 + a - mx, K-1 + t - my]; the bias is the same for every lane
-  const T scale = (T)A.scale;
-  const T* bias = static_cast<const T*>(A.bias) + (h * (2 * K - 1) + (K - 1 - bp.mx)) * rp + (K - 1 - bp.my);
-  V vmax = splat<V>(-infinity<T>());
-  for (int a = 0; a < K; ++a)
-    for (int t = 0; t < K; ++t) {
-      V l = prob[a * K + t] * scale + bias[a * rp + t];
-      prob[a * K + t] = l;
-      vmax = l > vmax ? l : vmax;
-    }
-  V vsum = V{};
-  for (int i = 0; i < KK; ++i) {
-    V e = VecMath<T, L>::exp(prob[i] - vmax);
-    prob[i] = e;
-    vsum += e;
-  }
-  const V inv = T(1) / vsum;
-  for (int i = 0; i < KK; ++i) prob[i] *= inv;
-  if (A.weights) {
-    T* wq = static_cast<T*>(A.weights) + (((b * g.H + h) * g.X + x) * KK) * g.Y + bp.y0;
-    for (int i = 0; i < KK; ++i) {
-      if (bp.count == L) vstore(wq + i * g.Y, prob[i]);
-      else __builtin_memcpy(wq + i * g.Y, &prob[i], sizeof(T) * bp.count);
+  int64_t col[kMaxKernelSize];
+  for (int a = 0; a < K; ++a) {
+    const T* krow = dot_rows + (b * g.X + first + a * g.dil) * D * yp;
+    for (int64_t i = 0; i < nb; ++i) {
+      const int32_t* block = lg.blocks + 4 * i;
+      block_cols(block, dH, K, col);
+      T* dst = rb.lbuf + (i * KK + a * K) * LMAX;
+      with_lanes<LMAX>(block[3], [&](auto lc) {
+        block_dot_row<T, decltype(lc)::value, KT>(src_row + block[0], krow, col, K, D, yp, dst, LMAX);
+      });
     }
   }
-  block_weighted_sum<T, L, KT>(prob, static_cast<const T*>(A.vt), bp, K, D, yp, out_buf, T(1));
-  store_transposed<T, L>(out_buf, A.out, b, x, h, bp, D);
-}
-
-template <typename T, int L, int KT>
-void backward_query_block(const BackwardQueryArgs& A, int64_t b, int64_t h, int64_t x, const int32_t* block,
-                          double* drpb, T* dq_buf) {
-  typedef typename VecT<T, L>::type V;
-  constexpr int KMAX = KT ? KT : kMaxKernelSize;
-  const Geometry& g = A.g;
-  const int K = KT ? KT : (int)g.K;
-  const int KK = K * K;
-  const int64_t D = g.D, yp = A.lg.yp, rp = A.rp;
-  BlockPlan bp;
-  plan_block(g, A.lg, b, h, x, block, K, bp);
-  const int64_t row_base = ((b * g.H + h) * g.X + x) * D * yp;
-
-  V dlog[KMAX * KMAX];  // dP, then dS
-  block_dot<T, L, KT>(static_cast<const T*>(A.got) + row_base + bp.y0, static_cast<const T*>(A.vt), bp, K, D, yp, dlog);
-  const int64_t wbase = (((b * g.H + h) * g.X + x) * KK) * g.Y + bp.y0;
-  const T* wq = static_cast<const T*>(A.weights) + wbase;
-  T* dsq = static_cast<T*>(A.grad_logits) + wbase;
-  const bool full = bp.count == L;
-  // P of the block; lanes past count are 0, so their dS is 0 and they add nothing to drpb
-  V prob[KMAX * KMAX];
-  for (int i = 0; i < KK; ++i) {
-    if (full) {
-      prob[i] = vload<V>(wq + i * g.Y);
-    } else {
-      prob[i] = V{};
-      __builtin_memcpy(&prob[i], wq + i * g.Y, sizeof(T) * bp.count);
+  for (int64_t i = 0; i < nb; ++i) {
+    const int32_t* block = lg.blocks + 4 * i;
+    with_lanes<LMAX>(block[3], [&](auto lc) { per_block(i, block, lc); });
+  }
+  for (int a = 0; a < K; ++a) {
+    const T* vrow = sum_rows + (b * g.X + first + a * g.dil) * D * yp;
+    for (int64_t i = 0; i < nb; ++i) {
+      const int32_t* block = lg.blocks + 4 * i;
+      block_cols(block, dH, K, col);
+      const T* w = rb.lbuf + (i * KK + a * K) * LMAX;
+      T* out = rb.obuf + i * D * LMAX;
+      with_lanes<LMAX>(block[3], [&](auto lc) {
+        block_wsum_row<T, decltype(lc)::value>(w, vrow, col, K, D, yp, out, LMAX, a == 0);
+      });
     }
   }
-  V delta = V{};
-  for (int i = 0; i < KK; ++i) delta += prob[i] * dlog[i];
-  double* dr = drpb + (h * (2 * K - 1) + (K - 1 - bp.mx)) * rp + (K - 1 - bp.my);
-  for (int a = 0; a < K; ++a)
-    for (int t = 0; t < K; ++t) {
-      const int i = a * K + t;
-      V ds = prob[i] * (dlog[i] - delta);
-      dlog[i] = ds;
-      if (full) vstore(dsq + i * g.Y, ds);
-      else __builtin_memcpy(dsq + i * g.Y, &ds, sizeof(T) * bp.count);
-      dr[a * rp + t] += (double)hsum<T, L>(ds);
-    }
-  block_weighted_sum<T, L, KT>(dlog, static_cast<const T*>(A.kt), bp, K, D, yp, dq_buf, (T)A.scale);
-  store_transposed<T, L>(dq_buf, A.grad_q, b, x, h, bp, D);
 }
 
 template <typename T, int LMAX, int KT>
 void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   const Geometry& g = A.g;
-  T* buf = new T[LMAX * g.D];  // transposed output of one block
+  const int K = KT ? KT : (int)g.K;
+  const int KK = K * K, K2 = 2 * K - 1;
+  const int64_t YH = g.Y * g.H, D = g.D;
+  RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
+  const T scale = (T)A.scale;
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t x = task % g.X, h = (task / g.X) % g.H, b = task / (g.X * g.H);
-    for (int64_t i = 0; i < A.lg.n_blocks; ++i) {
-      const int32_t* block = A.lg.blocks + 4 * i;
-      switch (block[3]) {
-        case LMAX: forward_block<T, LMAX, KT>(A, b, h, x, block, buf); break;
-        case (LMAX >= 4 ? LMAX / 2 : LMAX): forward_block<T, (LMAX >= 4 ? LMAX / 2 : LMAX), KT>(A, b, h, x, block, buf); break;
-        default: forward_block<T, (LMAX >= 8 ? LMAX / 4 : LMAX), KT>(A, b, h, x, block, buf); break;
+    const int64_t x = task % g.X, b = task / g.X;
+    const int64_t mx = A.lg.x_m[x];
+    auto softmax = [&](int64_t i, const int32_t* block, auto lc) {
+      constexpr int L = decltype(lc)::value;
+      typedef typename VecT<T, L>::type V;
+      T* lg = rb.lbuf + i * KK * LMAX;
+      const int64_t phase = block[0] % g.H, my = block[2], count = block[1];
+      // logits = scale * q.k + rpb[h(lane), K-1 + a - mx, K-1 + t - my]
+      const T* bias = static_cast<const T*>(A.bias) + ((phase * K2 + (K - 1 - mx)) * K2 + (K - 1 - my)) * kBiasLanes;
+      V vmax = splat<V>(-infinity<T>());
+      for (int a = 0; a < K; ++a)
+        for (int t = 0; t < K; ++t) {
+          T* p = lg + (a * K + t) * LMAX;
+          V l = vload<V>(p) * scale + vload<V>(bias + (a * K2 + t) * kBiasLanes);
+          vstore(p, l);
+          vmax = l > vmax ? l : vmax;
+        }
+      V vsum = V{};
+      for (int k = 0; k < KK; ++k) {
+        T* p = lg + k * LMAX;
+        V e = VecMath<T, L>::exp(vload<V>(p) - vmax);
+        vstore(p, e);
+        vsum += e;
       }
-    }
+      const V inv = T(1) / vsum;
+      T* wq = A.weights ? static_cast<T*>(A.weights) + ((b * g.X + x) * KK) * YH + block[0] : nullptr;
+      for (int k = 0; k < KK; ++k) {
+        T* p = lg + k * LMAX;
+        const V w = vload<V>(p) * inv;
+        vstore(p, w);
+        if (wq) {
+          if (count == L) vstore(wq + k * YH, w);
+          else __builtin_memcpy(wq + k * YH, &w, sizeof(T) * count);
+        }
+      }
+    };
+    pack_row<T, pack_width<T>()>(A.q, task, rb.srow);
+    row_pass<T, LMAX, KT>(g, A.lg, b, x, rb.srow, static_cast<const T*>(A.kt),
+                          static_cast<const T*>(A.vt), rb, softmax);
+    for (int64_t i = 0; i < A.lg.n_blocks; ++i)
+      store_block<T>(rb.obuf + i * D * LMAX, LMAX, A.out, b, x, g.H, A.lg.blocks + 4 * i, D, T(1));
   }
-  delete[] buf;
 }
 
 template <typename T, int LMAX, int KT>
 void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t task_end, double* drpb) {
   const Geometry& g = A.g;
-  T* buf = new T[LMAX * g.D];  // transposed dq of one block
+  const int K = KT ? KT : (int)g.K;
+  const int KK = K * K, K2 = 2 * K - 1;
+  const int64_t H = g.H, YH = g.Y * g.H, D = g.D;
+  RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
+  const int64_t lane_table = H * K2 * K2 * kBiasLanes;
+  T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every row
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t x = task % g.X, h = (task / g.X) % g.H, b = task / (g.X * g.H);
-    for (int64_t i = 0; i < A.lg.n_blocks; ++i) {
-      const int32_t* block = A.lg.blocks + 4 * i;
-      switch (block[3]) {
-        case LMAX: backward_query_block<T, LMAX, KT>(A, b, h, x, block, drpb, buf); break;
-        case (LMAX >= 4 ? LMAX / 2 : LMAX):
-          backward_query_block<T, (LMAX >= 4 ? LMAX / 2 : LMAX), KT>(A, b, h, x, block, drpb, buf);
-          break;
-        default: backward_query_block<T, (LMAX >= 8 ? LMAX / 4 : LMAX), KT>(A, b, h, x, block, drpb, buf); break;
+    const int64_t x = task % g.X, b = task / g.X;
+    const int64_t mx = A.lg.x_m[x];
+    // dS = P * (dP - sum P dP), stored for pass 2 and kept in lbuf for dQ
+    auto dsoft = [&](int64_t i, const int32_t* block, auto lc) {
+      constexpr int L = decltype(lc)::value;
+      typedef typename VecT<T, L>::type V;
+      constexpr int KMAX = KT ? KT : kMaxKernelSize;
+      T* dl = rb.lbuf + i * KK * LMAX;
+      const int64_t phase = block[0] % H, my = block[2], count = block[1];
+      const bool full = count == L;
+      const int64_t wbase = ((b * g.X + x) * KK) * YH + block[0];
+      const T* wq = static_cast<const T*>(A.weights) + wbase;
+      T* dsq = static_cast<T*>(A.grad_logits) + wbase;
+      // P of the block; lanes past count are 0, so their dS is 0 and they add nothing to drpb
+      V prob[KMAX * KMAX];
+      V delta = V{};
+      for (int k = 0; k < KK; ++k) {
+        if (full) {
+          prob[k] = vload<V>(wq + k * YH);
+        } else {
+          prob[k] = V{};
+          __builtin_memcpy(&prob[k], wq + k * YH, sizeof(T) * count);
+        }
+        delta += prob[k] * vload<V>(dl + k * LMAX);
       }
-    }
+      T* dr = lanes_acc + ((phase * K2 + (K - 1 - mx)) * K2 + (K - 1 - my)) * kBiasLanes;
+      for (int a = 0; a < K; ++a)
+        for (int t = 0; t < K; ++t) {
+          const int k = a * K + t;
+          V ds = prob[k] * (vload<V>(dl + k * LMAX) - delta);
+          vstore(dl + k * LMAX, ds);
+          if (full) vstore(dsq + k * YH, ds);
+          else __builtin_memcpy(dsq + k * YH, &ds, sizeof(T) * count);
+          T* drp = dr + (a * K2 + t) * kBiasLanes;
+          vstore(drp, vload<V>(drp) + ds);
+        }
+    };
+    pack_row<T, pack_width<T>()>(A.grad_out, task, rb.srow);
+    row_pass<T, LMAX, KT>(g, A.lg, b, x, rb.srow, static_cast<const T*>(A.vt),
+                          static_cast<const T*>(A.kt), rb, dsoft);
+    for (int64_t i = 0; i < A.lg.n_blocks; ++i)
+      store_block<T>(rb.obuf + i * D * LMAX, LMAX, A.grad_q, b, x, H, A.lg.blocks + 4 * i, D, (T)A.scale);
+    for (int64_t p = 0; p < H; ++p)
+      for (int64_t i = 0; i < K2 * K2; ++i) {
+        T* src = lanes_acc + (p * K2 * K2 + i) * kBiasLanes;
+        const int64_t ia = i / K2, it = i % K2;
+        for (int l = 0; l < kBiasLanes; ++l) {
+          if (src[l] != T(0)) drpb[(((p + l) % H) * K2 + ia) * A.rp + it] += (double)src[l];
+          src[l] = T(0);
+        }
+      }
   }
-  delete[] buf;
+  delete[] lanes_acc;
 }
 
 // dK, dV for NV*WD channels starting at c0 of one key, summed over the queries whose window holds it
@@ -363,11 +493,11 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
   for (int64_t i = i_lo; i <= i_hi; ++i) {
     const int64_t a = kp - g.x_start[ti.rx * g.Xs + i];
     const int64_t x = i * d + ti.rx;
-    const int64_t row_idx = ((ti.b * g.H + ti.h) * g.X + x) * KK;
+    const int64_t row_idx = (ti.b * g.X + x) * KK;
     for (int64_t j = j_lo; j <= j_hi; ++j) {
       const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
       const int64_t y = j * d + ti.ry;
-      const int64_t widx = (row_idx + a * K + t) * g.Y + y;
+      const int64_t widx = ((row_idx + a * K + t) * g.Y + y) * g.H + ti.h;
       const T ws = grad_logits[widx], wp = weights[widx];
       const T* qp = at<T>(A.q, ti.b, x, y, ti.h) + c0;
       const T* gp = at<T>(A.grad_out, ti.b, x, y, ti.h) + c0;
@@ -417,7 +547,7 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
           for (int64_t j = j_lo; j <= j_hi; ++j) {
             const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
             const int64_t y = j * d + ti.ry;
-            const int64_t widx = ((((ti.b * g.H + ti.h) * g.X + x) * KK) + a * K + t) * g.Y + y;
+            const int64_t widx = ((((ti.b * g.X + x) * KK) + a * K + t) * g.Y + y) * g.H + ti.h;
             const T* qp = at<T>(A.q, ti.b, x, y, ti.h);
             const T* gp = at<T>(A.grad_out, ti.b, x, y, ti.h);
             for (int64_t c = c0; c < D; ++c) {
