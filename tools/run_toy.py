@@ -25,6 +25,35 @@ DET_CONFIG = osp.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.
 SEG_CONFIG = osp.join(ROOT, "configs", "toy", "upernet_dinat-toy_toy-ade.py")
 
 
+def _progress_hook_type():
+    """A hook printing one short progress line every 20 iterations (mmengine's own log is quiet)."""
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    if "ToyProgressHook" not in HOOKS.module_dict:
+
+        @HOOKS.register_module()
+        class ToyProgressHook(Hook):
+            priority = "LOW"
+
+            def __init__(self, interval=20):
+                self.interval = interval
+                self.t0 = None
+
+            def before_train(self, runner):
+                self.t0 = time.time()
+
+            def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+                it, total = runner.iter + 1, runner.max_iters
+                if it % self.interval == 0 or it == total:
+                    el = time.time() - self.t0
+                    loss = float(outputs["loss"]) if outputs and "loss" in outputs else float("nan")
+                    print(f"[toy]   iter {it:4d}/{total}  loss {loss:.3f}  {el:5.0f} s elapsed, "
+                          f"~{el / it * (total - it):.0f} s to go", flush=True)
+
+    return "ToyProgressHook"
+
+
 def run(config, work_dir, iters=None, quiet=True):
     """Train ``config`` (optionally for ``iters`` iterations), then test it; returns the metrics."""
     from mmengine.config import Config
@@ -51,6 +80,7 @@ def run(config, work_dir, iters=None, quiet=True):
     if quiet:
         cfg.log_level = "WARNING"
         cfg.default_hooks.logger.interval = 10 ** 9
+        cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type=_progress_hook_type(), interval=20)]
     _common.adapt_to_machine(cfg, "none")
     runner = Runner.from_cfg(cfg)
     runner.train()
