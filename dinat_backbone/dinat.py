@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from .ops import NeighborhoodAttention2D
+from .ops import NeighborhoodAttention2D, na2d
 
 __all__ = [
     "DiNAT",
@@ -176,6 +176,54 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
+class _LayerNormLinear(torch.autograd.Function):
+    """``linear(layer_norm(x))`` that keeps x, mean and rstd for backward instead of the normalised
+    map: the normalised map (as wide as x) is recomputed in backward. Saves one activation of
+    the block's width per LayerNorm -> Linear pair (norm1 -> qkv, norm2 -> fc1) in training."""
+
+    @staticmethod
+    def forward(ctx, x, ln_weight, ln_bias, weight, bias, eps):
+        channels = x.shape[-1]
+        normed, mean, rstd = torch.native_layer_norm(x, (channels,), ln_weight, ln_bias, eps)
+        ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(normed, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, mean, rstd, ln_weight, ln_bias, weight = ctx.saved_tensors
+        channels = x.shape[-1]
+        normed = torch.addcmul(ln_bias, (x - mean) * rstd, ln_weight)
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_weight = grad_2d.t() @ normed.reshape(-1, channels)
+        grad_bias = grad_2d.sum(0) if ctx.has_bias else None
+        grad_normed = grad_out @ weight
+        grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
+            grad_normed, x, (channels,), mean, rstd, ln_weight, ln_bias, list(ctx.needs_input_grad[:3]))
+        return grad_x, grad_ln_weight, grad_ln_bias, grad_weight, grad_bias, None
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h))`` that keeps only h for backward and recomputes the GELU there."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias):
+        ctx.save_for_backward(hidden, weight)
+        return F.linear(F.gelu(hidden), weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight = ctx.saved_tensors
+        act = F.gelu(hidden)
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_weight = grad_2d.t() @ act.reshape(-1, act.shape[-1])
+        grad_bias = grad_2d.sum(0)
+        grad_hidden = torch.ops.aten.gelu_backward(grad_out @ weight, hidden)
+        return grad_hidden, grad_weight, grad_bias
+
+
 class DiNATBlock(nn.Module):
     """Pre-norm transformer block with (dilated) neighbourhood attention, on ``[B, H, W, C]``.
 
@@ -228,7 +276,42 @@ class DiNATBlock(nn.Module):
         x = F.pad(x, (0, 0, 0, max(0, win - W), 0, max(0, win - H)))
         return self.attn(x)[:, :H, :W]
 
+    def _can_use_lean_training_path(self, x: torch.Tensor) -> bool:
+        """The lean path (see :class:`_LayerNormLinear`) gives the same values and gradients with
+        less activation memory; it covers the default block (LayerNorm, GELU, no dropout, no
+        padding needed) in float32/float64 training outside autocast."""
+        if not (torch.is_grad_enabled() and self.training) or torch.is_autocast_enabled(x.device.type):
+            return False
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return False
+        mlp, attn = self.mlp, self.attn
+        return (
+            x.shape[1] >= self.window_size and x.shape[2] >= self.window_size
+            and type(self.norm1) is nn.LayerNorm and type(self.norm2) is nn.LayerNorm
+            and self.norm1.weight is not None and self.norm2.weight is not None
+            and type(mlp.act) is nn.GELU and mlp.act.approximate == "none" and mlp.drop.p == 0.0
+            and attn.attn_drop == 0.0 and attn.proj_drop.p == 0.0 and mlp.fc2.bias is not None
+        )
+
+    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        attn, mlp, n1, n2 = self.attn, self.mlp, self.norm1, self.norm2
+        qkv = _LayerNormLinear.apply(x, n1.weight, n1.bias, attn.qkv.weight, attn.qkv.bias, n1.eps)
+        q, k, v = qkv.view(B, H, W, 3, attn.num_heads, attn.head_dim).unbind(3)
+        y = na2d(q, k, v, attn.kernel_size, attn.dilation, attn.rpb, attn.scale, attn.backend)
+        y = attn.proj(y.reshape(B, H, W, C))
+        if self.layer_scale:
+            y = self.gamma1 * y
+        x = x + self.drop_path(y)
+        hidden = _LayerNormLinear.apply(x, n2.weight, n2.bias, mlp.fc1.weight, mlp.fc1.bias, n2.eps)
+        y = _GeluLinear.apply(hidden, mlp.fc2.weight, mlp.fc2.bias)
+        if self.layer_scale:
+            y = self.gamma2 * y
+        return x + self.drop_path(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._can_use_lean_training_path(x):
+            return self._forward_lean(x)
         y = self._attention(self.norm1(x))
         if self.layer_scale:
             y = self.gamma1 * y

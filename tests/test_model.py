@@ -320,3 +320,38 @@ def test_attn_backend_is_passed_to_every_attention():
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, 32, 32))
     assert ops.last_backend == "torch"
+
+
+@pytest.mark.parametrize("layer_scale", [None, 0.5])
+def test_lean_training_path_matches_plain_autograd(layer_scale):
+    """Training uses LayerNorm->Linear / GELU->Linear functions that save less for backward; they
+    must give exactly the values and gradients of the plain module path."""
+    from dinat_backbone.dinat import DiNATBlock
+
+    torch.manual_seed(0)
+    block = DiNATBlock(32, 2, kernel_size=3, dilation=2, layer_scale=layer_scale).double().train()
+    x = torch.randn(2, 9, 11, 32, dtype=torch.float64, requires_grad=True)
+    assert block._can_use_lean_training_path(x)
+    results = []
+    for lean in (True, False):
+        block.zero_grad()
+        x.grad = None
+        if lean:
+            out = block._forward_lean(x)
+        else:
+            y = block._attention(block.norm1(x))
+            y = block.gamma1 * y if layer_scale else y
+            h = x + y
+            y = block.mlp(block.norm2(h))
+            out = h + (block.gamma2 * y if layer_scale else y)
+        out.backward(torch.ones_like(out) + out.detach())
+        results.append((out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()}))
+    (o1, gx1, gp1), (o2, gx2, gp2) = results
+    torch.testing.assert_close(o1, o2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gx1, gx2, rtol=0, atol=1e-10)
+    for name in gp2:
+        torch.testing.assert_close(gp1[name], gp2[name], rtol=0, atol=1e-10, msg=name)
+    # the lean path is not used where it does not apply
+    with torch.no_grad():
+        assert not block._can_use_lean_training_path(x)
+    assert not block.eval()._can_use_lean_training_path(x)
