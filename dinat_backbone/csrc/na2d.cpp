@@ -142,7 +142,7 @@ struct Problem {
   AxisTables xt, yt;
   std::vector<int32_t> x_first, x_m, blocks;
   int64_t row_tasks() const { return B * X; }                     // forward, backward pass 1, packing
-  int64_t subgrid_tasks() const { return B * H * dil * dil * Xs; }  // backward pass 2
+  int64_t subgrid_tasks() const { return B * dil * dil * Xs; }      // backward pass 2
   LaneGeometry lane_geometry() const {
     return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp};
   }

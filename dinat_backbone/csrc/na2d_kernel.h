@@ -90,6 +90,10 @@ struct BackwardQueryArgs {
   double scale;
 };
 
+// Backward pass 2 works per key on residue-class sub-grids; its tasks are rows of a sub-grid:
+//   task = ((b * d + rx) * d + ry) * Xs + p   (all heads of each key in one task)
+// Tasks with p >= the residue class length are empty.
+
 // Pass 2 of backward, per key, gathering over the inverse neighbourhood (no scatter, no races):
 // dK = scale * sum dS * q, dV = sum P * dO.
 struct BackwardKeyArgs {

@@ -125,9 +125,8 @@ NA_INLINE TaskIndex decode_task(const Geometry& g, int64_t task) {
   t.ry = task % g.dil;
   task /= g.dil;
   t.rx = task % g.dil;
-  task /= g.dil;
-  t.h = task % g.H;
-  t.b = task / g.H;
+  t.b = task / g.dil;
+  t.h = 0;  // all heads of a key run in one task (the saved weights are [..., Y, H])
   return t;
 }
 NA_INLINE int64_t class_len(int64_t L, int64_t r, int64_t d) { return (L - r + d - 1) / d; }
@@ -524,7 +523,7 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   const T* weights = static_cast<const T*>(A.weights);
   const T* grad_logits = static_cast<const T*>(A.grad_logits);
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const TaskIndex ti = decode_task(g, task);
+    TaskIndex ti = decode_task(g, task);
     const int64_t kp = ti.p;
     if (kp >= class_len(g.X, ti.rx, d)) continue;
     const int64_t Yr = class_len(g.Y, ti.ry, d);
@@ -533,6 +532,8 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
     for (int64_t ks = 0; ks < Yr; ++ks) {
       const int64_t j_lo = g.y_inv_lo[ti.ry * g.Ys + ks], j_hi = g.y_inv_hi[ti.ry * g.Ys + ks];
       const int64_t ky = ks * d + ti.ry;
+      // heads innermost: they read the same lines of the saved weights and dS
+      for (ti.h = 0; ti.h < g.H; ++ti.h) {
       T* gk = at_mut<T>(A.grad_k, ti.b, kx, ky, ti.h);
       T* gv = at_mut<T>(A.grad_v, ti.b, kx, ky, ti.h);
       int64_t c0 = 0;
@@ -556,6 +557,7 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
             }
           }
         }
+      }
       }
     }
   }
