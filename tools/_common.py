@@ -74,3 +74,22 @@ def adapt_to_machine(cfg, launcher: str) -> None:
 
 def default_work_dir(config_path: str) -> str:
     return os.path.join("./work_dirs", os.path.splitext(os.path.basename(config_path))[0])
+
+
+def load_config(args):
+    """Config from ``args.config`` with the launcher, ``--cfg-options`` and work dir applied (the
+    part tools/train.py and tools/test.py share); imports the config's mm scope. Returns
+    ``(cfg, scope)``."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = scope_of(cfg)
+    import_scope(scope)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = default_work_dir(args.config)
+    return cfg, scope

@@ -18,7 +18,7 @@ from copy import deepcopy
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.config import ConfigDict, DictAction  # noqa: E402
 
 import _common  # noqa: E402
 
@@ -88,16 +88,7 @@ def _seg_tta(cfg):
 
 
 def build_cfg(args):
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = _common.scope_of(cfg)
-    _common.import_scope(scope)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = _common.default_work_dir(args.config)
+    cfg, scope = _common.load_config(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

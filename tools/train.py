@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 import _common  # noqa: E402
 
@@ -42,17 +42,7 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = _common.scope_of(cfg)
-    _common.import_scope(scope)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = _common.default_work_dir(args.config)
+    cfg, _ = _common.load_config(args)
 
     if args.amp:
         if cfg.optim_wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
