@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from .ops import NeighborhoodAttention2D, na2d
+from .ops import NeighborhoodAttention2D, _tracing_for_export, na2d
 
 __all__ = [
     "DiNAT",
@@ -282,7 +282,7 @@ class DiNATBlock(nn.Module):
         padding needed) in float32/float64 training outside autocast."""
         if not (torch.is_grad_enabled() and self.training) or torch.is_autocast_enabled(x.device.type):
             return False
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if _tracing_for_export():  # export needs the plain modules' ops
             return False
         mlp, attn = self.mlp, self.attn
         return (

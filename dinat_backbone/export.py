@@ -29,20 +29,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["na2d_export", "axis_indices", "export_mode", "is_exporting"]
-
-
-def is_exporting() -> bool:
-    """True inside ``torch.onnx.export`` / ``torch.export`` tracing."""
-    try:
-        if torch.compiler.is_exporting():
-            return True
-    except Exception:  # pragma: no cover - older torch
-        pass
-    try:
-        return bool(torch.onnx.is_in_onnx_export())
-    except Exception:  # pragma: no cover
-        return False
+__all__ = ["na2d_export", "axis_indices", "export_mode"]
 
 
 def axis_indices(length, kernel_size: int, dilation: int, device=None, min_length: int = 0):
