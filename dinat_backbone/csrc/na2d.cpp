@@ -140,11 +140,13 @@ AxisTables axis_tables(int64_t L, int64_t K, int64_t d, int64_t sub_len) {
 struct Problem {
   int64_t B, X, Y, H, D, K, dil, Xs, Ys, yp, rp;
   AxisTables xt, yt;
-  std::vector<int32_t> x_first, x_m, blocks;
-  int64_t row_tasks() const { return B * X; }                     // forward, backward pass 1, packing
+  std::vector<int32_t> x_first, x_m, blocks, groups;
+  int64_t row_tasks() const { return B * X; }                     // packing
+  int64_t group_tasks() const { return B * static_cast<int64_t>(groups.size() / 2); }  // forward, backward pass 1
   int64_t subgrid_tasks() const { return B * dil * dil * Xs; }      // backward pass 2
   LaneGeometry lane_geometry() const {
-    return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp};
+    return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp,
+                        groups.data(), static_cast<int64_t>(groups.size() / 2)};
   }
   Geometry geometry() const {
     return Geometry{B, X, Y, H, D, K, dil, Xs, Ys, xt.start.data(), xt.inv_lo.data(), xt.inv_hi.data(),
@@ -225,6 +227,12 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   std::vector<int32_t> y_first, y_m;
   first_and_m(p.Y, p.yt, p.Ys, y_first, y_m);
   p.blocks = plan_query_blocks(y_m, p.H, lanes);
+  // row groups (see LaneGeometry): consecutive rows of each residue class, kRowGroup at a time
+  for (int64_t r = 0; r < dil; ++r) {
+    const int64_t len = (p.X - r + dil - 1) / dil;
+    for (int64_t i = 0; i < len; i += kRowGroup)
+      p.groups.insert(p.groups.end(), {static_cast<int32_t>(i * dil + r), static_cast<int32_t>(std::min<int64_t>(kRowGroup, len - i))});
+  }
   return p;
 }
 
@@ -302,7 +310,7 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   Tensor weights = save_weights ? at::empty({P.B, P.X, P.K * P.K, P.Y, P.H}, q.options()) : at::empty({0}, q.options());
   ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), kt.data_ptr(), vt.data_ptr(), strided(out),
                    bias.data_ptr(), save_weights ? weights.data_ptr() : nullptr, scale};
-  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
+  at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
   return {out.to(query.scalar_type()), weights};
 }
 
@@ -335,7 +343,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   std::vector<double> drpb_acc(static_cast<size_t>(threads) * drpb_size, 0.0);
   BackwardQueryArgs qargs{geo,           P.lane_geometry(), pack_args(go, P), kt.data_ptr(), vt.data_ptr(), strided(dq),
                           w.data_ptr(),  grad_logits.data_ptr(), P.rp, scale};
-  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
     kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);

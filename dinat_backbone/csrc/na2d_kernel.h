@@ -42,12 +42,21 @@ struct Geometry {
 // heads: runs of 7 queries x 8 heads = 56 lanes instead of 7), and the softmax elementwise across
 // the K*K vectors. The head of lane l of a vector starting at lane j0 is (j0 + l) % H, so the bias
 // comes from a table of 16-lane vectors per phase j0 % H.
+//
+// A task is a group of up to kRowGroup query rows x0, x0 + d, ... of one residue class: their
+// windows share most key rows, and every key vector loaded for one row of the group serves all
+// rows whose window holds that key row, which halves the (mostly cache-line-splitting) key loads
+// per multiply-add of single-row tasks.
+constexpr int kRowGroup = 2;
+
 struct LaneGeometry {
   const int32_t* x_first;  // original index of the first key row of query row x's window
   const int32_t* x_m;      // (x - x_first) / d: the window row of the query itself
   const int32_t* blocks;   // [n_blocks][4] = (j0, count, m, lanes): the vectors of every row
   int64_t n_blocks;
   int64_t yp;              // row length of the transposed copies [B, X, D, yp], >= Y * H
+  const int32_t* groups;   // [n_groups][2] = (x0, rows): row groups, residue class by class
+  int64_t n_groups;
 };
 
 // Transposed copy of rows [task_begin, task_end) (task = b * X + x):
@@ -61,7 +70,7 @@ struct PackArgs {
 // Lane width of the bias table rows and drpb accumulators (the widest vector).
 constexpr int kBiasLanes = 16;
 
-// Forward tasks are query rows: task = b * X + x (all heads).
+// Forward tasks are row groups: task = b * n_groups + group (all heads).
 struct ForwardArgs {
   Geometry g;
   LaneGeometry lg;
@@ -76,7 +85,7 @@ struct ForwardArgs {
 
 // Pass 1 of backward, per query: dP = dO . v, dS = P * (dP - sum P dP), dQ = scale * dS . k,
 // drpb += dS. dS is stored for pass 2.
-// Tasks as in forward (query rows).
+// Tasks as in forward (row groups).
 struct BackwardQueryArgs {
   Geometry g;
   LaneGeometry lg;

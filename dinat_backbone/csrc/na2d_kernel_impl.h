@@ -178,11 +178,16 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
     const int64_t x = task % A.X, b = task / A.X;
     const T* base = static_cast<const T*>(src.ptr) + b * src.sb + x * src.sx;
     int64_t j = 0;
+    int64_t y = 0, h = 0;  // lane j = y * H + h, stepped rather than divided (64-bit divisions per
+                           // lane cost as much as the copy itself)
     if constexpr (W > 1) {
       typedef typename VecT<T, W>::type V;
       const T* ptrs[W];
       for (; j + W <= YH; j += W) {
-        for (int l = 0; l < W; ++l) ptrs[l] = base + ((j + l) / H) * src.sy + ((j + l) % H) * src.sh;
+        for (int l = 0; l < W; ++l) {
+          ptrs[l] = base + y * src.sy + h * src.sh;
+          if (++h == H) h = 0, ++y;
+        }
         int64_t c = 0;
         for (; c + W <= D; c += W) {
           V r[W];
@@ -195,8 +200,9 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
       }
     }
     for (; j < YH; ++j) {
-      const T* s = base + (j / H) * src.sy + (j % H) * src.sh;
+      const T* s = base + y * src.sy + h * src.sh;
       for (int64_t c = 0; c < D; ++c) row[c * yp + j] = s[c];
+      if (++h == H) h = 0, ++y;
     }
     for (int64_t c = 0; c < D; ++c)
       for (int64_t jj = YH; jj < yp; ++jj) row[c * yp + jj] = T(0);
@@ -218,13 +224,15 @@ constexpr int pack_width() {
 // ---------------------------------------------------------------------------------------------
 // Query rows (forward and backward pass 1)
 // ---------------------------------------------------------------------------------------------
-// A task is one query row (all heads). Its vectors ("blocks", see plan_query_blocks in na2d.cpp)
-// are processed key row by key row: for window row a, every block of the row runs against key
-// row first + a*d before the next window row starts. Consecutive blocks read overlapping stretches
-// of the same key row, so these stay in L1 (per block, the K window rows x D channels touch far
-// more than L1 holds, which made the block-at-a-time order stream everything from L2, worst with
-// dilation). Per-block intermediates (logits / weights, output channels) live in row buffers of
-// LMAX-lane slots.
+// A task is a group of up to kRowGroup query rows of one residue class (all heads; see
+// LaneGeometry). Each row's vectors ("blocks", see plan_query_blocks in na2d.cpp) are processed
+// key row by key row over the union of the rows' windows: for key row kr, every block runs
+// against kr for all rows of the group whose window holds kr (a contiguous range of them), so one
+// key load feeds that many multiply-adds. Consecutive blocks read overlapping stretches of the
+// same key row, so these stay in L1 (per block, the K window rows x D channels touch far more than
+// L1 holds, which made the block-at-a-time order stream everything from L2, worst with dilation).
+// Per-block intermediates (logits / weights, output channels) live in row buffers of LMAX-lane
+// slots, one set per row of the group.
 
 template <int N>
 struct IntC {
@@ -241,53 +249,73 @@ NA_INLINE void with_lanes(int lanes, F&& f) {
   else f(IntC<L4>{});
 }
 
+// calls f(IntC<n>) for n = 1..kRowGroup active rows
+template <class F>
+NA_INLINE void with_rows(int n, F&& f) {
+  static_assert(kRowGroup == 2, "with_rows dispatches 1 or 2 rows");
+  if (n == 2) f(IntC<2>{});
+  else f(IntC<1>{});
+}
+
 // lane of window column t for the block's first lane: j0 + (t - m) * d * H
 NA_INLINE void block_cols(const int32_t* block, int64_t dH, int K, int64_t* col) {
   for (int t = 0; t < K; ++t) col[t] = block[0] + (t - block[2]) * dH;
 }
 
-// dst[t][lanes] = sum_c src[c][lanes] * krow[c][col[t] + lanes], t < K (dst slots LMAX apart)
-template <typename T, int L, int KT>
-NA_INLINE void block_dot_row(const T* src, const T* krow, const int64_t* col, int K, int64_t D, int64_t yp, T* dst,
-                             int64_t slot) {
+// dst[r][t][lanes] = sum_c src[r][c][lanes] * krow[c][col[t] + lanes], t < K, for NR rows r
+// sharing the key loads (dst slots LMAX apart)
+template <typename T, int L, int KT, int NR>
+NA_INLINE void block_dot_rows(const T* const* src, const T* krow, const int64_t* col, int K, int64_t D, int64_t yp,
+                              T* const* dst, int64_t slot) {
   typedef typename VecT<T, L>::type V;
   constexpr int KMAX = KT ? KT : kMaxKernelSize;
-  V racc[KMAX];
-  for (int t = 0; t < K; ++t) racc[t] = V{};
+  V racc[NR][KMAX];
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < K; ++t) racc[r][t] = V{};
   for (int64_t c = 0; c < D; ++c) {
-    const V qv = vload<V>(src + c * yp);
+    V qv[NR];
+    for (int r = 0; r < NR; ++r) qv[r] = vload<V>(src[r] + c * yp);
     const T* kc = krow + c * yp;
-    for (int t = 0; t < K; ++t) racc[t] += qv * vload<V>(kc + col[t]);
+    for (int t = 0; t < K; ++t) {
+      const V kv = vload<V>(kc + col[t]);
+      for (int r = 0; r < NR; ++r) racc[r][t] += qv[r] * kv;
+    }
   }
-  for (int t = 0; t < K; ++t) vstore(dst + t * slot, racc[t]);
+  for (int r = 0; r < NR; ++r)
+    for (int t = 0; t < K; ++t) vstore(dst[r] + t * slot, racc[r][t]);
 }
 
-// out[c][lanes] (+)= sum_t w[t][lanes] * vrow[c][col[t] + lanes] for CB channels (slots LMAX apart)
-template <typename T, int L, int CB>
-NA_INLINE void block_wsum_row_chunk(const T* w, const T* vrow, const int64_t* col, int K, int64_t yp, T* out,
-                                    int64_t slot, bool first) {
+// out[r][c][lanes] (+)= sum_t w[r][t][lanes] * vrow[c][col[t] + lanes] for CB channels and NR rows
+// sharing the value loads (slots LMAX apart); first[r]: start from zero rather than out[r]
+template <typename T, int L, int CB, int NR>
+NA_INLINE void block_wsum_rows_chunk(const T* const* w, const T* vrow, const int64_t* col, int K, int64_t yp,
+                                     T* const* out, int64_t c0, int64_t slot, const bool* first) {
   typedef typename VecT<T, L>::type V;
-  V acc[CB];
-  if (first)
-    for (int j = 0; j < CB; ++j) acc[j] = V{};
-  else
-    for (int j = 0; j < CB; ++j) acc[j] = vload<V>(out + j * slot);
+  V acc[NR][CB];
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < CB; ++j) acc[r][j] = first[r] ? V{} : vload<V>(out[r] + (c0 + j) * slot);
   for (int t = 0; t < K; ++t) {
-    const V wv = vload<V>(w + t * slot);
-    const T* src = vrow + col[t];
-    for (int j = 0; j < CB; ++j) acc[j] += wv * vload<V>(src + j * yp);
+    V wv[NR];
+    for (int r = 0; r < NR; ++r) wv[r] = vload<V>(w[r] + t * slot);
+    const T* src = vrow + c0 * yp + col[t];
+    for (int j = 0; j < CB; ++j) {
+      const V vv = vload<V>(src + j * yp);
+      for (int r = 0; r < NR; ++r) acc[r][j] += wv[r] * vv;
+    }
   }
-  for (int j = 0; j < CB; ++j) vstore(out + j * slot, acc[j]);
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < CB; ++j) vstore(out[r] + (c0 + j) * slot, acc[r][j]);
 }
 
-template <typename T, int L>
-NA_INLINE void block_wsum_row(const T* w, const T* vrow, const int64_t* col, int K, int64_t D, int64_t yp, T* out,
-                              int64_t slot, bool first) {
-  constexpr int CB = 8;
+template <typename T, int L, int NR>
+NA_INLINE void block_wsum_rows(const T* const* w, const T* vrow, const int64_t* col, int K, int64_t D, int64_t yp,
+                               T* const* out, int64_t slot, const bool* first) {
+  // accumulators in registers: NR * CB of them plus NR weights and a value (16 vector registers
+  // below AVX-512, 32 with it)
+  constexpr int CB = (NA_VEC_BYTES >= 64 || NR == 1) ? 8 : 4;
   int64_t c0 = 0;
-  for (; c0 + CB <= D; c0 += CB)
-    block_wsum_row_chunk<T, L, CB>(w, vrow + c0 * yp, col, K, yp, out + c0 * slot, slot, first);
-  for (; c0 < D; ++c0) block_wsum_row_chunk<T, L, 1>(w, vrow + c0 * yp, col, K, yp, out + c0 * slot, slot, first);
+  for (; c0 + CB <= D; c0 += CB) block_wsum_rows_chunk<T, L, CB, NR>(w, vrow, col, K, yp, out, c0, slot, first);
+  for (; c0 < D; ++c0) block_wsum_rows_chunk<T, L, 1, NR>(w, vrow, col, K, yp, out, c0, slot, first);
 }
 
 // out[y][h][c] = scale * out_t[c][l] for the block's valid lanes l (j0 + l = y * H + h)
@@ -295,6 +323,22 @@ template <typename T>
 NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
                            const int32_t* block, int64_t D, T scale) {
   int64_t y = block[0] / H, h = block[0] - y * H;
+  constexpr int W = pack_width<T>();
+  if constexpr (W > 1) {
+    // a full block of a densely strided output ([.., Y, H, D] with D contiguous): lane l is
+    // D elements after lane l - 1, so W x W tiles transpose in registers into contiguous stores
+    if (block[1] == W && slot >= W && out.sh == D && out.sy == H * D && D % W == 0) {
+      typedef typename VecT<T, W>::type V;
+      T* op = at_mut<T>(out, b, x, y, h);
+      for (int64_t c0 = 0; c0 < D; c0 += W) {
+        V r[W];
+        for (int l = 0; l < W; ++l) r[l] = vload<V>(out_t + (c0 + l) * slot);
+        transpose_tile<W>(r);
+        for (int l = 0; l < W; ++l) vstore(op + l * D + c0, r[l] * scale);
+      }
+      return;
+    }
+  }
   for (int64_t l = 0; l < block[1]; ++l) {
     T* op = at_mut<T>(out, b, x, y, h);
     for (int64_t c = 0; c < D; ++c) op[c] = out_t[c * slot + l] * scale;
@@ -302,58 +346,115 @@ NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int
   }
 }
 
-// Per-thread row buffers: lbuf [n_blocks][K*K][LMAX] (logits, weights, dS), obuf [n_blocks][D][LMAX],
-// srow [D][yp] + 16 zeros: the query row (or grad_out row), transposed here rather than in a
-// separate pass over the whole tensor.
+// Per-thread buffers for the kRowGroup rows of a task, row r at offset r * (size of one):
+// lbuf [n_blocks][K*K][LMAX] (logits, weights, dS), obuf [n_blocks][D][LMAX], srow [D][yp] + 16
+// zeros: the query row (or grad_out row), transposed here rather than in a separate pass over the
+// whole tensor.
 template <typename T>
 struct RowBuffers {
+  int64_t lsize, osize, ssize;
   T* lbuf;
   T* obuf;
   T* srow;
   RowBuffers(int64_t nb, int64_t KK, int64_t D, int64_t lmax, int64_t yp)
-      : lbuf(new T[nb * KK * lmax]), obuf(new T[nb * D * lmax]), srow(new T[D * yp + 16]()) {}
+      : lsize(nb * KK * lmax), osize(nb * D * lmax), ssize(D * yp + 16),
+        lbuf(new T[kRowGroup * lsize]), obuf(new T[kRowGroup * osize]), srow(new T[kRowGroup * ssize]()) {}
   ~RowBuffers() {
     delete[] lbuf;
     delete[] obuf;
     delete[] srow;
   }
+  T* l(int r) const { return lbuf + r * lsize; }
+  T* o(int r) const { return obuf + r * osize; }
+  T* s(int r) const { return srow + r * ssize; }
 };
 
-// Row pass shared by forward and backward pass 1:
-//   lbuf[i][a*K + t] = src_row . rows[first + a*d] at the window columns of block i   (QK or dO.V)
-//   per_block(i, block, L)   (softmax or dS, in place in lbuf)
-//   obuf[i][c] = sum_{a,t} lbuf[i][a*K+t] * wrows[first + a*d][c][cols]   (AV or dS.K)
+// The rows of a group: x[r] = x0 + r * d, their first key rows and key-row offsets in the group
+struct RowGroup {
+  int n;
+  int64_t x[kRowGroup], first[kRowGroup], off[kRowGroup];  // off[r] = (first[r] - first[0]) / d
+  int64_t n_keys;                                          // key rows in the union of the windows
+};
+NA_INLINE RowGroup row_group(const Geometry& g, const LaneGeometry& lg, int64_t group, int K) {
+  RowGroup rg;
+  const int32_t* gr = lg.groups + 2 * group;
+  rg.n = gr[1];
+  for (int r = 0; r < rg.n; ++r) {
+    rg.x[r] = gr[0] + r * g.dil;
+    rg.first[r] = lg.x_first[rg.x[r]];
+    rg.off[r] = (rg.first[r] - rg.first[0]) / g.dil;
+  }
+  rg.n_keys = rg.off[rg.n - 1] + K;
+  return rg;
+}
+
+// Row pass shared by forward and backward pass 1, for the rows r of a group:
+//   l(r)[i][a*K + t] = s(r) . rows[first[r] + a*d] at the window columns of block i   (QK or dO.V)
+//   per_block(r, i, block, L)   (softmax or dS, in place in l(r))
+//   o(r)[i][c] = sum_{a,t} l(r)[i][a*K+t] * wrows[first[r] + a*d][c][cols]   (AV or dS.K)
 template <typename T, int LMAX, int KT, class PerBlock>
-NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, int64_t x, const T* src_row,
+NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, const RowGroup& rg,
                         const T* dot_rows, const T* sum_rows, RowBuffers<T>& rb, PerBlock&& per_block) {
   const int K = KT ? KT : (int)g.K;
   const int64_t KK = K * K, D = g.D, yp = lg.yp, dH = g.dil * g.H, nb = lg.n_blocks;
-  const int64_t first = lg.x_first[x];
   int64_t col[kMaxKernelSize];
-  for (int a = 0; a < K; ++a) {
-    const T* krow = dot_rows + (b * g.X + first + a * g.dil) * D * yp;
+  // rows whose window holds key row u of the union: r_lo .. r_lo + count - 1 (contiguous, since
+  // window starts do not decrease along a residue class), window row of row r: u - off[r]
+  auto active = [&](int64_t u, int& r_lo, int& count) {
+    r_lo = -1;
+    count = 0;
+    for (int r = 0; r < rg.n; ++r)
+      if (u >= rg.off[r] && u < rg.off[r] + K) {
+        if (r_lo < 0) r_lo = r;
+        ++count;
+      }
+  };
+  for (int64_t u = 0; u < rg.n_keys; ++u) {
+    int r_lo, count;
+    active(u, r_lo, count);
+    const T* krow = dot_rows + (b * g.X + rg.first[0] + u * g.dil) * D * yp;
     for (int64_t i = 0; i < nb; ++i) {
       const int32_t* block = lg.blocks + 4 * i;
       block_cols(block, dH, K, col);
-      T* dst = rb.lbuf + (i * KK + a * K) * LMAX;
+      const T* src[kRowGroup];
+      T* dst[kRowGroup];
+      for (int j = 0; j < count; ++j) {
+        const int r = r_lo + j;
+        src[j] = rb.s(r) + block[0];
+        dst[j] = rb.l(r) + (i * KK + (u - rg.off[r]) * K) * LMAX;
+      }
       with_lanes<LMAX>(block[3], [&](auto lc) {
-        block_dot_row<T, decltype(lc)::value, KT>(src_row + block[0], krow, col, K, D, yp, dst, LMAX);
+        with_rows(count, [&](auto rc) {
+          block_dot_rows<T, decltype(lc)::value, KT, decltype(rc)::value>(src, krow, col, K, D, yp, dst, LMAX);
+        });
       });
     }
   }
-  for (int64_t i = 0; i < nb; ++i) {
-    const int32_t* block = lg.blocks + 4 * i;
-    with_lanes<LMAX>(block[3], [&](auto lc) { per_block(i, block, lc); });
-  }
-  for (int a = 0; a < K; ++a) {
-    const T* vrow = sum_rows + (b * g.X + first + a * g.dil) * D * yp;
+  for (int r = 0; r < rg.n; ++r)
+    for (int64_t i = 0; i < nb; ++i) {
+      const int32_t* block = lg.blocks + 4 * i;
+      with_lanes<LMAX>(block[3], [&](auto lc) { per_block(r, i, block, lc); });
+    }
+  for (int64_t u = 0; u < rg.n_keys; ++u) {
+    int r_lo, count;
+    active(u, r_lo, count);
+    const T* vrow = sum_rows + (b * g.X + rg.first[0] + u * g.dil) * D * yp;
     for (int64_t i = 0; i < nb; ++i) {
       const int32_t* block = lg.blocks + 4 * i;
       block_cols(block, dH, K, col);
-      const T* w = rb.lbuf + (i * KK + a * K) * LMAX;
-      T* out = rb.obuf + i * D * LMAX;
+      const T* w[kRowGroup];
+      T* out[kRowGroup];
+      bool first[kRowGroup];
+      for (int j = 0; j < count; ++j) {
+        const int r = r_lo + j;
+        w[j] = rb.l(r) + (i * KK + (u - rg.off[r]) * K) * LMAX;
+        out[j] = rb.o(r) + i * D * LMAX;
+        first[j] = u == rg.off[r];
+      }
       with_lanes<LMAX>(block[3], [&](auto lc) {
-        block_wsum_row<T, decltype(lc)::value>(w, vrow, col, K, D, yp, out, LMAX, a == 0);
+        with_rows(count, [&](auto rc) {
+          block_wsum_rows<T, decltype(lc)::value, decltype(rc)::value>(w, vrow, col, K, D, yp, out, LMAX, first);
+        });
       });
     }
   }
@@ -368,12 +469,13 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
   const T scale = (T)A.scale;
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t x = task % g.X, b = task / g.X;
-    const int64_t mx = A.lg.x_m[x];
-    auto softmax = [&](int64_t i, const int32_t* block, auto lc) {
+    const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
+    const RowGroup rg = row_group(g, A.lg, group, K);
+    auto softmax = [&](int r, int64_t i, const int32_t* block, auto lc) {
       constexpr int L = decltype(lc)::value;
       typedef typename VecT<T, L>::type V;
-      T* lg = rb.lbuf + i * KK * LMAX;
+      const int64_t x = rg.x[r], mx = A.lg.x_m[x];
+      T* lg = rb.l(r) + i * KK * LMAX;
       const int64_t phase = block[0] % g.H, my = block[2], count = block[1];
       // logits = scale * q.k + rpb[h(lane), K-1 + a - mx, K-1 + t - my]
       const T* bias = static_cast<const T*>(A.bias) + ((phase * K2 + (K - 1 - mx)) * K2 + (K - 1 - my)) * kBiasLanes;
@@ -404,11 +506,11 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
         }
       }
     };
-    pack_row<T, pack_width<T>()>(A.q, task, rb.srow);
-    row_pass<T, LMAX, KT>(g, A.lg, b, x, rb.srow, static_cast<const T*>(A.kt),
-                          static_cast<const T*>(A.vt), rb, softmax);
-    for (int64_t i = 0; i < A.lg.n_blocks; ++i)
-      store_block<T>(rb.obuf + i * D * LMAX, LMAX, A.out, b, x, g.H, A.lg.blocks + 4 * i, D, T(1));
+    for (int r = 0; r < rg.n; ++r) pack_row<T, pack_width<T>()>(A.q, b * g.X + rg.x[r], rb.s(r));
+    row_pass<T, LMAX, KT>(g, A.lg, b, rg, static_cast<const T*>(A.kt), static_cast<const T*>(A.vt), rb, softmax);
+    for (int r = 0; r < rg.n; ++r)
+      for (int64_t i = 0; i < A.lg.n_blocks; ++i)
+        store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.out, b, rg.x[r], g.H, A.lg.blocks + 4 * i, D, T(1));
   }
 }
 
@@ -420,16 +522,17 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
   const int64_t H = g.H, YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
   const int64_t lane_table = H * K2 * K2 * kBiasLanes;
-  T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every row
+  T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every task
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t x = task % g.X, b = task / g.X;
-    const int64_t mx = A.lg.x_m[x];
+    const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
+    const RowGroup rg = row_group(g, A.lg, group, K);
     // dS = P * (dP - sum P dP), stored for pass 2 and kept in lbuf for dQ
-    auto dsoft = [&](int64_t i, const int32_t* block, auto lc) {
+    auto dsoft = [&](int r, int64_t i, const int32_t* block, auto lc) {
       constexpr int L = decltype(lc)::value;
       typedef typename VecT<T, L>::type V;
       constexpr int KMAX = KT ? KT : kMaxKernelSize;
-      T* dl = rb.lbuf + i * KK * LMAX;
+      const int64_t x = rg.x[r], mx = A.lg.x_m[x];
+      T* dl = rb.l(r) + i * KK * LMAX;
       const int64_t phase = block[0] % H, my = block[2], count = block[1];
       const bool full = count == L;
       const int64_t wbase = ((b * g.X + x) * KK) * YH + block[0];
@@ -459,11 +562,11 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
           vstore(drp, vload<V>(drp) + ds);
         }
     };
-    pack_row<T, pack_width<T>()>(A.grad_out, task, rb.srow);
-    row_pass<T, LMAX, KT>(g, A.lg, b, x, rb.srow, static_cast<const T*>(A.vt),
-                          static_cast<const T*>(A.kt), rb, dsoft);
-    for (int64_t i = 0; i < A.lg.n_blocks; ++i)
-      store_block<T>(rb.obuf + i * D * LMAX, LMAX, A.grad_q, b, x, H, A.lg.blocks + 4 * i, D, (T)A.scale);
+    for (int r = 0; r < rg.n; ++r) pack_row<T, pack_width<T>()>(A.grad_out, b * g.X + rg.x[r], rb.s(r));
+    row_pass<T, LMAX, KT>(g, A.lg, b, rg, static_cast<const T*>(A.vt), static_cast<const T*>(A.kt), rb, dsoft);
+    for (int r = 0; r < rg.n; ++r)
+      for (int64_t i = 0; i < A.lg.n_blocks; ++i)
+        store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.grad_q, b, rg.x[r], H, A.lg.blocks + 4 * i, D, (T)A.scale);
     for (int64_t p = 0; p < H; ++p)
       for (int64_t i = 0; i < K2 * K2; ++i) {
         T* src = lanes_acc + (p * K2 * K2 + i) * kBiasLanes;
