@@ -16,8 +16,8 @@ void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
 void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
   NA_DISPATCH_K(backward_query_rows, float, kLanes, a, begin, end, drpb)
 }
-void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float>(a, begin, end); }
-void pack_f32(const PackArgs& a, int64_t begin, int64_t end) { pack_rows<float, 16>(a, begin, end); }
+void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float, kLanes>(a, begin, end); }
+void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
 }  // namespace avx512
 }  // namespace dinat
 
@@ -28,7 +28,7 @@ namespace avx512 {
 void forward_f32(const ForwardArgs& a, int64_t b, int64_t e) { generic::forward_f32(a, b, e); }
 void backward_query_f32(const BackwardQueryArgs& a, int64_t b, int64_t e, double* r) { generic::backward_query_f32(a, b, e, r); }
 void backward_key_f32(const BackwardKeyArgs& a, int64_t b, int64_t e) { generic::backward_key_f32(a, b, e); }
-void pack_f32(const PackArgs& a, int64_t b, int64_t e) { generic::pack_f32(a, b, e); }
+void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t b, int64_t e) { generic::backward_key_gather_f32(a, b, e); }
 }  // namespace avx512
 }  // namespace dinat
 #endif

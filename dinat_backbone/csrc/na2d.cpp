@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <map>
 #include <vector>
 
 #include "na2d_kernel.h"
@@ -64,17 +65,17 @@ struct Kernels {
   int lanes;  // widest query block of forward / backward pass 1
   void (*forward)(const ForwardArgs&, int64_t, int64_t);
   void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
-  void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);
-  void (*pack)(const PackArgs&, int64_t, int64_t);
+  void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);         // dilation 1, key-row tasks
+  void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // dilation > 1, sub-grid tasks
 };
 
 Kernels kernels_for(at::ScalarType compute_dtype) {
   if (compute_dtype == at::kDouble)
-    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::pack_f64};
+    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::backward_key_gather_f64};
   switch (static_cast<Isa>(active_isa().load())) {
-    case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::pack_f32};
-    case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::pack_f32};
-    default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::pack_f32};
+    case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::backward_key_gather_f32};
+    case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::backward_key_gather_f32};
+    default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::backward_key_gather_f32};
   }
 }
 
@@ -141,9 +142,10 @@ struct Problem {
   int64_t B, X, Y, H, D, K, dil, Xs, Ys, yp, rp;
   AxisTables xt, yt;
   std::vector<int32_t> x_first, x_m, blocks, groups;
-  int64_t row_tasks() const { return B * X; }                     // packing
+  std::vector<int32_t> key_blocks, pattern_begin, pattern_st;  // backward pass 2 (see BackwardKeyArgs)
+  int64_t row_tasks() const { return B * X; }                     // backward pass 2, dilation 1
+  int64_t subgrid_tasks() const { return B * dil * dil * Xs; }      // backward pass 2, dilation > 1
   int64_t group_tasks() const { return B * static_cast<int64_t>(groups.size() / 2); }  // forward, backward pass 1
-  int64_t subgrid_tasks() const { return B * dil * dil * Xs; }      // backward pass 2
   LaneGeometry lane_geometry() const {
     return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp,
                         groups.data(), static_cast<int64_t>(groups.size() / 2)};
@@ -227,6 +229,27 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   std::vector<int32_t> y_first, y_m;
   first_and_m(p.Y, p.yt, p.Ys, y_first, y_m);
   p.blocks = plan_query_blocks(y_m, p.H, lanes);
+  // key blocks of backward pass 2: keys y of a row grouped by their inverse-neighbourhood pattern
+  // along y, the (s, t) pairs of the queries y + s*d holding key y at window column t
+  {
+    std::map<std::vector<int32_t>, int32_t> ids;
+    std::vector<int32_t> pattern_of_y(p.Y);
+    p.pattern_begin.push_back(0);
+    for (int64_t y = 0; y < p.Y; ++y) {
+      const int64_t r = y % dil, kp = y / dil;
+      std::vector<int32_t> st;
+      for (int64_t i = p.yt.inv_lo[r * p.Ys + kp]; i <= p.yt.inv_hi[r * p.Ys + kp]; ++i)
+        st.insert(st.end(), {static_cast<int32_t>(i - kp), static_cast<int32_t>(kp - p.yt.start[r * p.Ys + i])});
+      auto it = ids.find(st);
+      if (it == ids.end()) {
+        it = ids.emplace(st, static_cast<int32_t>(ids.size())).first;
+        p.pattern_st.insert(p.pattern_st.end(), st.begin(), st.end());
+        p.pattern_begin.push_back(static_cast<int32_t>(p.pattern_st.size() / 2));
+      }
+      pattern_of_y[y] = it->second;
+    }
+    p.key_blocks = plan_query_blocks(pattern_of_y, p.H, lanes);
+  }
   // row groups (see LaneGeometry): consecutive rows of each residue class, kRowGroup at a time
   for (int64_t r = 0; r < dil; ++r) {
     const int64_t len = (p.X - r + dil - 1) / dil;
@@ -236,39 +259,33 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   return p;
 }
 
-// Scratch buffers (packed copies, dS) are reused across calls, per calling thread: a fresh
-// allocation of this size is returned to the OS on free, and its first touch page-faults (~15 %
-// of the op's time when measured). Costs up to a few input-sized buffers of retained memory.
-Tensor scratch(int slot, int64_t numel, at::ScalarType dtype) {
-  thread_local std::array<Tensor, 4> cache;
-  Tensor& t = cache.at(slot);
-  if (!t.defined() || t.numel() < numel || t.scalar_type() != dtype)
-    t = at::empty({numel}, at::TensorOptions().dtype(dtype));
-  return t.narrow(0, 0, numel);
+// The dS buffer of backward is reused across calls, per calling thread: a fresh allocation of
+// this size is returned to the OS on free, and its first touch page-faults (~15 % of the op's time
+// when measured). Retains one buffer the size of the attention weights.
+Tensor scratch(int64_t numel, at::ScalarType dtype) {
+  thread_local Tensor cache;
+  if (!cache.defined() || cache.numel() < numel || cache.scalar_type() != dtype)
+    cache = at::empty({numel}, at::TensorOptions().dtype(dtype));
+  return cache.narrow(0, 0, numel);
+}
+
+// Contiguous tensor followed by kVectorPad zeros in its storage: backward pass 2 reads the saved
+// weights and dS with full vectors whose unused lanes may run past the last element.
+constexpr int64_t kVectorPad = 16;
+Tensor padded_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  Tensor flat = at::empty({numel + kVectorPad}, options);
+  flat.narrow(0, numel, kVectorPad).zero_();
+  return flat.narrow(0, 0, numel).view(sizes);
+}
+bool has_vector_pad(const Tensor& t) {
+  return t.is_contiguous() &&
+         static_cast<int64_t>(t.storage().nbytes()) >= (t.storage_offset() + t.numel() + kVectorPad) * t.element_size();
 }
 
 PackArgs pack_args(const Tensor& t, const Problem& P) {
-  return PackArgs{strided(t), P.X, P.Y, P.H, P.D, P.yp, nullptr};
-}
-
-// Transposed copies (see PackArgs) of up to three tensors in one parallel region, in scratch slots
-// slot0.., rows of yp elements (zero past Y * H) and 16 zeros after the last row, so that
-// full-vector loads stay in the buffer.
-std::vector<Tensor> pack_all(const std::vector<const Tensor*>& ts, const Problem& P, const Kernels& kern, int slot0) {
-  const int64_t numel = P.row_tasks() * P.D * P.yp;
-  std::vector<Tensor> outs;
-  std::vector<PackArgs> args;
-  for (size_t i = 0; i < ts.size(); ++i) {
-    Tensor out = scratch(slot0 + static_cast<int>(i), numel + 16, ts[i]->scalar_type());
-    std::memset(static_cast<char*>(out.data_ptr()) + numel * out.element_size(), 0, 16 * out.element_size());
-    args.push_back(pack_args(*ts[i], P));
-    args.back().dst = out.data_ptr();
-    outs.push_back(out);
-  }
-  at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) {
-    for (const PackArgs& a : args) kern.pack(a, begin, end);
-  });
-  return outs;
+  return PackArgs{strided(t), P.X, P.Y, P.H, P.D, P.yp};
 }
 
 // [H phases, 2K-1, 2K-1, 16]: lane l of phase p holds rpb[(p + l) % H] in the compute dtype (the
@@ -303,12 +320,10 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   const Kernels kern = kernels_for(cdt);
   Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
   const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt);
-  const std::vector<Tensor> packed = pack_all({&k, &v}, P, kern, 1);
-  const Tensor &kt = packed[0], &vt = packed[1];
   const Tensor bias = bias_table(rpb, P, cdt);
   Tensor out = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
-  Tensor weights = save_weights ? at::empty({P.B, P.X, P.K * P.K, P.Y, P.H}, q.options()) : at::empty({0}, q.options());
-  ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), kt.data_ptr(), vt.data_ptr(), strided(out),
+  Tensor weights = save_weights ? padded_empty({P.B, P.X, P.K * P.K, P.Y, P.H}, q.options()) : at::empty({0}, q.options());
+  ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), pack_args(k, P), pack_args(v, P), strided(out),
                    bias.data_ptr(), save_weights ? weights.data_ptr() : nullptr, scale};
   at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
   return {out.to(query.scalar_type()), weights};
@@ -330,10 +345,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
               "dinat::na2d_backward: weights must be the [B, X, K*K, Y, heads] tensor saved by na2d_forward(save_weights=True), got ",
               weights.sizes());
   const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt), go = prepare(grad_out, cdt);
-  const Tensor w = weights.to(cdt).contiguous();
-  const std::vector<Tensor> packed = pack_all({&k, &v}, P, kern, 1);
-  const Tensor &kt = packed[0], &vt = packed[1];
-  Tensor grad_logits = scratch(3, w.numel(), cdt);
+  Tensor w = weights.to(cdt).contiguous();
+  if (!has_vector_pad(w)) {  // weights not made by na2d_forward
+    Tensor copy = padded_empty(w.sizes(), w.options());
+    copy.copy_(w);
+    w = copy;
+  }
+  Tensor grad_logits = scratch(w.numel() + kVectorPad, cdt);
+  grad_logits.narrow(0, w.numel(), kVectorPad).zero_();
   Tensor dq = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
   Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);
   const Geometry geo = P.geometry();
@@ -341,15 +360,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   const int threads = at::get_num_threads();
   const int64_t drpb_size = P.H * (2 * P.K - 1) * P.rp;
   std::vector<double> drpb_acc(static_cast<size_t>(threads) * drpb_size, 0.0);
-  BackwardQueryArgs qargs{geo,           P.lane_geometry(), pack_args(go, P), kt.data_ptr(), vt.data_ptr(), strided(dq),
+  BackwardQueryArgs qargs{geo,           P.lane_geometry(), pack_args(go, P), pack_args(k, P), pack_args(v, P), strided(dq),
                           w.data_ptr(),  grad_logits.data_ptr(), P.rp, scale};
   at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
     kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);
   });
-  BackwardKeyArgs kargs{geo, strided(q), strided(go), strided(dk), strided(dv), w.data_ptr(), grad_logits.data_ptr(), scale};
-  at::parallel_for(0, P.subgrid_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
+  BackwardKeyArgs kargs{geo,
+                        strided(dk),
+                        strided(dv),
+                        pack_args(q, P),
+                        pack_args(go, P),
+                        w.data_ptr(),
+                        grad_logits.data_ptr(),
+                        P.key_blocks.data(),
+                        static_cast<int64_t>(P.key_blocks.size() / 4),
+                        P.pattern_begin.data(),
+                        P.pattern_st.data(),
+                        P.yp,
+                        scale};
+  if (P.dil == 1)
+    at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
+  else
+    at::parallel_for(0, P.subgrid_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key_gather(kargs, begin, end); });
 
   const bool has_rpb = rpb.has_value() && rpb->defined();
   Tensor drpb;

@@ -54,17 +54,16 @@ struct LaneGeometry {
   const int32_t* x_m;      // (x - x_first) / d: the window row of the query itself
   const int32_t* blocks;   // [n_blocks][4] = (j0, count, m, lanes): the vectors of every row
   int64_t n_blocks;
-  int64_t yp;              // row length of the transposed copies [B, X, D, yp], >= Y * H
+  int64_t yp;              // row length of the transposed rows [D, yp], >= Y * H
   const int32_t* groups;   // [n_groups][2] = (x0, rows): row groups, residue class by class
   int64_t n_groups;
 };
 
-// Transposed copy of rows [task_begin, task_end) (task = b * X + x):
-//   dst[b, x, c, y * H + h] = src[b, x, y, h, c], rows of yp elements, zero past Y * H.
+// A tensor whose rows the kernels transpose (see RowCache in na2d_kernel_impl.h): row
+// task = b * X + x becomes row[c * yp + y * H + h] = src[b, x, y, h, c], zero past Y * H.
 struct PackArgs {
   Strided src;
   int64_t X, Y, H, D, yp;
-  void* dst;
 };
 
 // Lane width of the bias table rows and drpb accumulators (the widest vector).
@@ -74,9 +73,7 @@ constexpr int kBiasLanes = 16;
 struct ForwardArgs {
   Geometry g;
   LaneGeometry lg;
-  PackArgs q;         // the query, transposed row by row inside the kernel (dst unused)
-  const void* kt;     // transposed copies [B, X, D, yp] (+ 16 finite elements at the end)
-  const void* vt;
+  PackArgs q, k, v;   // transposed row by row inside the kernel
   Strided out;
   const void* bias;   // [H phases, 2K-1, 2K-1, 16]: lane l of phase p = rpb[(p + l) % H] (zeros without rpb)
   void* weights;      // softmax weights [B, X, K*K, Y, H] saved for backward, or nullptr
@@ -89,9 +86,7 @@ struct ForwardArgs {
 struct BackwardQueryArgs {
   Geometry g;
   LaneGeometry lg;
-  PackArgs grad_out;    // transposed row by row inside the kernel (dst unused)
-  const void* kt;       // transposed copies of key, value
-  const void* vt;
+  PackArgs grad_out, k, v;  // transposed row by row inside the kernel
   Strided grad_q;
   const void* weights;  // P [B, X, K*K, Y, H]
   void* grad_logits;    // dS [B, X, K*K, Y, H] (output)
@@ -99,17 +94,27 @@ struct BackwardQueryArgs {
   double scale;
 };
 
-// Backward pass 2 works per key on residue-class sub-grids; its tasks are rows of a sub-grid:
-//   task = ((b * d + rx) * d + ry) * Xs + p   (all heads of each key in one task)
-// Tasks with p >= the residue class length are empty.
-
 // Pass 2 of backward, per key, gathering over the inverse neighbourhood (no scatter, no races):
-// dK = scale * sum dS * q, dV = sum P * dO.
+// dK = scale * sum dS * q, dV = sum P * dO. For dilation 1 (backward_key_*; dilated maps run
+// backward_key_gather_*, see na2d_kernel_impl.h), tasks are key rows (task = b * X + x, all heads),
+// vectorised across keys and heads like the query side: lane j = y * H + h of a key row, cut into
+// vectors ("key blocks") of keys with the same inverse-neighbourhood pattern along y: the queries
+// y + s*d, s = s_lo..s_hi, holding the key at window column t(s). For such a vector the query of
+// lane l for offset s sits at lane j0 + s*d*H + l of a query row, so P, dS (saved as [.., K*K, Y, H])
+// and the transposed dO, q rows are plain vector loads:
+//   dV_t[c][lanes] += P[x][a*K + t(s)][j0 + s*d*H + lanes] * dO_t[x][c][j0 + s*d*H + lanes]
+// over the query rows x whose window holds the key row (window row a) and the pattern's (s, t).
 struct BackwardKeyArgs {
   Geometry g;
-  Strided q, grad_out, grad_k, grad_v;
-  const void* weights;      // P [B, X, K*K, Y, H]
-  const void* grad_logits;  // dS
+  Strided grad_k, grad_v;
+  PackArgs q, grad_out;     // transposed row by row inside the kernel
+  const void* weights;      // P [B, X, K*K, Y, H] (+ 16 readable elements after the end)
+  const void* grad_logits;  // dS, same layout
+  const int32_t* key_blocks;  // [n_key_blocks][4] = (j0, count, pattern, lanes)
+  int64_t n_key_blocks;
+  const int32_t* pattern_begin;  // [n_patterns + 1]: pattern p is pairs [begin[p], begin[p+1])
+  const int32_t* pattern_st;     // (s, t) pairs
+  int64_t yp;
   double scale;
 };
 
@@ -118,7 +123,7 @@ struct BackwardKeyArgs {
   void forward_f32(const ForwardArgs& a, int64_t task_begin, int64_t task_end);                          \
   void backward_query_f32(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb); \
   void backward_key_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);                 \
-  void pack_f32(const PackArgs& a, int64_t task_begin, int64_t task_end);                                \
+  void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);          \
   }
 
 DINAT_DECLARE_ISA(avx512)
@@ -129,7 +134,7 @@ namespace generic {
 void forward_f64(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
 void backward_query_f64(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);
 void backward_key_f64(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
-void pack_f64(const PackArgs& a, int64_t task_begin, int64_t task_end);
+void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
 }  // namespace generic
 
 }  // namespace dinat

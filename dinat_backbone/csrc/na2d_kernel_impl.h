@@ -115,6 +115,7 @@ NA_INLINE T hsum(typename VecT<T, W>::type v) {
   return s;
 }
 
+
 struct TaskIndex {
   int64_t b, h, rx, ry, p;
 };
@@ -209,17 +210,44 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
   }
 }
 
-template <typename T, int W>
-void pack_rows(const PackArgs& A, int64_t task_begin, int64_t task_end) {
-  for (int64_t task = task_begin; task < task_end; ++task)
-    pack_row<T, W>(A, task, static_cast<T*>(A.dst) + task * A.D * A.yp);
-}
 
 // lanes of the in-register transpose used to pack a row of T
 template <typename T>
 constexpr int pack_width() {
   return sizeof(T) == 4 ? NA_VEC_BYTES / 4 : 1;
 }
+
+// Per-thread cache of transposed rows ([D][yp] + 16 zeros each, see PackArgs) of one tensor,
+// direct-mapped by the row's index inside its residue class. A thread runs its tasks in order and
+// consecutive tasks need mostly the same rows (the windows of neighbouring rows overlap), so each
+// row is transposed about once per thread, and the copies stay in cache: transposing whole tensors
+// in a separate pass made a tensor-sized round trip through memory and took ~20 % of the op.
+// Callers keep at most n_slots rows of consecutive sub-grid index in use at a time.
+template <typename T>
+struct RowCache {
+  const PackArgs& src;
+  int64_t n_slots, slot_elems, dil;
+  T* buf;
+  int64_t* tags;
+  RowCache(const PackArgs& s, int64_t slots, int64_t d)
+      : src(s), n_slots(slots), slot_elems(s.D * s.yp + 16), dil(d), buf(new T[slots * (s.D * s.yp + 16)]()),
+        tags(new int64_t[slots]) {
+    for (int64_t i = 0; i < n_slots; ++i) tags[i] = -1;
+  }
+  ~RowCache() {
+    delete[] buf;
+    delete[] tags;
+  }
+  const T* row(int64_t b, int64_t x) {
+    const int64_t slot = (x / dil) % n_slots, tag = b * src.X + x;
+    T* dst = buf + slot * slot_elems;
+    if (tags[slot] != tag) {
+      pack_row<T, pack_width<T>()>(src, tag, dst);
+      tags[slot] = tag;
+    }
+    return dst;
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Query rows (forward and backward pass 1)
@@ -394,7 +422,7 @@ NA_INLINE RowGroup row_group(const Geometry& g, const LaneGeometry& lg, int64_t 
 //   o(r)[i][c] = sum_{a,t} l(r)[i][a*K+t] * wrows[first[r] + a*d][c][cols]   (AV or dS.K)
 template <typename T, int LMAX, int KT, class PerBlock>
 NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, const RowGroup& rg,
-                        const T* dot_rows, const T* sum_rows, RowBuffers<T>& rb, PerBlock&& per_block) {
+                        RowCache<T>& dot_rows, RowCache<T>& sum_rows, RowBuffers<T>& rb, PerBlock&& per_block) {
   const int K = KT ? KT : (int)g.K;
   const int64_t KK = K * K, D = g.D, yp = lg.yp, dH = g.dil * g.H, nb = lg.n_blocks;
   int64_t col[kMaxKernelSize];
@@ -412,7 +440,7 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
   for (int64_t u = 0; u < rg.n_keys; ++u) {
     int r_lo, count;
     active(u, r_lo, count);
-    const T* krow = dot_rows + (b * g.X + rg.first[0] + u * g.dil) * D * yp;
+    const T* krow = dot_rows.row(b, rg.first[0] + u * g.dil);
     for (int64_t i = 0; i < nb; ++i) {
       const int32_t* block = lg.blocks + 4 * i;
       block_cols(block, dH, K, col);
@@ -438,7 +466,7 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
   for (int64_t u = 0; u < rg.n_keys; ++u) {
     int r_lo, count;
     active(u, r_lo, count);
-    const T* vrow = sum_rows + (b * g.X + rg.first[0] + u * g.dil) * D * yp;
+    const T* vrow = sum_rows.row(b, rg.first[0] + u * g.dil);
     for (int64_t i = 0; i < nb; ++i) {
       const int32_t* block = lg.blocks + 4 * i;
       block_cols(block, dH, K, col);
@@ -467,6 +495,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   const int KK = K * K, K2 = 2 * K - 1;
   const int64_t YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
+  RowCache<T> kc(A.k, K + kRowGroup, g.dil), vc(A.v, K + kRowGroup, g.dil);
   const T scale = (T)A.scale;
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
@@ -507,7 +536,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
       }
     };
     for (int r = 0; r < rg.n; ++r) pack_row<T, pack_width<T>()>(A.q, b * g.X + rg.x[r], rb.s(r));
-    row_pass<T, LMAX, KT>(g, A.lg, b, rg, static_cast<const T*>(A.kt), static_cast<const T*>(A.vt), rb, softmax);
+    row_pass<T, LMAX, KT>(g, A.lg, b, rg, kc, vc, rb, softmax);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
         store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.out, b, rg.x[r], g.H, A.lg.blocks + 4 * i, D, T(1));
@@ -521,6 +550,7 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
   const int KK = K * K, K2 = 2 * K - 1;
   const int64_t H = g.H, YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
+  RowCache<T> kc(A.k, K + kRowGroup, g.dil), vc(A.v, K + kRowGroup, g.dil);
   const int64_t lane_table = H * K2 * K2 * kBiasLanes;
   T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every task
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -563,7 +593,7 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
         }
     };
     for (int r = 0; r < rg.n; ++r) pack_row<T, pack_width<T>()>(A.grad_out, b * g.X + rg.x[r], rb.s(r));
-    row_pass<T, LMAX, KT>(g, A.lg, b, rg, static_cast<const T*>(A.vt), static_cast<const T*>(A.kt), rb, dsoft);
+    row_pass<T, LMAX, KT>(g, A.lg, b, rg, vc, kc, rb, dsoft);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
         store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.grad_q, b, rg.x[r], H, A.lg.blocks + 4 * i, D, (T)A.scale);
@@ -580,6 +610,86 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
   delete[] lanes_acc;
 }
 
+// dK, dV of one key block (see BackwardKeyArgs) for CB channels from c0, summed in registers over
+// the query rows i_lo..i_hi of residue class rx holding key row kp (sub-grid units) and the block's
+// pattern; written to gk_t / gv_t [D][slot]
+template <typename T, int L, int CB>
+NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, int64_t kp, int64_t i_lo, int64_t i_hi,
+                               const T* const* qrows, const T* const* grows, const int32_t* block, int64_t c0, T* gk_t,
+                               T* gv_t, int64_t slot) {
+  typedef typename VecT<T, L>::type V;
+  const Geometry& g = A.g;
+  const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H, D = g.D, yp = A.yp;
+  const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
+  const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
+  V acc_k[CB], acc_v[CB];
+  for (int j = 0; j < CB; ++j) acc_k[j] = acc_v[j] = V{};
+  for (int64_t i = i_lo; i <= i_hi; ++i) {
+    const int64_t x = i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
+    const int64_t row = b * g.X + x;
+    const T* prow = static_cast<const T*>(A.weights) + (row * KK + a * K) * YH + block[0];
+    const T* srow = static_cast<const T*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
+    const T* qrow = qrows[i - i_lo] + c0 * yp + block[0];
+    const T* grow = grows[i - i_lo] + c0 * yp + block[0];
+    for (int e = 0; e < n_st; ++e) {
+      const int64_t off = st[2 * e] * dH, tt = st[2 * e + 1] * YH;
+      const V wp = vload<V>(prow + tt + off), ws = vload<V>(srow + tt + off);
+      for (int j = 0; j < CB; ++j) {
+        acc_v[j] += wp * vload<V>(grow + j * yp + off);
+        acc_k[j] += ws * vload<V>(qrow + j * yp + off);
+      }
+    }
+  }
+  for (int j = 0; j < CB; ++j) {
+    vstore(gk_t + (c0 + j) * slot, acc_k[j]);
+    vstore(gv_t + (c0 + j) * slot, acc_v[j]);
+  }
+}
+
+template <typename T, int LMAX>
+void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+  const Geometry& g = A.g;
+  const int64_t d = g.dil, D = g.D;
+  // 2 * CB accumulators, two weights and a load in registers (16 below AVX-512, 32 with it)
+  constexpr int CB = NA_VEC_BYTES >= 64 ? 8 : 4;
+  T* gk_t = new T[D * LMAX];
+  T* gv_t = new T[D * LMAX];
+  // a key row's queries span at most K + K/2 rows of its residue class
+  const int64_t max_rows = g.K + g.K / 2 + 1;
+  RowCache<T> qc(A.q, max_rows + 1, d), gc(A.grad_out, max_rows + 1, d);
+  const T** qrows = new const T*[max_rows];
+  const T** grows = new const T*[max_rows];
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t kx = task % g.X, b = task / g.X;
+    const int64_t rx = kx % d, kp = kx / d;
+    const int64_t i_lo = g.x_inv_lo[rx * g.Xs + kp], i_hi = g.x_inv_hi[rx * g.Xs + kp];
+    for (int64_t i = i_lo; i <= i_hi; ++i) {
+      qrows[i - i_lo] = qc.row(b, i * d + rx);
+      grows[i - i_lo] = gc.row(b, i * d + rx);
+    }
+    for (int64_t n = 0; n < A.n_key_blocks; ++n) {
+      const int32_t* block = A.key_blocks + 4 * n;
+      with_lanes<LMAX>(block[3], [&](auto lc) {
+        constexpr int L = decltype(lc)::value;
+        int64_t c0 = 0;
+        for (; c0 + CB <= D; c0 += CB) key_block_chunk<T, L, CB>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX);
+        for (; c0 < D; ++c0) key_block_chunk<T, L, 1>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX);
+      });
+      store_block<T>(gk_t, LMAX, A.grad_k, b, kx, g.H, block, D, (T)A.scale);
+      store_block<T>(gv_t, LMAX, A.grad_v, b, kx, g.H, block, D, T(1));
+    }
+  }
+  delete[] gk_t;
+  delete[] gv_t;
+  delete[] qrows;
+  delete[] grows;
+}
+
+// Backward pass 2 for dilation > 1 (see backward_key_rows for dilation 1): per key on residue-class
+// sub-grids, vectorised over head_dim, reading q and grad_out in place; tasks are sub-grid rows
+//   task = ((b * d + rx) * d + ry) * Xs + p, empty where p >= the residue class length.
+// With dilation the key-block loads of backward_key_rows spread over d*H lanes per window column
+// and miss L1; this path was measured faster there.
 // dK, dV for NV*WD channels starting at c0 of one key, summed over the queries whose window holds it
 template <typename T, int WD, int NV>
 NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t kp, int64_t ks, int64_t i_lo,
@@ -601,8 +711,8 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
       const int64_t y = j * d + ti.ry;
       const int64_t widx = ((row_idx + a * K + t) * g.Y + y) * g.H + ti.h;
       const T ws = grad_logits[widx], wp = weights[widx];
-      const T* qp = at<T>(A.q, ti.b, x, y, ti.h) + c0;
-      const T* gp = at<T>(A.grad_out, ti.b, x, y, ti.h) + c0;
+      const T* qp = at<T>(A.q.src, ti.b, x, y, ti.h) + c0;
+      const T* gp = at<T>(A.grad_out.src, ti.b, x, y, ti.h) + c0;
       for (int n = 0; n < NV; ++n) {
         acc_k[n] += ws * vload<VD>(qp + n * WD);
         acc_v[n] += wp * vload<VD>(gp + n * WD);
@@ -617,7 +727,7 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
 }
 
 template <typename T>
-void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
   constexpr int WD = NA_VEC_BYTES / sizeof(T);
   const Geometry& g = A.g;
   const int K = (int)g.K;
@@ -652,8 +762,8 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
             const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
             const int64_t y = j * d + ti.ry;
             const int64_t widx = ((((ti.b * g.X + x) * KK) + a * K + t) * g.Y + y) * g.H + ti.h;
-            const T* qp = at<T>(A.q, ti.b, x, y, ti.h);
-            const T* gp = at<T>(A.grad_out, ti.b, x, y, ti.h);
+            const T* qp = at<T>(A.q.src, ti.b, x, y, ti.h);
+            const T* gp = at<T>(A.grad_out.src, ti.b, x, y, ti.h);
             for (int64_t c = c0; c < D; ++c) {
               gk[c] += grad_logits[widx] * qp[c] * (T)A.scale;
               gv[c] += weights[widx] * gp[c];
