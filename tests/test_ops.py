@@ -434,3 +434,17 @@ def test_module_attention_dropout_in_training():
     m(x).sum().backward()
     m.eval()
     torch.testing.assert_close(m(x), m(x))
+
+
+@needs_kernel
+@pytest.mark.parametrize("d", [1, 2])
+def test_kernel_backward_accepts_weights_without_vector_padding(d):
+    """na2d_backward reads the saved weights with full vectors past their end; weights that do not
+    come from na2d_forward (an exact-size clone) are copied into a padded buffer, same result."""
+    q, k, v, rpb = make_inputs(1, 14, 15, 2, 8, 7, True, dtype=torch.float32)
+    grad_out = torch.randn_like(q)
+    _, weights = torch.ops.dinat.na2d_forward(q, k, v, rpb, 7, d, 8**-0.5, True)
+    padded = torch.ops.dinat.na2d_backward(grad_out, q, k, v, weights, rpb, 7, d, 8**-0.5)
+    exact = torch.ops.dinat.na2d_backward(grad_out, q, k, v, weights.clone(), rpb, 7, d, 8**-0.5)
+    for a, b in zip(padded, exact):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
