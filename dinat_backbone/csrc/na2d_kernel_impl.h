@@ -686,6 +686,22 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
     }
     for (int64_t n = 0; n < A.n_key_blocks; ++n) {
       const int32_t* block = A.key_blocks + 4 * n;
+      {
+        // P and dS lines of the next block (whose lanes follow this block's): one stream per
+        // query row and window column, fetched while this block is summed
+        const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
+        const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
+        const int64_t KK = g.K * g.K, YH = g.Y * g.H, dH = d * g.H;
+        for (int64_t i = i_lo; i <= i_hi; ++i) {
+          const int64_t row = b * g.X + i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
+          const int64_t base = (row * KK + a * g.K) * YH + block[0] + LMAX;
+          for (int e = 0; e < n_st; ++e) {
+            const int64_t off = base + st[2 * e + 1] * YH + st[2 * e] * dH;
+            __builtin_prefetch(static_cast<const T*>(A.weights) + off);
+            __builtin_prefetch(static_cast<const T*>(A.grad_logits) + off);
+          }
+        }
+      }
       with_lanes<LMAX>(block[3], [&](auto lc) {
         constexpr int L = decltype(lc)::value;
         int64_t c0 = 0;
