@@ -1,7 +1,7 @@
 // torch-facing side of the compiled CPU neighbourhood-attention kernel.
 //
 // Registers torch.ops.dinat.na2d_forward / na2d_backward (CPU), prepares inputs (dtype, strides,
-// the transposed key / value copies, the padded bias table, the per-axis window tables) and runs
+// the padded bias table, the per-axis window tables, the query / key block plans) and runs
 // the kernel of the best instruction set the CPU supports over OpenMP (at::parallel_for).
 // The Python side (dinat_backbone/ops.py) adds the fake (meta) implementations and autograd.
 #include <torch/extension.h>

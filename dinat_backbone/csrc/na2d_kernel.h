@@ -34,7 +34,7 @@ struct Geometry {
 };
 
 // Forward and backward pass 1 work in original coordinates, vectorised across queries AND heads:
-// the transposed copies are [B, X, D, yp] with lane j = y * H + h along a row, so every head of a
+// rows are transposed to [D, yp] with lane j = y * H + h (see PackArgs), so every head of a
 // run of consecutive queries of one row whose windows sit at the same relative offsets (same m,
 // the query's own position inside its window along y) shares every load pattern:
 //   logits[a][t] (one vector over L lanes) += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)*d*H : ...]

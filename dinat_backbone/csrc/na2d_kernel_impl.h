@@ -6,14 +6,16 @@
 //   NA_VEC_BYTES  native vector size in bytes (64, 32, 16)
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
-// Forward and backward pass 1 (see na2d_kernel.h): one task is one query row (all heads); its
-// lanes j = y * H + h are cut into vectors of L lanes whose queries have windows at the same
-// relative offsets, and every quantity is a vector over the L lanes (all useful, no horizontal sums):
-//   QK   logits[a][t] += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)dH : ...] on transposed copies
+// Forward and backward pass 1 (see na2d_kernel.h): one task is a pair of query rows (all heads);
+// a row's lanes j = y * H + h are cut into vectors of L lanes whose queries have windows at the
+// same relative offsets, and every quantity is a vector over the L lanes (all useful, no
+// horizontal sums), on rows transposed to [D][yp] in a per-thread row cache:
+//   QK   logits[a][t] += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)dH : ...]
 //   softmax elementwise across the K*K logit vectors, with a branch-free polynomial exp
 //   AV   out_t[c] += P[a][t] * vt[row a][c][...], 8 channels in registers, then transposed out.
-// Backward pass 2 (dK, dV) runs per key over its inverse neighbourhood on residue-class
-// sub-grids, vectorised over head_dim; gathers only, so no races and no atomics.
+// Backward pass 2 (dK, dV) gathers over each key's inverse neighbourhood (no scatter, no races, no
+// atomics): for dilation 1 vectorised across keys and heads the same way (backward_key_rows), for
+// dilated maps per key on residue-class sub-grids, vectorised over head_dim (backward_key_gather).
 #include "na2d_kernel.h"
 
 #ifndef NA_ISA
