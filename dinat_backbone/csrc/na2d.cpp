@@ -205,7 +205,7 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
               K * dil, ", got ", p.X, " x ", p.Y);
   p.Xs = (p.X + dil - 1) / dil;
   p.Ys = (p.Y + dil - 1) / dil;
-  // Row length of the transposed copies: a multiple of 16 floats (one cache line) that is an odd
+  // Row length of the transposed rows: a multiple of 16 floats (one cache line) that is an odd
   // number of lines, so the D channel rows of a key row fall into different L1 sets (a
   // power-of-two-ish stride put all of them into a few sets and thrashed L1). Vector loads of a
   // block's unused lanes may run past a row into the next row's finite values; they are discarded.
