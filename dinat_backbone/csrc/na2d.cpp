@@ -7,7 +7,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -142,7 +141,7 @@ struct Problem {
   int64_t B, X, Y, H, D, K, dil, Xs, Ys, yp, rp;
   AxisTables xt, yt;
   std::vector<int32_t> x_first, x_m, blocks, groups;
-  std::vector<int32_t> key_blocks, pattern_begin, pattern_st;  // backward pass 2 (see BackwardKeyArgs)
+  std::vector<int32_t> key_blocks, pattern_begin, pattern_st;  // backward pass 2, dilation 1 (plan_key_blocks)
   int64_t row_tasks() const { return B * X; }                     // backward pass 2, dilation 1
   int64_t subgrid_tasks() const { return B * dil * dil * Xs; }      // backward pass 2, dilation > 1
   int64_t group_tasks() const { return B * static_cast<int64_t>(groups.size() / 2); }  // forward, backward pass 1
@@ -229,27 +228,6 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   std::vector<int32_t> y_first, y_m;
   first_and_m(p.Y, p.yt, p.Ys, y_first, y_m);
   p.blocks = plan_query_blocks(y_m, p.H, lanes);
-  // key blocks of backward pass 2: keys y of a row grouped by their inverse-neighbourhood pattern
-  // along y, the (s, t) pairs of the queries y + s*d holding key y at window column t
-  {
-    std::map<std::vector<int32_t>, int32_t> ids;
-    std::vector<int32_t> pattern_of_y(p.Y);
-    p.pattern_begin.push_back(0);
-    for (int64_t y = 0; y < p.Y; ++y) {
-      const int64_t r = y % dil, kp = y / dil;
-      std::vector<int32_t> st;
-      for (int64_t i = p.yt.inv_lo[r * p.Ys + kp]; i <= p.yt.inv_hi[r * p.Ys + kp]; ++i)
-        st.insert(st.end(), {static_cast<int32_t>(i - kp), static_cast<int32_t>(kp - p.yt.start[r * p.Ys + i])});
-      auto it = ids.find(st);
-      if (it == ids.end()) {
-        it = ids.emplace(st, static_cast<int32_t>(ids.size())).first;
-        p.pattern_st.insert(p.pattern_st.end(), st.begin(), st.end());
-        p.pattern_begin.push_back(static_cast<int32_t>(p.pattern_st.size() / 2));
-      }
-      pattern_of_y[y] = it->second;
-    }
-    p.key_blocks = plan_query_blocks(pattern_of_y, p.H, lanes);
-  }
   // row groups (see LaneGeometry): consecutive rows of each residue class, kRowGroup at a time
   for (int64_t r = 0; r < dil; ++r) {
     const int64_t len = (p.X - r + dil - 1) / dil;
@@ -257,6 +235,30 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
       p.groups.insert(p.groups.end(), {static_cast<int32_t>(i * dil + r), static_cast<int32_t>(std::min<int64_t>(kRowGroup, len - i))});
   }
   return p;
+}
+
+// Key blocks of backward pass 2 for dilation 1 (see BackwardKeyArgs): the keys y of a row grouped
+// by their inverse-neighbourhood pattern along y, the (s, t) pairs of the queries y + s*d holding
+// key y at window column t. Built only by the backward that uses them.
+void plan_key_blocks(Problem& p, int lanes) {
+  std::map<std::vector<int32_t>, int32_t> ids;
+  std::vector<int32_t> pattern_of_y(p.Y);
+  p.pattern_begin.assign(1, 0);
+  p.pattern_st.clear();
+  for (int64_t y = 0; y < p.Y; ++y) {
+    const int64_t r = y % p.dil, kp = y / p.dil;
+    std::vector<int32_t> st;
+    for (int64_t i = p.yt.inv_lo[r * p.Ys + kp]; i <= p.yt.inv_hi[r * p.Ys + kp]; ++i)
+      st.insert(st.end(), {static_cast<int32_t>(i - kp), static_cast<int32_t>(kp - p.yt.start[r * p.Ys + i])});
+    auto it = ids.find(st);
+    if (it == ids.end()) {
+      it = ids.emplace(st, static_cast<int32_t>(ids.size())).first;
+      p.pattern_st.insert(p.pattern_st.end(), st.begin(), st.end());
+      p.pattern_begin.push_back(static_cast<int32_t>(p.pattern_st.size() / 2));
+    }
+    pattern_of_y[y] = it->second;
+  }
+  p.key_blocks = plan_query_blocks(pattern_of_y, p.H, lanes);
 }
 
 // The dS buffer of backward is reused across calls, per calling thread: a fresh allocation of
@@ -367,6 +369,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
     TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
     kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);
   });
+  if (P.dil == 1) plan_key_blocks(P, kern.lanes);
   BackwardKeyArgs kargs{geo,
                         strided(dk),
                         strided(dv),
@@ -378,7 +381,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
                         static_cast<int64_t>(P.key_blocks.size() / 4),
                         P.pattern_begin.data(),
                         P.pattern_st.data(),
-                        P.yp,
                         scale};
   if (P.dil == 1)
     at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });

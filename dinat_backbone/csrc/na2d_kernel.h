@@ -114,7 +114,6 @@ struct BackwardKeyArgs {
   int64_t n_key_blocks;
   const int32_t* pattern_begin;  // [n_patterns + 1]: pattern p is pairs [begin[p], begin[p+1])
   const int32_t* pattern_st;     // (s, t) pairs
-  int64_t yp;
   double scale;
 };
 

@@ -447,55 +447,55 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
         ++count;
       }
   };
-  for (int64_t u = 0; u < rg.n_keys; ++u) {
-    int r_lo, count;
-    active(u, r_lo, count);
-    const T* krow = dot_rows.row(b, rg.first[0] + u * g.dil);
-    for (int64_t i = 0; i < nb; ++i) {
-      const int32_t* block = lg.blocks + 4 * i;
-      block_cols(block, dH, K, col);
-      const T* src[kRowGroup];
-      T* dst[kRowGroup];
-      for (int j = 0; j < count; ++j) {
-        const int r = r_lo + j;
-        src[j] = rb.s(r) + block[0];
-        dst[j] = rb.l(r) + (i * KK + (u - rg.off[r]) * K) * LMAX;
+  // calls body(u, r_lo, count, row, i, block) for every key row u of the union (row: its transposed
+  // copy from `rows`) and every block i, the block's window columns in col
+  auto sweep = [&](RowCache<T>& rows, auto&& body) {
+    for (int64_t u = 0; u < rg.n_keys; ++u) {
+      int r_lo, count;
+      active(u, r_lo, count);
+      const T* row = rows.row(b, rg.first[0] + u * g.dil);
+      for (int64_t i = 0; i < nb; ++i) {
+        const int32_t* block = lg.blocks + 4 * i;
+        block_cols(block, dH, K, col);
+        body(u, r_lo, count, row, i, block);
       }
-      with_lanes<LMAX>(block[3], [&](auto lc) {
-        with_rows(count, [&](auto rc) {
-          block_dot_rows<T, decltype(lc)::value, KT, decltype(rc)::value>(src, krow, col, K, D, yp, dst, LMAX);
-        });
-      });
     }
-  }
+  };
+  sweep(dot_rows, [&](int64_t u, int r_lo, int count, const T* krow, int64_t i, const int32_t* block) {
+    const T* src[kRowGroup];
+    T* dst[kRowGroup];
+    for (int j = 0; j < count; ++j) {
+      const int r = r_lo + j;
+      src[j] = rb.s(r) + block[0];
+      dst[j] = rb.l(r) + (i * KK + (u - rg.off[r]) * K) * LMAX;
+    }
+    with_lanes<LMAX>(block[3], [&](auto lc) {
+      with_rows(count, [&](auto rc) {
+        block_dot_rows<T, decltype(lc)::value, KT, decltype(rc)::value>(src, krow, col, K, D, yp, dst, LMAX);
+      });
+    });
+  });
   for (int r = 0; r < rg.n; ++r)
     for (int64_t i = 0; i < nb; ++i) {
       const int32_t* block = lg.blocks + 4 * i;
       with_lanes<LMAX>(block[3], [&](auto lc) { per_block(r, i, block, lc); });
     }
-  for (int64_t u = 0; u < rg.n_keys; ++u) {
-    int r_lo, count;
-    active(u, r_lo, count);
-    const T* vrow = sum_rows.row(b, rg.first[0] + u * g.dil);
-    for (int64_t i = 0; i < nb; ++i) {
-      const int32_t* block = lg.blocks + 4 * i;
-      block_cols(block, dH, K, col);
-      const T* w[kRowGroup];
-      T* out[kRowGroup];
-      bool first[kRowGroup];
-      for (int j = 0; j < count; ++j) {
-        const int r = r_lo + j;
-        w[j] = rb.l(r) + (i * KK + (u - rg.off[r]) * K) * LMAX;
-        out[j] = rb.o(r) + i * D * LMAX;
-        first[j] = u == rg.off[r];
-      }
-      with_lanes<LMAX>(block[3], [&](auto lc) {
-        with_rows(count, [&](auto rc) {
-          block_wsum_rows<T, decltype(lc)::value, decltype(rc)::value>(w, vrow, col, K, D, yp, out, LMAX, first);
-        });
-      });
+  sweep(sum_rows, [&](int64_t u, int r_lo, int count, const T* vrow, int64_t i, const int32_t* block) {
+    const T* w[kRowGroup];
+    T* out[kRowGroup];
+    bool first[kRowGroup];
+    for (int j = 0; j < count; ++j) {
+      const int r = r_lo + j;
+      w[j] = rb.l(r) + (i * KK + (u - rg.off[r]) * K) * LMAX;
+      out[j] = rb.o(r) + i * D * LMAX;
+      first[j] = u == rg.off[r];
     }
-  }
+    with_lanes<LMAX>(block[3], [&](auto lc) {
+      with_rows(count, [&](auto rc) {
+        block_wsum_rows<T, decltype(lc)::value, decltype(rc)::value>(w, vrow, col, K, D, yp, out, LMAX, first);
+      });
+    });
+  });
 }
 
 template <typename T, int LMAX, int KT>
@@ -638,7 +638,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
                                T* gv_t, int64_t slot) {
   typedef typename VecT<T, L>::type V;
   const Geometry& g = A.g;
-  const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H, D = g.D, yp = A.yp;
+  const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H, yp = A.q.yp;
   const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
   const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
   V acc_k[CB], acc_v[CB];
