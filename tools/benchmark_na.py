@@ -15,7 +15,7 @@ heads * K^2 * head_dim for the forward and 3x that for forward + backward. The i
 forward, 15 % forward + backward) and its minimum (10 % / 5 %) are printed beside the figures.
 
     python tools/benchmark_na.py             # CPU: compiled kernel and pure-PyTorch backends
-    python tools/benchmark_na.py --quick     # smoke run: one repeat, small GEMM, no torch backend
+    python tools/benchmark_na.py --quick     # smoke run: 1 repeat (fast calls: 1 s), small GEMM, no torch backend
     python tools/benchmark_na.py --device cuda   # + flex, natten (no rpb) and dense SDPA
 """
 import argparse
@@ -52,11 +52,15 @@ def sync(device):
 def run_times(fn, device, repeats, warmup=3, min_seconds=1.0, max_runs=50):
     """(best, median) wall time of fn in seconds, over at least ``repeats`` runs and, for fast calls,
     more (up to ``max_runs``) until ``min_seconds`` have been spent timing: a few runs of a
-    millisecond op say little on a shared machine. Several warm-up runs: the first calls at a new
-    shape are slower while the C allocator adapts to the new buffer sizes."""
+    millisecond op say little on a shared machine. Up to ``warmup`` warm-up runs: the first calls at
+    a new shape are slower while the C allocator adapts to the new buffer sizes; one run that
+    itself takes ``min_seconds`` is warm-up enough (the pure-PyTorch backend takes seconds)."""
     for _ in range(warmup):
+        start = time.perf_counter()
         fn()
-    sync(device)
+        sync(device)
+        if time.perf_counter() - start >= min_seconds:
+            break
     times = []
     while len(times) < repeats or (sum(times) < min_seconds and len(times) < max_runs):
         start = time.perf_counter()
@@ -137,7 +141,7 @@ def main():
                         help="timed runs per figure at least (best and median; fast calls run until 1 s is spent, "
                         "at most 50 runs); default 5, 1 with --quick")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 2048^2 GEMM, no pure-PyTorch backend")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat (fast calls: 1 s), 2048^2 GEMM, no pure-PyTorch backend")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
 
