@@ -19,12 +19,16 @@ def extensions():
     sources = sorted(os.path.join(src, f) for f in os.listdir(os.path.join(here, src)) if f.endswith(".cpp"))
     # -O3 and OpenMP; no -march=native, so the wheel runs on any x86-64 / aarch64 machine.
     # ISA-specific code paths are selected at run time inside the kernel.
-    ext = CppExtension(
-        "dinat_backbone._C",
-        sources,
-        extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=fast"],
-        extra_link_args=["-fopenmp"],
-    )
+    compile_args, link_args = ["-O3", "-fopenmp", "-ffp-contract=fast"], ["-fopenmp"]
+    # DINAT_SANITIZE=address: an AddressSanitizer build for tools/asan_check.sh (`make asan`), which
+    # loads it with libasan preloaded; never for an installed package.
+    sanitize = os.environ.get("DINAT_SANITIZE", "")
+    if sanitize:
+        flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        # -O1: builds in a third of the time; the sweep's cost is its float64 reference anyway
+        compile_args = ["-O1" if a == "-O3" else a for a in compile_args] + flags
+        link_args = link_args + flags
+    ext = CppExtension("dinat_backbone._C", sources, extra_compile_args=compile_args, extra_link_args=link_args)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -33,3 +33,27 @@ def na2d_reference(q, k, v, kernel_size, dilation=1, rpb=None, scale=None):
             cols.append(torch.einsum("bhxy,bxyhd->bhd", attn, vn))
         rows.append(torch.stack(cols, 1))
     return torch.stack(rows, 1)
+
+
+def neighbour_tables(length, kernel_size, dilation):
+    """``keys[i, t]`` and ``rpb_idx[i, t]`` as int64 tensors ``[L, K]``, from :func:`axis_neighbours`."""
+    rows = [axis_neighbours(i, length, kernel_size, dilation) for i in range(length)]
+    return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+
+
+def na2d_reference_gathered(q, k, v, kernel_size, dilation=1, rpb=None, scale=None):
+    """Same formulas as :func:`na2d_reference`, vectorised: every query's K x K neighbours gathered
+    at once (``[B, X, K, Y, K, H, D]``, so only for small maps), plain autograd."""
+    B, X, Y, H, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    ky, ry = neighbour_tables(X, kernel_size, dilation)
+    kx, rx = neighbour_tables(Y, kernel_size, dilation)
+    rows, cols = ky[:, :, None, None], kx[None, None, :, :]  # [X, K, 1, 1], [1, 1, Y, K]
+    kn, vn = k[:, rows, cols], v[:, rows, cols]  # [B, X, K, Y, K, H, D]
+    logits = torch.einsum("bxyhd,bxaythd->bxyhat", q, kn) * scale  # [B, X, Y, H, K, K]
+    if rpb is not None:
+        # bias[x, y, h, a, t] = rpb[h, ry[x, a], rx[y, t]]
+        bias = rpb[:, ry[:, None, :, None], rx[None, :, None, :]]  # [H, X, Y, K, K]
+        logits = logits + bias.permute(1, 2, 0, 3, 4)
+    attn = torch.softmax(logits.flatten(-2), -1).unflatten(-1, (kernel_size, kernel_size))
+    return torch.einsum("bxyhat,bxaythd->bxyhd", attn, vn)

@@ -673,8 +673,15 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   constexpr int CB = NA_VEC_BYTES >= 64 ? 8 : 4;
   T* gk_t = new T[D * LMAX];
   T* gv_t = new T[D * LMAX];
-  // a key row's queries span at most K + K/2 rows of its residue class
-  const int64_t max_rows = g.K + g.K / 2 + 1;
+  // the most query rows whose windows hold one key row, read off the inverse tables: K + K/2 on
+  // long axes, but up to the whole residue class when it is shorter than 2K (every query row then
+  // holds the middle key rows)
+  int64_t max_rows = 1;
+  for (int64_t r = 0; r < d; ++r)
+    for (int64_t kp = 0; kp < class_len(g.X, r, d); ++kp) {
+      const int64_t n = g.x_inv_hi[r * g.Xs + kp] - g.x_inv_lo[r * g.Xs + kp] + 1;
+      if (n > max_rows) max_rows = n;
+    }
   RowCache<T> qc(A.q, max_rows + 1, d), gc(A.grad_out, max_rows + 1, d);
   const T** qrows = new const T*[max_rows];
   const T** grows = new const T*[max_rows];

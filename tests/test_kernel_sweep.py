@@ -1,0 +1,102 @@
+"""Exhaustive small-shape sweep of the compiled CPU kernel (issue 14).
+
+The heap corruption of issue 14 lived in a buffer sized for long axes (a key row is held by at most
+K + K/2 query rows) that short axes overflow (K < X < 2K at dilation 1: every query row holds the
+middle key rows). The earlier grids never had such a shape with a backward pass. This sweep runs
+every X, and separately every Y, from K*d to (2K+2)*d for K = 3..13 and d = 1..3, with heads and
+head dims cycling over several values, forward and backward, on every instruction set this CPU
+has (float32) and the float64 path, each against an independent float64 reference
+(tests/reference.py, gathered neighbours and plain autograd).
+
+`make asan` (tools/asan_check.sh) runs this file against a build of the kernel with
+AddressSanitizer, so an out-of-bounds access fails loudly instead of corrupting the heap.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+from dinat_backbone import ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import na2d_reference_gathered  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not ops.cpu_kernel_available(), reason="compiled CPU kernel not built")
+
+KERNEL_SIZES = (3, 5, 7, 9, 11, 13)
+DILATIONS = (1, 2, 3)
+# (heads, head_dim): odd head_dims leave a remainder after the vector-wide channel loops, and
+# heads change the lane layout (lane = y * heads + head)
+HEAD_SHAPES = ((1, 4), (2, 8), (3, 5), (4, 4), (2, 3), (1, 17))
+# max |error| / max |reference|, as in test_ops.py
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+
+
+def sweep_shapes(K, d):
+    """(B, X, Y, H, D, use_rpb): every X with a short Y, then every Y with a short X."""
+    lo, hi = K * d, (2 * K + 2) * d
+    shapes = []
+    for n, X in enumerate(range(lo, hi + 1)):
+        H, D = HEAD_SHAPES[n % len(HEAD_SHAPES)]
+        shapes.append((2 if n % 4 == 0 else 1, X, lo + n % 3, H, D, n % 5 != 4))
+    for n, Y in enumerate(range(lo, hi + 1)):
+        H, D = HEAD_SHAPES[(n + 3) % len(HEAD_SHAPES)]
+        shapes.append((2 if n % 4 == 2 else 1, lo + 1 + n % 2, Y, H, D, n % 5 != 1))
+    return shapes
+
+
+def instruction_sets():
+    from dinat_backbone import _C
+
+    previous = _C.isa()
+    try:
+        return sorted({_C.set_isa(name) for name in ("generic", "avx2", "avx512")})
+    finally:
+        _C.set_isa(previous)
+
+
+def rel_err(actual, expected):
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
+
+
+def forward_and_grads(fn, tensors, grad_out):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad_out.to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
+@pytest.mark.parametrize("d", DILATIONS)
+@pytest.mark.parametrize("K", KERNEL_SIZES)
+def test_kernel_sweep_matches_reference(K, d):
+    from dinat_backbone import _C
+
+    previous = _C.isa()
+    isas = instruction_sets()
+    gen = torch.Generator().manual_seed(K * 10 + d)
+    failures = []
+    try:
+        for n, (B, X, Y, H, D, use_rpb) in enumerate(sweep_shapes(K, d)):
+            q, k, v, grad_out = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4))
+            rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
+            expected = forward_and_grads(lambda q, k, v, r: na2d_reference_gathered(q, k, v, K, d, r),
+                                         (q, k, v, rpb), grad_out)
+            # the best instruction set on every shape, the others (and float64, which runs the
+            # generic code) on every other shape in turn: the reference dominates the cost
+            best, others = isas[-1], isas[:-1] + ["float64"]
+            extra = others[n % len(others)] if n % 2 == 0 else None
+            runs = [(best, torch.float32)] + ([(best, torch.float64)] if extra == "float64" else
+                                             [(extra, torch.float32)] if extra else [])
+            for isa, dtype in runs:
+                _C.set_isa(isa)
+                cast = [None if t is None else t.to(dtype) for t in (q, k, v, rpb)]
+                got = forward_and_grads(lambda q, k, v, r: ops.na2d(q, k, v, K, d, r, backend="cpu"), cast, grad_out)
+                for name, g, e in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
+                    tol = TOL[dtype] * (1 if name == "out" else 2)
+                    err = rel_err(g, e)
+                    if not err < tol:
+                        failures.append(f"{isa} {dtype} B={B} X={X} Y={Y} H={H} D={D} rpb={use_rpb}: {name} {err:.2e}")
+    finally:
+        _C.set_isa(previous)
+    assert not failures, f"K={K} d={d}: {len(failures)} mismatches, first: " + "; ".join(failures[:5])

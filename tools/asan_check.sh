@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# AddressSanitizer run of the compiled CPU kernel (`make asan`; CI runs it after the tests).
+#
+# Builds dinat_backbone._C with -fsanitize=address in a scratch copy of the package (the installed
+# kernel is left alone), preloads libasan into Python and runs the kernel's exhaustive small-shape
+# sweep and the op tests against that build. An out-of-bounds read or write in the kernel then
+# aborts with ASan's report and a non-zero exit status, instead of corrupting the heap quietly.
+#   bash tools/asan_check.sh                # sweep + op tests
+#   bash tools/asan_check.sh -k "13-3"      # extra pytest arguments
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WORK=${ASAN_WORK_DIR:-$PWD/build/asan}
+say() { echo "[asan] $*"; }
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+# the package sources (no built .so) and the tests
+tar --exclude='*.so' --exclude='__pycache__' -cf - dinat_backbone tests setup.py setup.cfg pyproject.toml README.md | tar -xf - -C "$WORK"
+say "building the kernel with -fsanitize=address in $WORK (about 2-3 minutes)"
+(cd "$WORK" && DINAT_SANITIZE=address "$PY" setup.py -q build_ext --inplace >build.log 2>&1) || { cat "$WORK/build.log"; exit 1; }
+
+LIBASAN=$(gcc -print-file-name=libasan.so)
+[ -f "$LIBASAN" ] || { echo "[asan] libasan not found (gcc -print-file-name=libasan.so gave '$LIBASAN'); install gcc's libasan" >&2; exit 1; }
+# detect_leaks=0: CPython and torch keep allocations alive until exit, which LeakSanitizer would report
+# log_path: pytest captures stderr, and an abort loses what it captured; the report goes to a file
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:symbolize=1:log_path=$WORK/asan-report"
+report() {
+  if ls "$WORK"/asan-report.* >/dev/null 2>&1; then
+    echo "[asan] AddressSanitizer report(s):" >&2
+    cat "$WORK"/asan-report.* >&2
+  fi
+}
+trap report EXIT
+cd "$WORK"
+LD_PRELOAD="$LIBASAN" "$PY" -c "
+import dinat_backbone, dinat_backbone.ops as ops
+assert dinat_backbone.__file__.startswith('$WORK'), dinat_backbone.__file__
+assert ops.cpu_kernel_available(), 'the ASan build of the kernel did not load'
+print('[asan] kernel under test:', ops._C.__file__)
+"
+say "running the kernel sweep and the op tests under AddressSanitizer"
+LD_PRELOAD="$LIBASAN" "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_sweep.py tests/test_ops.py "$@"
+say "no memory errors"
