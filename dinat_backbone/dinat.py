@@ -29,10 +29,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from .ops import NeighborhoodAttention2D, _tracing_for_export, na2d
+from .lean import gelu_linear, layer_norm_linear
+from .ops import NeighborhoodAttention2D, exporting
 
 __all__ = [
     "DiNAT",
@@ -176,54 +176,6 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-class _LayerNormLinear(torch.autograd.Function):
-    """``linear(layer_norm(x))`` that keeps x, mean and rstd for backward instead of the normalised
-    map: the normalised map (as wide as x) is recomputed in backward. Saves one activation of
-    the block's width per LayerNorm -> Linear pair (norm1 -> qkv, norm2 -> fc1) in training."""
-
-    @staticmethod
-    def forward(ctx, x, ln_weight, ln_bias, weight, bias, eps):
-        channels = x.shape[-1]
-        normed, mean, rstd = torch.native_layer_norm(x, (channels,), ln_weight, ln_bias, eps)
-        ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(normed, weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, mean, rstd, ln_weight, ln_bias, weight = ctx.saved_tensors
-        channels = x.shape[-1]
-        normed = torch.addcmul(ln_bias, (x - mean) * rstd, ln_weight)
-        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_weight = grad_2d.t() @ normed.reshape(-1, channels)
-        grad_bias = grad_2d.sum(0) if ctx.has_bias else None
-        grad_normed = grad_out @ weight
-        grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
-            grad_normed, x, (channels,), mean, rstd, ln_weight, ln_bias, list(ctx.needs_input_grad[:3]))
-        return grad_x, grad_ln_weight, grad_ln_bias, grad_weight, grad_bias, None
-
-
-class _GeluLinear(torch.autograd.Function):
-    """``linear(gelu(h))`` that keeps only h for backward and recomputes the GELU there."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias):
-        ctx.save_for_backward(hidden, weight)
-        return F.linear(F.gelu(hidden), weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        hidden, weight = ctx.saved_tensors
-        act = F.gelu(hidden)
-        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_weight = grad_2d.t() @ act.reshape(-1, act.shape[-1])
-        grad_bias = grad_2d.sum(0)
-        grad_hidden = torch.ops.aten.gelu_backward(grad_out @ weight, hidden)
-        return grad_hidden, grad_weight, grad_bias
-
-
 class DiNATBlock(nn.Module):
     """Pre-norm transformer block with (dilated) neighbourhood attention, on ``[B, H, W, C]``.
 
@@ -261,50 +213,45 @@ class DiNATBlock(nn.Module):
             self.gamma1 = nn.Parameter(float(layer_scale) * torch.ones(dim))
             self.gamma2 = nn.Parameter(float(layer_scale) * torch.ones(dim))
 
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[1], x.shape[2]
-        win = self.window_size
-        if H >= win and W >= win:
-            return self.attn(x)
+    def _attention(self, x: Optional[torch.Tensor] = None, qkv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``self.attn`` on the normalised map ``x`` (or its qkv projection), with the small-map
+        handling of ``small_input``: 'pad' folds the padding into the attention (it pads q / k / v
+        with the tokens a zero-padded map would hold, or, while exporting, builds one branch-free
+        graph for every size)."""
         if self.small_input == "error":
-            min_px = f" (an input of at least {win * self.stride} px per side)" if self.stride else ""
-            raise ValueError(
-                f"DiNAT block {self.name} (kernel_size {self.kernel_size}, dilation {self.dilation}) got a "
-                f"{H}x{W} map, smaller than kernel_size * dilation = {win} on an axis; use small_input='pad' "
-                f"(zero-pads the map as the checkpoints were trained), larger images{min_px}, or smaller dilations"
-            )
-        x = F.pad(x, (0, 0, 0, max(0, win - W), 0, max(0, win - H)))
-        return self.attn(x)[:, :H, :W]
+            H, W = (x if qkv is None else qkv).shape[1:3]
+            win = self.window_size
+            if H < win or W < win:
+                min_px = f" (an input of at least {win * self.stride} px per side)" if self.stride else ""
+                raise ValueError(
+                    f"DiNAT block {self.name} (kernel_size {self.kernel_size}, dilation {self.dilation}) got a "
+                    f"{H}x{W} map, smaller than kernel_size * dilation = {win} on an axis; use small_input='pad' "
+                    f"(zero-pads the map as the checkpoints were trained), larger images{min_px}, or smaller "
+                    "dilations")
+        return self.attn(x, qkv=qkv, pad_small_maps=self.small_input == "pad")
 
     def _can_use_lean_training_path(self, x: torch.Tensor) -> bool:
-        """The lean path (see :class:`_LayerNormLinear`) gives the same values and gradients with
-        less activation memory; it covers the default block (LayerNorm, GELU, no dropout, no
-        padding needed) in float32/float64 training outside autocast."""
+        """The lean path (:mod:`dinat_backbone.lean`) gives the same values and gradients with less
+        activation memory; it covers the default block (LayerNorm, exact GELU, no MLP dropout) in
+        float32/float64 training outside autocast."""
         if not (torch.is_grad_enabled() and self.training) or torch.is_autocast_enabled(x.device.type):
             return False
-        if _tracing_for_export():  # export needs the plain modules' ops
+        if exporting():  # export graphs keep the plain modules' ops
             return False
-        mlp, attn = self.mlp, self.attn
+        mlp = self.mlp
         return (
-            x.shape[1] >= self.window_size and x.shape[2] >= self.window_size
-            and type(self.norm1) is nn.LayerNorm and type(self.norm2) is nn.LayerNorm
+            type(self.norm1) is nn.LayerNorm and type(self.norm2) is nn.LayerNorm
             and self.norm1.weight is not None and self.norm2.weight is not None
             and type(mlp.act) is nn.GELU and mlp.act.approximate == "none" and mlp.drop.p == 0.0
-            and attn.attn_drop == 0.0 and attn.proj_drop.p == 0.0 and mlp.fc2.bias is not None
+            and mlp.fc2.bias is not None
         )
 
     def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        attn, mlp, n1, n2 = self.attn, self.mlp, self.norm1, self.norm2
-        qkv = _LayerNormLinear.apply(x, n1.weight, n1.bias, attn.qkv.weight, attn.qkv.bias, n1.eps)
-        q, k, v = qkv.view(B, H, W, 3, attn.num_heads, attn.head_dim).unbind(3)
-        y = na2d(q, k, v, attn.kernel_size, attn.dilation, attn.rpb, attn.scale, attn.backend)
-        y = attn.proj(y.reshape(B, H, W, C))
+        y = self._attention(qkv=layer_norm_linear(x, self.norm1, self.attn.qkv))
         if self.layer_scale:
             y = self.gamma1 * y
         x = x + self.drop_path(y)
-        hidden = _LayerNormLinear.apply(x, n2.weight, n2.bias, mlp.fc1.weight, mlp.fc1.bias, n2.eps)
-        y = _GeluLinear.apply(hidden, mlp.fc2.weight, mlp.fc2.bias)
+        y = gelu_linear(layer_norm_linear(x, self.norm2, self.mlp.fc1), self.mlp.fc2)
         if self.layer_scale:
             y = self.gamma2 * y
         return x + self.drop_path(y)

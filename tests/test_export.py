@@ -87,18 +87,85 @@ def test_na2d_export_small_map_padding(X, Y, K, d):
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
-def test_export_mode_model_parity_and_restore():
+def test_export_mode_model_parity():
+    """Inside export_mode every attention runs the export backend (one branch-free graph for maps
+    that need padding and maps that do not); the outputs equal the eager model's."""
     model = small_model()
-    original = ops.na2d
     for shape in [(1, 3, 64, 96), (2, 3, 160, 250), (1, 3, 33, 47)]:
         x = torch.randn(*shape)
         with torch.no_grad():
             ref = model(x)
             with export_mode():
-                assert ops.na2d is not original
                 got = model(x)
         assert max_err(ref, got) <= 1e-5, shape
-    assert ops.na2d is original
+
+
+def _selected(q):
+    return ops.select_backend(q, None, 3).name
+
+
+def test_export_mode_nests_and_restores():
+    q = torch.randn(1, 9, 9, 2, 4)
+    eager = _selected(q)
+    assert eager != "export" and not ops.exporting()
+    with export_mode():
+        assert _selected(q) == "export"
+        with export_mode():
+            assert _selected(q) == "export"
+        assert _selected(q) == "export"  # the inner exit does not end the outer context
+    assert _selected(q) == eager and not ops.exporting()
+    with pytest.raises(RuntimeError, match="boom"):
+        with export_mode():
+            raise RuntimeError("boom")
+    assert _selected(q) == eager
+
+
+def test_export_mode_is_local_to_the_thread():
+    """A forward in another thread while one thread exports runs the normal backends."""
+    import threading
+
+    model = small_model()
+    x = torch.randn(1, 3, 64, 96)
+    inside, release = threading.Event(), threading.Event()
+    seen = {}
+
+    def exporter():
+        with export_mode():
+            seen["exporter"] = _selected(torch.randn(1, 9, 9, 2, 4))
+            inside.set()
+            release.wait(30)
+
+    t = threading.Thread(target=exporter)
+    t.start()
+    try:
+        assert inside.wait(30)
+        seen["other"] = _selected(torch.randn(1, 9, 9, 2, 4))
+        with torch.no_grad():
+            ref = model(x)
+    finally:
+        release.set()
+        t.join()
+    assert seen["exporter"] == "export" and seen["other"] != "export"
+    with torch.no_grad():
+        assert max_err(ref, model(x)) == 0.0
+
+
+def test_forward_hooks_see_every_attention_call():
+    """Eval, training (the memory-lean path) and export all run through NeighborhoodAttention2D.forward."""
+    model = small_model()
+    calls = []
+    for m in model.modules():
+        if isinstance(m, ops.NeighborhoodAttention2D):
+            m.register_forward_hook(lambda mod, args, out: calls.append(out.shape))
+    n_attn = sum(model.depths)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        model(x)
+        with export_mode():
+            model(x)
+    model.train()
+    sum(o.sum() for o in model(x)).backward()
+    assert len(calls) == 3 * n_attn
 
 
 # ----------------------------------------------------------------------------------------------

@@ -312,14 +312,13 @@ def test_random_init_and_no_weight_decay():
     assert names <= set(params)
 
 
-def test_attn_backend_is_passed_to_every_attention():
+def test_attn_backend_is_passed_to_every_attention(caplog):
     model = small_model(attn_backend="torch")
     assert all(b.attn.backend == "torch" for level in model.levels for b in level.blocks)
-    import dinat_backbone.ops as ops
-
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level("DEBUG", logger="dinat_backbone.ops"):
         model.eval()(torch.randn(1, 3, 32, 32))
-    assert ops.last_backend == "torch"
+    ran = [r.getMessage().split()[2] for r in caplog.records if r.getMessage().startswith("na2d: ran")]
+    assert len(ran) == sum(model.depths) and set(ran) == {"torch"}, ran
 
 
 @pytest.mark.parametrize("layer_scale", [None, 0.5])

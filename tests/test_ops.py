@@ -6,7 +6,7 @@
 * ``torch.autograd.gradcheck`` on small shapes;
 * float32 and bfloat16 against float64 (tolerances below), every instruction set of the kernel;
 * non-contiguous inputs; an independent cross-check with natten-mps (old NATTEN ops);
-* bad input, backend selection, the flex_attention path (CPU eager, forward only) and the module.
+* bad input, the backend table (automatic and explicit selection, reasons) and the module.
 
 The reference is an explicit loop over queries, so maps stay small (L = K*d .. K*d + 1) and
 batch / heads / head_dim tiny.
@@ -129,7 +129,6 @@ def reference_result(K, d, B, X, Y, use_rpb, H=2, D=3):
 def test_float64_grid_matches_reference(backend, K, d, B, X, Y, use_rpb):
     (q, k, v, rpb, grad_out), rows, ref_out, ref_grads = reference_result(K, d, B, X, Y, use_rpb)
     out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
-    assert ops.last_backend == backend
     assert out.dtype == torch.float64 and out.shape == q.shape
     if rows is not None:
         out = out[:, rows]
@@ -177,7 +176,8 @@ def test_low_precision_vs_float64(backend, dtype, K, d, B, X, Y, use_rpb, D):
 
 @needs_kernel
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("K,d,B,X,Y,use_rpb,D", LOW_PRECISION_CASES + [(9, 1, 1, 12, 40, True, 16), (15, 1, 1, 16, 17, True, 4)])
+@pytest.mark.parametrize("K,d,B,X,Y,use_rpb,D",
+                         LOW_PRECISION_CASES + [(9, 1, 1, 12, 40, True, 16), (15, 1, 1, 16, 17, True, 4)])
 def test_kernel_instruction_sets(isa, K, d, B, X, Y, use_rpb, D):
     """Every run-time code path of the kernel (capped to what this CPU has) against float64."""
     from dinat_backbone import _C
@@ -269,9 +269,12 @@ def _qkv(shape=(1, 9, 9, 2, 4)):
         (lambda: (*_qkv()[:2], torch.randn(1, 9, 8, 2, 4), 3), r"must have the same shape"),
         (lambda: (*_qkv(), 4), r"kernel_size must be an odd integer >= 3, got 4; use e.g. 5"),
         (lambda: (*_qkv(), 1), r"kernel_size must be an odd integer >= 3"),
-        (lambda: (*_qkv((1, 8, 12, 2, 4)), 3, 3), r"axis X \(dim 1\) has size 8, smaller than kernel_size \* dilation = 3 \* 3 = 9; pad the map"),
-        (lambda: (*_qkv((1, 12, 5, 2, 4)), 7), r"axis Y \(dim 2\) has size 5, smaller than kernel_size \* dilation = 7 \* 1 = 7"),
-        (lambda: (*_qkv(), 3, 1, torch.zeros(2, 3, 3)), r"rpb must have shape \[heads, 2\*kernel_size-1, 2\*kernel_size-1\] = \[2, 5, 5\], got \(2, 3, 3\)"),
+        (lambda: (*_qkv((1, 8, 12, 2, 4)), 3, 3),
+         r"axis X \(dim 1\) has size 8, smaller than kernel_size \* dilation = 3 \* 3 = 9; pad the map"),
+        (lambda: (*_qkv((1, 12, 5, 2, 4)), 7),
+         r"axis Y \(dim 2\) has size 5, smaller than kernel_size \* dilation = 7 \* 1 = 7"),
+        (lambda: (*_qkv(), 3, 1, torch.zeros(2, 3, 3)),
+         r"rpb must have shape \[heads, 2\*kernel_size-1, 2\*kernel_size-1\] = \[2, 5, 5\], got \(2, 3, 3\)"),
         (lambda: (*_qkv(), 3, 1, torch.zeros(3, 5, 5)), r"rpb must have shape .* = \[2, 5, 5\], got \(3, 5, 5\)"),
         (lambda: (*_qkv(), 3, 0), r"dilation must be an integer >= 1"),
     ],
@@ -293,75 +296,87 @@ def test_mixed_dtypes_raise():
 # ----------------------------------------------------------------------------------------------
 def test_default_cpu_backend(monkeypatch):
     monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
-    na2d(*_qkv(), 3)
-    assert ops.last_backend == ("cpu" if HAVE_KERNEL else "torch")
+    selection = ops.select_backend(_qkv()[0], None, 3)
+    assert selection.name == ("cpu" if HAVE_KERNEL else "torch")
+    assert [name for name, _ in selection.skipped] == ["export", "natten"]
     assert ops.available_backends("cpu")[-1] == "torch"
+    assert ops.available_backends("cpu") == (["cpu", "torch"] if HAVE_KERNEL else ["torch"])
 
 
 def test_env_var_forces_backend(monkeypatch):
     monkeypatch.setenv(ops.BACKEND_ENV, "torch")
+    assert ops.select_backend(_qkv()[0], None, 3).name == "torch"
     na2d(*_qkv(), 3)
-    assert ops.last_backend == "torch"
     monkeypatch.setenv(ops.BACKEND_ENV, "nonsense")
     with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
         na2d(*_qkv(), 3)
 
 
+@needs_kernel
 def test_argument_overrides_env_var(monkeypatch):
     monkeypatch.setenv(ops.BACKEND_ENV, "torch")
-    na2d(*_qkv(), 3, backend="flex")
-    assert ops.last_backend == "flex"
+    assert ops.select_backend(_qkv()[0], None, 3, backend="cpu").name == "cpu"
 
 
 def test_unavailable_backends_raise_clearly(monkeypatch):
     monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
-    monkeypatch.setattr(ops, "cpu_kernel_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"backend='cpu' requested but the compiled kernel is not available"):
+    monkeypatch.setattr(ops.cpu, "kernel_available", lambda: False)
+    with pytest.raises(ValueError, match=r"backend='cpu' cannot serve this call: the compiled kernel "
+                                         r"dinat_backbone._C is not available .* Backends that can: \['torch'\]"):
         na2d(*_qkv(), 3, backend="cpu")
-    with pytest.raises(ValueError, match="cannot apply a relative positional bias"):
+    with pytest.raises(ValueError, match="it has no relative positional bias"):
         na2d(*_qkv(), 3, rpb=torch.zeros(2, 5, 5), backend="natten")
-    if ops._natten_na2d() is None:
-        with pytest.raises(RuntimeError, match="natten is not installed"):
-            na2d(*_qkv(), 3, backend="natten")
+    with pytest.raises(ValueError, match="needs CUDA tensors, got cpu"):
+        na2d(*_qkv(), 3, backend="natten")
+    monkeypatch.setenv(ops.BACKEND_ENV, "cpu")
+    with pytest.raises(ValueError, match=r"DINAT_NA_BACKEND='cpu' cannot serve this call"):
+        na2d(*_qkv(), 3)
 
 
 def test_missing_kernel_warns_once_and_falls_back(monkeypatch):
     monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
-    monkeypatch.setattr(ops, "cpu_kernel_available", lambda: False)
-    monkeypatch.setattr(ops, "_warned_no_kernel", False)
-    with pytest.warns(RuntimeWarning, match="compiled CPU kernel .* is not available"):
-        na2d(*_qkv(), 3)
-    assert ops.last_backend == "torch"
+    monkeypatch.setattr(ops.cpu, "kernel_available", lambda: False)
+    monkeypatch.setattr(ops.cpu, "_warned_no_kernel", False)
+    with pytest.warns(RuntimeWarning, match="compiled kernel .* is not available"):
+        assert ops.select_backend(_qkv()[0], None, 3).name == "torch"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         na2d(*_qkv(), 3)  # no second warning
 
 
-# ----------------------------------------------------------------------------------------------
-# flex_attention path (the GPU path with rpb), checked on CPU in eager mode, forward only
-# ----------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not ops._flex_available(), reason="torch without flex_attention")
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("K,d,X,Y,use_rpb", [(3, 1, 7, 9, True), (5, 2, 11, 10, True), (3, 3, 9, 13, False)])
-def test_flex_block_mask_and_score_mod_match_reference(K, d, X, Y, use_rpb):
-    q, k, v, rpb = make_inputs(1, X, Y, 2, 8, K, use_rpb, dtype=torch.float32)
-    with torch.no_grad():
-        out = ops.na2d_flex(q, k, v, K, d, rpb, compile=False)
-        ref = na2d_reference(q.double(), k.double(), v.double(), K, d, None if rpb is None else rpb.double())
-    assert rel_err(out, ref) < TOL[torch.float32]
-    # the block mask is exactly the neighbourhood
-    mask_mod = ops.neighborhood_mask_mod(X, Y, K, d)
-    qi, ki = torch.meshgrid(torch.arange(X * Y), torch.arange(X * Y), indexing="ij")
-    dense = mask_mod(0, 0, qi, ki)
-    keys_y, _ = ops.neighborhood_indices(X, K, d)
-    keys_x, _ = ops.neighborhood_indices(Y, K, d)
-    expected = torch.zeros(X * Y, X * Y, dtype=torch.bool)
-    for i in range(X):
-        for j in range(Y):
-            for ky in keys_y[i].tolist():
-                for kx in keys_x[j].tolist():
-                    expected[i * Y + j, ky * Y + kx] = True
-    assert torch.equal(dense, expected)
+@needs_kernel
+def test_what_is_selected_is_what_runs(monkeypatch):
+    """No backend hands a call to another: kernels above the compiled kernel's limit and
+    attention dropout are the torch backend's in automatic mode, and errors when 'cpu' is asked for."""
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    big = ops.cpu.max_kernel_size() + 2
+    q = torch.randn(1, big, big, 1, 4)
+    selection = ops.select_backend(q, None, big)
+    assert selection.name == "torch" and any(f"kernel_size {big}" in r for r in dict(selection.skipped)["cpu"])
+    with pytest.raises(ValueError, match=f"kernel_size {big} > {big - 2}"):
+        na2d(q, q, q, big, backend="cpu")
+    q = torch.randn(1, 9, 9, 2, 4)
+    assert ops.select_backend(q, None, 3, attn_dropout=0.1).name == "torch"
+    with pytest.raises(ValueError, match="attention dropout"):
+        na2d(q, q, q, 3, attn_drop=0.1, backend="cpu")
+    with pytest.raises(ValueError, match=r"attn_drop must be in \[0, 1\)"):
+        na2d(q, q, q, 3, attn_drop=1.0)
+
+
+def test_debug_log_says_what_ran_and_why(monkeypatch, caplog):
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    with caplog.at_level("DEBUG", logger="dinat_backbone.ops"):
+        na2d(*_qkv(), 3)
+    expected = "cpu" if HAVE_KERNEL else "torch"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"na2d: ran {expected} for shape=(1, 9, 9, 2, 4)" in m and "natten: needs CUDA" in m
+               for m in messages), caplog.text
+
+
+def test_head_dim_zero_is_a_clear_error():
+    q = torch.randn(1, 9, 9, 2, 0)
+    with pytest.raises(ValueError, match=r"heads and head_dim must be >= 1"):
+        na2d(q, q, q, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +419,7 @@ def test_module_matches_reference_and_trains(backend):
     m = NeighborhoodAttention2D(dim=12, num_heads=3, kernel_size=3, dilation=2, backend=backend).double()
     x = torch.randn(2, 7, 8, 12, dtype=torch.float64, requires_grad=True)
     out = m(x)
-    assert out.shape == x.shape and ops.last_backend == backend
+    assert out.shape == x.shape
     B, X, Y, C = x.shape
     q, k, v = m.qkv(x).view(B, X, Y, 3, 3, 4).unbind(3)
     expected = m.proj(na2d_reference(q, k, v, 3, 2, m.rpb, m.scale).reshape(B, X, Y, C))
@@ -434,6 +449,13 @@ def test_module_attention_dropout_in_training():
     m(x).sum().backward()
     m.eval()
     torch.testing.assert_close(m(x), m(x))
+    # in training the call still goes through na2d: its validation and the module's backend
+    m.train()
+    with pytest.raises(ValueError, match=r"axis X \(dim 1\) has size 2, smaller than kernel_size"):
+        m(torch.randn(1, 2, 6, 8))
+    m.backend = "cpu"
+    with pytest.raises(ValueError, match="backend='cpu' cannot serve this call: attention dropout"):
+        m(x)
 
 
 @needs_kernel

@@ -257,23 +257,27 @@ def count_macs(model, x, dev: Device) -> float:
 
     attn_flops = [0]
 
-    def hook(mod, args, out):
-        t = args[0]  # [B, X, Y, C] map the attention runs on (after any small-input padding)
-        B, X, Y, C = t.shape
-        attn_flops[0] += 2 * 2 * B * X * Y * C * mod.kernel_size ** 2
+    def hook(mod, args, kwargs, out):
+        # the map the attention runs on, after any small-input padding; FlopCounterMode already
+        # counts the einsums of the pure-PyTorch backend, the other backends are counted here
+        B, X, Y, _ = out.shape
+        spec = ops.TensorSpec((B, X, Y, mod.num_heads, mod.head_dim), out.dtype, out.device)
+        selected = ops.select_backend(spec, mod.rpb, mod.kernel_size, mod.dilation, needs_grad=False,
+                                      backend=mod.backend).name
+        if selected != "torch":
+            win = mod.kernel_size * mod.dilation
+            attn_flops[0] += 2 * 2 * B * max(X, win) * max(Y, win) * mod.dim * mod.kernel_size ** 2
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ops.NeighborhoodAttention2D)]
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
+               if isinstance(m, ops.NeighborhoodAttention2D)]
     model.eval()
-    ops.last_backend = None
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad(), dev.autocast():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    total = counter.get_total_flops()
-    if ops.last_backend != "torch":  # the pure-PyTorch backend's einsums were already counted
-        total += attn_flops[0]
+    total = counter.get_total_flops() + attn_flops[0]
     return total / 2
 
 

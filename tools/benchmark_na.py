@@ -16,7 +16,7 @@ forward, 15 % forward + backward) and its minimum (10 % / 5 %) are printed besid
 
     python tools/benchmark_na.py             # CPU: compiled kernel and pure-PyTorch backends
     python tools/benchmark_na.py --quick     # smoke run: 1 repeat (fast calls: 1 s), small GEMM, no torch backend
-    python tools/benchmark_na.py --device cuda   # + flex, natten (no rpb) and dense SDPA
+    python tools/benchmark_na.py --device cuda   # + natten (no rpb) and dense SDPA
 """
 import argparse
 import json
@@ -175,11 +175,8 @@ def main():
         flops = 4 * B * X * Y * H * K * K * D
 
         candidates = []
-        if device.type == "cpu":
-            if ops.cpu_kernel_available():
-                candidates.append(("cpu", "na2d backend=cpu (compiled kernel)", True))
-        else:
-            candidates.append(("flex", "na2d backend=flex (flex_attention + rpb)", True))
+        if device.type == "cpu" and ops.cpu_kernel_available():
+            candidates.append(("cpu", "na2d backend=cpu (compiled kernel)", True))
         if not args.quick:
             candidates.append(("torch", "na2d backend=torch (pure PyTorch)", True))
         for backend, label, with_bwd in candidates:

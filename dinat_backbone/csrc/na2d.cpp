@@ -448,4 +448,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_isa", []() { return std::string(dinat::isa_name(dinat::best_supported_isa())); },
         "best instruction set this CPU supports");
   m.def("set_isa", &dinat::set_isa, "cap the instruction set (generic, avx2, avx512); returns the active one");
+  m.def("max_kernel_size", []() { return static_cast<int>(dinat::kMaxKernelSize); },
+        "largest kernel size the compiled kernel handles (its stack buffers are sized by it)");
 }

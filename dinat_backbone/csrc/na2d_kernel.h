@@ -9,8 +9,8 @@
 
 namespace dinat {
 
-// Largest kernel size the compiled kernel handles (stack arrays are sized by it); larger kernels
-// take the pure-PyTorch path in ops.py.
+// Largest kernel size the compiled kernel handles (stack arrays are sized by it); exposed to Python
+// as _C.max_kernel_size(), where the op's backend table sends larger kernels elsewhere.
 constexpr int kMaxKernelSize = 31;
 
 // A [batch, X, Y, heads, head_dim] tensor with head_dim contiguous; strides in elements.

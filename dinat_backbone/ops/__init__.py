@@ -1,0 +1,49 @@
+"""Neighborhood attention (NA / dilated NA) with relative positional bias, for 2-D maps.
+
+The functional op is :func:`na2d`, with NATTEN >= 0.20's heads-last layout
+``[batch, X, Y, heads, head_dim]`` and NATTEN <= 0.17's semantics (relative positional bias, RPB,
+``rpb`` of shape ``[heads, 2*K-1, 2*K-1]``), which every published DiNAT / NAT checkpoint was
+trained with. :class:`NeighborhoodAttention2D` is the thin module on top. The window rule is in
+:mod:`.geometry`.
+
+Layout (as NATTEN's ``backends/`` and xformers' dispatch): one module per backend, each stating
+in ``reasons(...)`` why it cannot serve a call, and one ordered table in :mod:`.dispatch`:
+
+``export`` (:mod:`.export`)
+    plain tensor ops, symbolic sizes; serves exactly the calls made inside :func:`export_mode`
+    or while torch traces for export.
+``natten`` (:mod:`.natten`)
+    ``natten.na2d`` (fused, NATTEN >= 0.20); CUDA only and only without rpb.
+``cpu`` (:mod:`.cpu`)
+    the compiled C++ kernel (``dinat_backbone._C``), forward and backward; the default on CPU.
+``torch`` (:mod:`.reference`)
+    pure PyTorch with its own autograd, any device; the reference, and what serves the rest
+    (attention dropout in training, machines without the compiled kernel).
+
+``backend=`` or the ``DINAT_NA_BACKEND`` environment variable requests one; :func:`select_backend`
+says which backend a call runs and why the ones before it were skipped.
+"""
+from .cpu import kernel_available as cpu_kernel_available
+from .dispatch import (BACKEND_ENV, BACKEND_ORDER, BACKENDS, BackendSelection, TensorSpec, available_backends, na2d,
+                       na2d_padded, select_backend)
+from .export import export_mode, exporting
+from .geometry import neighborhood_indices, window_start
+from .modules import NeighborhoodAttention2D
+
+__all__ = [
+    "na2d",
+    "na2d_padded",
+    "NeighborhoodAttention2D",
+    "neighborhood_indices",
+    "window_start",
+    "select_backend",
+    "available_backends",
+    "cpu_kernel_available",
+    "export_mode",
+    "exporting",
+    "BackendSelection",
+    "TensorSpec",
+    "BACKENDS",
+    "BACKEND_ORDER",
+    "BACKEND_ENV",
+]

@@ -1,0 +1,130 @@
+"""Backend ``cpu``: the compiled C++ kernel (``dinat_backbone._C``, sources in ``dinat_backbone/csrc``).
+
+Forward and backward in C++ over OpenMP, AVX-512 / AVX2 / generic code picked at run time. The
+extension registers ``torch.ops.dinat.na2d_forward`` / ``na2d_backward``; this module adds their
+fake (meta) implementations and autograd, so that autograd works and ``torch.compile`` traces the
+op without graph breaks. The attention weights (``[B, X, K*K, Y, heads]``, float32 / float64) are
+kept for backward only when an input requires grad.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List
+
+import torch
+
+from .inputs import compute_dtype
+
+NAME = "cpu"
+__all__ = ["NAME", "reasons", "run", "kernel_available", "max_kernel_size"]
+
+try:  # the extension registers torch.ops.dinat.* on import
+    from .. import _C
+    _KERNEL_ERROR = None
+except Exception as exc:  # pragma: no cover - depends on the build
+    _C = None
+    _KERNEL_ERROR = exc
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_warned_no_kernel = False
+
+
+def kernel_available() -> bool:
+    """True when the compiled CPU kernel was built and imports."""
+    return _C is not None and hasattr(torch.ops, "dinat") and hasattr(torch.ops.dinat, "na2d_forward")
+
+
+# read from the extension once (a pybind call inside a torch.compile'd region would break the graph)
+_MAX_KERNEL_SIZE = int(_C.max_kernel_size()) if _C is not None else 0
+
+
+def max_kernel_size() -> int:
+    """Largest kernel size the compiled kernel handles (its stack buffers are sized by it; 0 without it)."""
+    return _MAX_KERNEL_SIZE
+
+
+def missing_kernel_reason() -> str:
+    return (f"the compiled kernel dinat_backbone._C is not available ({_KERNEL_ERROR!r}); rebuild it with "
+            "`pip install --no-build-isolation -e .`")
+
+
+def warn_missing_kernel_once():
+    """Automatic selection on CPU without the kernel falls to the far slower pure-PyTorch backend: say so once."""
+    global _warned_no_kernel
+    if not _warned_no_kernel:
+        _warned_no_kernel = True
+        warnings.warn(
+            f"dinat_backbone: {missing_kernel_reason()}; using the much slower pure-PyTorch backend.",
+            RuntimeWarning, stacklevel=4)
+
+
+def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> List[str]:
+    out = []
+    if query.device.type != "cpu":
+        out.append(f"needs CPU tensors, got {query.device}")
+    if not kernel_available():
+        out.append(missing_kernel_reason())
+    elif kernel_size > max_kernel_size():
+        out.append(f"kernel_size {kernel_size} > {max_kernel_size()}, the largest the compiled kernel handles")
+    if query.dtype not in _SUPPORTED_DTYPES:
+        out.append(f"dtype {query.dtype} (supported: float32, float64, bfloat16, float16)")
+    if attn_dropout > 0.0:
+        out.append("attention dropout (the fused kernel never materialises droppable weights)")
+    if exporting:
+        out.append("exporting: a custom op cannot go into an ONNX / torch.export graph")
+    return out
+
+
+def _register_python_parts():
+    @torch.library.register_fake("dinat::na2d_forward")
+    def _na2d_forward_fake(query, key, value, rpb, kernel_size, dilation, scale, save_weights):
+        B, X, Y, H, D = query.shape
+        cdt = compute_dtype(query.dtype)
+        out = query.new_empty((B, X, Y, H, D))
+        if save_weights:
+            weights = query.new_empty((B, X, kernel_size * kernel_size, Y, H), dtype=cdt)
+        else:
+            weights = query.new_empty((0,), dtype=cdt)
+        return out, weights
+
+    @torch.library.register_fake("dinat::na2d_backward")
+    def _na2d_backward_fake(grad_out, query, key, value, weights, rpb, kernel_size, dilation, scale):
+        shape = tuple(query.shape)
+        grads = [query.new_empty(shape) for _ in range(3)]
+        drpb = rpb.new_empty(tuple(rpb.shape)) if rpb is not None else query.new_empty((0,))
+        return grads[0], grads[1], grads[2], drpb
+
+    def _setup_context(ctx, inputs, output):
+        query, key, value, rpb, kernel_size, dilation, scale, save_weights = inputs
+        _, weights = output
+        ctx.save_for_backward(query, key, value, weights, rpb)
+        ctx.params = (kernel_size, dilation, scale, save_weights)
+        ctx.mark_non_differentiable(weights)
+
+    def _backward(ctx, grad_out, _grad_weights):
+        query, key, value, weights, rpb = ctx.saved_tensors
+        kernel_size, dilation, scale, save_weights = ctx.params
+        if not save_weights:
+            raise RuntimeError(
+                "na2d (cpu kernel): backward needs the attention weights, but the forward ran with "
+                "save_weights=False (no input required grad, or grad mode was off); call na2d with "
+                "inputs that require grad"
+            )
+        dq, dk, dv, drpb = torch.ops.dinat.na2d_backward(
+            grad_out, query, key, value, weights, rpb, kernel_size, dilation, scale
+        )
+        return dq, dk, dv, (drpb if rpb is not None else None), None, None, None, None
+
+    torch.library.register_autograd("dinat::na2d_forward", _backward, setup_context=_setup_context)
+
+
+if kernel_available():
+    _register_python_parts()
+
+
+def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop):
+    save_weights = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, rpb)
+    )
+    out, _ = torch.ops.dinat.na2d_forward(query, key, value, rpb, kernel_size, dilation, float(scale), save_weights)
+    return out

@@ -1,0 +1,95 @@
+"""``NeighborhoodAttention2D``: the thin module over :func:`dinat_backbone.ops.na2d` (qkv Linear,
+rpb Parameter, proj Linear; parameter names match the original DiNAT / NAT checkpoints)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .dispatch import na2d, na2d_padded
+
+__all__ = ["NeighborhoodAttention2D"]
+
+
+class NeighborhoodAttention2D(nn.Module):
+    """Multi-head (dilated) neighbourhood attention on channels-last ``[B, X, Y, C]`` maps.
+
+    ``forward(x)`` runs qkv projection, attention and output projection. Every attention of a
+    DiNAT model goes through this module's ``forward`` (so forward hooks see every call): the
+    block's memory-lean training path passes the qkv projection it computed fused with the
+    LayerNorm as ``qkv=`` instead of ``x``, and small maps are padded here (``pad_small_maps``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int = 7, dilation: int = 1, bias: bool = True,
+                 qkv_bias: bool = True, qk_scale: Optional[float] = None, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, backend: Optional[str] = None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"NeighborhoodAttention2D: dim {dim} is not divisible by num_heads {num_heads}")
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"NeighborhoodAttention2D: kernel_size must be an odd integer >= 3, got {kernel_size}")
+        if dilation < 1:
+            raise ValueError(f"NeighborhoodAttention2D: dilation must be >= 1, got {dilation}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if bias:
+            self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+            nn.init.trunc_normal_(self.rpb, std=0.02, mean=0.0, a=-2.0, b=2.0)
+        else:
+            self.register_parameter("rpb", None)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def split_heads(self, qkv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, X, Y, 3C]`` -> q, k, v, each ``[B, X, Y, heads, head_dim]`` (views)."""
+        B, X, Y, _ = qkv.shape
+        return qkv.reshape(B, X, Y, 3, self.num_heads, self.head_dim).unbind(3)
+
+    def pad_tokens(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of a zero input token (the qkv bias), each ``[heads, head_dim]``: what a map
+        zero-padded before the qkv projection holds in its padding."""
+        if self.qkv.bias is not None:
+            return self.qkv.bias.reshape(3, self.num_heads, self.head_dim).unbind(0)
+        zero = like.new_zeros(self.num_heads, self.head_dim)
+        return zero, zero, zero
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_small_maps: bool = False) -> torch.Tensor:
+        """The attention itself, ``[B, X, Y, heads, head_dim]`` in and out."""
+        drop = self.attn_drop if self.training else 0.0
+        if pad_small_maps:
+            return na2d_padded(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, self.backend, drop,
+                               self.pad_tokens(q))
+        return na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, self.backend, drop)
+
+    def project(self, out: torch.Tensor) -> torch.Tensor:
+        """Heads merged, output projection and dropout: ``[B, X, Y, heads, head_dim]`` -> ``[B, X, Y, C]``."""
+        B, X, Y = out.shape[:3]
+        return self.proj_drop(self.proj(out.reshape(B, X, Y, self.dim)))
+
+    def forward(self, x: Optional[torch.Tensor] = None, *, qkv: Optional[torch.Tensor] = None,
+                pad_small_maps: bool = False) -> torch.Tensor:
+        """``x``: ``[B, X, Y, C]``; or ``qkv``: its qkv projection ``[B, X, Y, 3C]`` computed by the
+        caller. ``pad_small_maps``: a map smaller than ``kernel_size * dilation`` on an axis is
+        treated as zero-padded (before the qkv projection) on the right / bottom, and the result
+        cropped back; otherwise such a map is an error."""
+        if qkv is None:
+            if x is None or x.dim() != 4 or x.shape[-1] != self.dim:
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(
+                    f"NeighborhoodAttention2D: expected a channels-last map [B, X, Y, {self.dim}], got {got}")
+            qkv = self.qkv(x)
+        elif qkv.dim() != 4 or qkv.shape[-1] != 3 * self.dim:
+            raise ValueError(f"NeighborhoodAttention2D: qkv must be [B, X, Y, {3 * self.dim}], got {tuple(qkv.shape)}")
+        return self.project(self.attend(*self.split_heads(qkv), pad_small_maps=pad_small_maps))
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+                f"dilation={self.dilation}, rpb={self.rpb is not None}")

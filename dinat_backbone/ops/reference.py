@@ -1,0 +1,149 @@
+"""Backend ``torch``: neighbourhood attention in pure PyTorch, with its own autograd.
+
+Runs on any device and dtype; the reference every other backend is tested against, and what runs
+where no faster backend can (no compiled kernel, attention dropout in training). Memory is
+O(N * K^2): it never forms an N x N matrix and keeps no gathered copies of K / V for backward (it
+saves q, k, v and the attention weights; gathered neighbours are produced one kernel row at a time).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import neighborhood_indices
+from .inputs import compute_dtype
+
+NAME = "torch"
+__all__ = ["NAME", "reasons", "run", "attention_weights_forward"]
+
+
+def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> List[str]:
+    if exporting:
+        return ["exporting: its autograd.Function and size-keyed index cache cannot go into an exported graph "
+                "(the 'export' backend serves these calls)"]
+    return []
+
+
+def _gather_row(x, keys_y, keys_x, a):
+    """Neighbours in row offset ``a``: ``[B, X, Y, K, H, D]``, ``out[b, i, j, t] = x[b, keys_y[i, a], keys_x[j, t]]``."""
+    return x.index_select(1, keys_y[:, a])[:, :, keys_x]
+
+
+def _qk(q, k, keys_y, keys_x):
+    """``out[b, i, j, h, a, t] = q[b, i, j, h] . k[b, keys_y[i, a], keys_x[j, t], h]``."""
+    B, X, Y, H, _ = q.shape
+    K = keys_y.shape[1]
+    out = q.new_empty(B, X, Y, H, K, K)
+    for a in range(K):
+        out[..., a, :] = torch.einsum("bxyhd,bxykhd->bxyhk", q, _gather_row(k, keys_y, keys_x, a))
+    return out
+
+
+def _av(attn, v, keys_y, keys_x):
+    """``out[b, i, j, h] = sum_{a,t} attn[b, i, j, h, a, t] * v[b, keys_y[i, a], keys_x[j, t], h]``."""
+    out = torch.zeros_like(v)
+    for a in range(keys_y.shape[1]):
+        out += torch.einsum("bxyhk,bxykhd->bxyhd", attn[..., a, :], _gather_row(v, keys_y, keys_x, a))
+    return out
+
+
+def _av_transposed(attn, x, keys_y, keys_x):
+    """Adjoint of :func:`_av` w.r.t. v: ``out[key] = sum over queries q with key in N(q) of attn[q, key] * x[q]``."""
+    B, X, Y, H, D = x.shape
+    K = keys_y.shape[1]
+    out = torch.zeros_like(x)
+    flat_x = keys_x.reshape(-1)
+    for a in range(K):
+        contrib = torch.einsum("bxyhk,bxyhd->bxykhd", attn[..., a, :], x).reshape(B, X, Y * K, H, D)
+        rows = torch.zeros_like(x).index_add_(2, flat_x, contrib)
+        out.index_add_(1, keys_y[:, a], rows)
+    return out
+
+
+def _rpb_flat_index(rpb_y, rpb_x, kernel_size):
+    """``[X, Y, K, K]`` index into ``rpb.view(heads, -1)``."""
+    return rpb_y[:, None, :, None] * (2 * kernel_size - 1) + rpb_x[None, :, None, :]
+
+
+def _rpb_bias(rpb, rpb_y, rpb_x, kernel_size):
+    """Bias ``[X, Y, H, K, K]`` for every query and neighbour."""
+    idx = _rpb_flat_index(rpb_y, rpb_x, kernel_size)
+    return rpb.reshape(rpb.shape[0], -1)[:, idx].permute(1, 2, 0, 3, 4)
+
+
+def _logits(q, k, rpb, kernel_size, dilation, scale):
+    _, X, Y, _, _ = q.shape
+    keys_y, rpb_y = neighborhood_indices(X, kernel_size, dilation, q.device)
+    keys_x, rpb_x = neighborhood_indices(Y, kernel_size, dilation, q.device)
+    logits = _qk(q, k, keys_y, keys_x) * scale
+    if rpb is not None:
+        logits = logits + _rpb_bias(rpb.to(logits.dtype), rpb_y, rpb_x, kernel_size)
+    return logits, (keys_y, keys_x, rpb_y, rpb_x)
+
+
+def _softmax_k2(logits):
+    shape = logits.shape
+    return torch.softmax(logits.reshape(*shape[:-2], -1), dim=-1).reshape(shape)
+
+
+class _NA2DFunction(torch.autograd.Function):
+    """Pure-PyTorch neighbourhood attention with a hand-written backward (saves q, k, v and the
+    attention weights)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, kernel_size, dilation, scale):
+        in_dtype = q.dtype
+        cdt = compute_dtype(in_dtype)
+        q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
+        logits, idx = _logits(q, k, rpb, kernel_size, dilation, scale)
+        attn = _softmax_k2(logits)
+        out = _av(attn, v, idx[0], idx[1])
+        ctx.save_for_backward(q, k, v, attn)
+        ctx.idx = idx
+        ctx.meta = (kernel_size, scale, in_dtype, None if rpb is None else rpb.dtype)
+        return out.to(in_dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, attn = ctx.saved_tensors
+        keys_y, keys_x, rpb_y, rpb_x = ctx.idx
+        kernel_size, scale, in_dtype, rpb_dtype = ctx.meta
+        g = grad_out.to(q.dtype)
+        grad_attn = _qk(g, v, keys_y, keys_x)
+        grad_logits = attn * (grad_attn - (grad_attn * attn).sum(dim=(-2, -1), keepdim=True))
+        dq = dk = dv = drpb = None
+        if ctx.needs_input_grad[0]:
+            dq = (_av(grad_logits, k, keys_y, keys_x) * scale).to(in_dtype)
+        if ctx.needs_input_grad[1]:
+            dk = (_av_transposed(grad_logits, q, keys_y, keys_x) * scale).to(in_dtype)
+        if ctx.needs_input_grad[2]:
+            dv = _av_transposed(attn, g, keys_y, keys_x).to(in_dtype)
+        if rpb_dtype is not None and ctx.needs_input_grad[3]:
+            heads = q.shape[3]
+            idx = _rpb_flat_index(rpb_y, rpb_x, kernel_size).reshape(-1)
+            per_head = grad_logits.sum(0).permute(2, 0, 1, 3, 4).reshape(heads, -1)
+            drpb = q.new_zeros(heads, (2 * kernel_size - 1) ** 2).index_add_(1, idx, per_head)
+            drpb = drpb.view(heads, 2 * kernel_size - 1, 2 * kernel_size - 1).to(rpb_dtype)
+        return dq, dk, dv, drpb, None, None, None
+
+
+def attention_weights_forward(query, key, value, kernel_size, dilation, rpb, scale, attn_drop: float = 0.0):
+    """Forward with plain autograd through the weights, so that dropout can act on them."""
+    cdt = compute_dtype(query.dtype)
+    q, k, v = query.to(cdt), key.to(cdt), value.to(cdt)
+    logits, idx = _logits(q, k, rpb, kernel_size, dilation, scale)
+    attn = _softmax_k2(logits)
+    if attn_drop > 0.0:
+        attn = F.dropout(attn, p=attn_drop, training=True)
+    return _av(attn, v, idx[0], idx[1]).to(query.dtype)
+
+
+def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop):
+    """``attn_drop > 0`` (dropout on the attention weights, training only) uses plain autograd;
+    otherwise the memory-lean autograd function."""
+    if attn_drop > 0.0:
+        return attention_weights_forward(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
+    return _NA2DFunction.apply(query, key, value, rpb, kernel_size, dilation, float(scale))
