@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?= -q
 
-.PHONY: install demo test toy-data clean-toy
+.PHONY: install demo test asan toy-data clean-toy
 
 install:
 	PYTHON=$(PYTHON) bash tools/install.sh
@@ -14,6 +14,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS) tests
+
+# the compiled kernel built with AddressSanitizer, running the kernel sweep and the op tests
+asan: install
+	PYTHON=$(PYTHON) bash tools/asan_check.sh
 
 toy-data:
 	$(PYTHON) tools/make_toy_data.py
