@@ -434,6 +434,7 @@ class DiNATBackboneBase(nn.Module):
     stage_attr: str = "levels"
     tokenizer_cls: Callable[..., nn.Module] = ConvTokenizer
     downsampler_cls: Callable[..., nn.Module] = ConvDownsampler
+    _extra_arguments: Tuple[str, ...] = ()  # what a wrapper's constructor adds (named in the unknown-argument error)
 
     def __init__(self, arch: Optional[str] = None, embed_dim: Optional[int] = None,
                  depths: Optional[Sequence[int]] = None, num_heads: Optional[Sequence[int]] = None,
@@ -485,7 +486,8 @@ class DiNATBackboneBase(nn.Module):
         norm_layer = nn.LayerNorm
         self.patch_embed = self.tokenizer_cls(in_channels, embed_dim, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: meta-device builds work
+        # on the cpu, so that builds under torch.device('meta') work
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages = nn.ModuleList()
         for i in range(num_levels):
             stages.append(DiNATLevel(
@@ -509,6 +511,7 @@ class DiNATBackboneBase(nn.Module):
         import inspect
 
         accepted = [p for p in inspect.signature(DiNATBackboneBase.__init__).parameters if p not in ("self", "unknown")]
+        accepted += list(self._extra_arguments)
         hints = []
         for key in sorted(unknown):
             close = difflib.get_close_matches(key, accepted, n=1)

@@ -78,8 +78,8 @@ def default_work_dir(config_path: str) -> str:
 
 def load_config(args):
     """Config from ``args.config`` with the launcher, ``--cfg-options`` and work dir applied (the
-    part tools/train.py and tools/test.py share); imports the config's mm scope. Returns
-    ``(cfg, scope)``."""
+    part tools/train.py and tools/test.py share); imports the config's mm scope and adds
+    ``DiNATChannelCheckHook``. Returns ``(cfg, scope)``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
@@ -88,6 +88,10 @@ def load_config(args):
         cfg.merge_from_dict(args.cfg_options)
     scope = scope_of(cfg)
     import_scope(scope)
+    # a neck / head built for another backbone width fails before the run, naming the channels
+    hooks = list(cfg.get("custom_hooks", None) or [])
+    if not any(h.get("type") == "DiNATChannelCheckHook" for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type="DiNATChannelCheckHook")]
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:
