@@ -339,7 +339,7 @@ class DiNATLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             levels = getattr(backbone, "levels", None)
         if levels is None or not all(hasattr(lv, "blocks") for lv in levels):
             raise ValueError(
-                f"DiNATLayerDecayOptimizerConstructor: the model has no DiNAT/NAT/DiNAT_s backbone at "
+                f"DiNATLayerDecayOptimizerConstructor: the model has no DiNAT/NAT backbone (nor DiNAT_s) at "
                 f"'{prefix}' (expected '{prefix}levels.i.blocks.j' or '{prefix}layers.i.blocks.j'); got "
                 f"{type(backbone).__name__}"
             )
