@@ -1,29 +1,17 @@
 """DiNAT_s (the Swin-layout DiNAT): module layout and keys, presets, the forward against a direct
 computation, odd sizes, the backbone behaviour it shares with DiNAT, compile and ONNX export."""
-import importlib.util
 import math
-import os
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_tool
 
 from dinat_backbone import MODEL_FAMILIES, DiNAT, DiNAT_s
 from dinat_backbone.dinat import DiNATBackboneBase, DiNATBlock, DiNATLevel
 from dinat_backbone.dinat_s import ARCH_SETTINGS, DILATION_PRESETS, PatchEmbed, PatchMerging
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny kernels: 1 thread is fastest on busy cores
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*compiled CPU kernel.*")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_model(seed=0, **kwargs):
@@ -261,20 +249,13 @@ def test_model_has_no_graph_breaks():
     torch._dynamo.reset()
 
 
-def _export_tool():
-    spec = importlib.util.spec_from_file_location("export_onnx", os.path.join(ROOT, "tools", "export_onnx.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_onnx_dynamic_round_trip_odd_sizes(tmp_path):
     """One dynamic graph for sizes that need padding in the patch embedding and every merging
     (61x90) and sizes that do not (64x96): the tokenizer's and the merging's padding are traced
     without size branches. One block per stage: the exporter's time grows with the graph."""
     import onnx
 
-    tool = _export_tool()
+    tool = load_tool("export_onnx")
     model = small_model(depths=(1, 1, 1, 1), dilations=[[4], [3], [2], [1]]).eval()
     path = str(tmp_path / "dinat_s.onnx")
     names = tool.export(model, torch.randn(1, 3, 64, 96), path, dynamic=True)

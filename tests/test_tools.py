@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinat_backbone import DiNAT, convert_checkpoint
+from dinat_backbone import DiNAT, DiNAT_s, convert_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -36,9 +36,9 @@ def _run(script, *args):
     return buf.getvalue()
 
 
-def _randomized(**kw):
+def _randomized(cls=DiNAT, **kw):
     torch.manual_seed(7)
-    m = DiNAT(**kw)
+    m = cls(**kw)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -137,19 +137,8 @@ def test_pca_rgb_is_deterministic_and_full_range():
 # ----------------------------------------------------------------------------------------------
 # --model dinat_s, and choices read from the families' tables
 # ----------------------------------------------------------------------------------------------
-def _randomized_s(**kw):
-    from dinat_backbone import DiNAT_s
-
-    torch.manual_seed(7)
-    m = DiNAT_s(**kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
-
-
 def test_extract_features_dinat_s(tmp_path, image):
-    m = _randomized_s(arch="tiny", dilations="in1k-224", drop_path_rate=0.0)
+    m = _randomized(DiNAT_s, arch="tiny", dilations="in1k-224", drop_path_rate=0.0)
     ckpt = tmp_path / "dinat_s_tiny.pth"
     cls_sd = OrderedDict((k, v) for k, v in m.state_dict().items() if not (k.startswith("norm") and k[4].isdigit()))
     cls_sd["norm.weight"], cls_sd["norm.bias"] = torch.ones(768), torch.zeros(768)
@@ -174,7 +163,7 @@ def test_extract_features_dinat_s(tmp_path, image):
 
 
 def test_tool_choices_come_from_the_family_tables(capsys):
-    from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, MODEL_FAMILIES, DiNAT_s
+    from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, MODEL_FAMILIES
 
     ef = _tool("extract_features")
     parser = ef.build_parser()
@@ -200,7 +189,7 @@ def test_tool_choices_come_from_the_family_tables(capsys):
 
 
 def test_convert_checkpoint_dinat_s_detects_the_family(tmp_path):
-    m = _randomized_s(arch="tiny", depths=(1, 1, 1, 1))
+    m = _randomized(DiNAT_s, arch="tiny", depths=(1, 1, 1, 1))
     det = {"state_dict": OrderedDict([(f"backbone.{k}", v) for k, v in m.state_dict().items()]
                                      + [("neck.fpn_convs.0.conv.weight", torch.zeros(3))]), "meta": {}}
     torch.save(det, tmp_path / "det_s.pth")
