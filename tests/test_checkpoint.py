@@ -1,6 +1,5 @@
 """Checkpoint conversion / loading: every published layout round-trips into DiNAT."""
 import logging
-import warnings
 from collections import OrderedDict
 
 import pytest
@@ -15,14 +14,7 @@ HEADS = (1, 2, 2, 4)
 DILATIONS = [[1, 4], [1, 3], [1, 2], [1, 1]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny kernels: 1 thread is fastest on busy cores
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*compiled CPU kernel.*")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one thread, no kernel warning
 
 
 def make_model(seed=None, **kwargs):
@@ -60,7 +52,8 @@ X = torch.randn(1, 3, 48, 56)
 # ----------------------------------------------------------------------------------------------
 def original_classification_state_dict(model, num_classes=10):
     """The original ImageNet model's keys: the backbone plus final ``norm`` and ``head``, no norm0..3."""
-    sd = OrderedDict((k, v.clone()) for k, v in model.state_dict().items() if not k.startswith(("norm0", "norm1", "norm2", "norm3")))
+    sd = OrderedDict((k, v.clone()) for k, v in model.state_dict().items()
+                     if not k.startswith(("norm0", "norm1", "norm2", "norm3")))
     c = model.num_features[-1]
     sd["norm.weight"], sd["norm.bias"] = torch.randn(c), torch.randn(c)
     sd["head.weight"], sd["head.bias"] = torch.randn(num_classes, c), torch.randn(num_classes)

@@ -1,6 +1,5 @@
 """DiNAT / NAT backbone: shapes, small-input padding, freezing, checkpointing, presets, init."""
 import math
-import warnings
 
 import pytest
 import torch
@@ -11,16 +10,7 @@ from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, NAT, DiNAT
 from dinat_backbone.dinat import DiNATBlock, expand_dilations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    # The pure-PyTorch op runs many tiny kernels; with busy cores, OpenMP spinning makes 2 threads
-    # ~30x slower than 1. Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*compiled CPU kernel.*")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one thread, no kernel warning
 
 
 def small_model(**kwargs):
@@ -184,7 +174,8 @@ def test_small_input_error_mode_names_block_size_and_remedy():
 # ----------------------------------------------------------------------------------------------
 def test_frozen_stages_stay_frozen_after_train():
     torch.manual_seed(0)
-    model = randomize_(small_model(frozen_stages=2, drop_rate=0.1, out_features=["stem", "stage1", "stage2", "stage3", "stage4"]))
+    model = randomize_(small_model(frozen_stages=2, drop_rate=0.1,
+                                   out_features=["stem", "stage1", "stage2", "stage3", "stage4"]))
     assert model.train() is model
     frozen = [model.patch_embed, model.norm_stem, model.levels[0], model.levels[1], model.norm0, model.norm1]
     trainable = [model.levels[2], model.levels[3], model.norm2, model.norm3]
