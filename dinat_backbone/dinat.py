@@ -388,7 +388,8 @@ class DiNATBackboneBase(nn.Module):
     :class:`dinat_backbone.dinat_s.DiNAT_s` specialise: tokenizer, four stages of
     :class:`DiNATBlock` with a downsampler between them, and a LayerNorm per returned output.
 
-    A family sets the class attributes: ``family`` (its name in messages), ``arch_settings`` /
+    A family sets the class attributes: ``family`` (its checkpoint family, as
+    :func:`dinat_backbone.checkpoint.checkpoint_family` names it: 'DiNAT' for DiNAT / NAT), ``arch_settings`` /
     ``dilation_presets`` (its variant and dilation tables), ``default_arch`` (what fills the
     arguments that neither ``arch`` nor the caller gives), ``stage_attr`` (the name of the stage
     list, part of every ``state_dict`` key: ``levels`` / ``layers``), ``tokenizer_cls``
