@@ -1,11 +1,15 @@
 """dinat-backbone: DiNAT / NAT backbones on current PyTorch, with an OpenMMLab plugin.
 
-The core (``ops``, ``dinat``, ``checkpoint``) needs torch alone; ``dinat_backbone.mm`` registers
+The core (``ops``, ``dinat``, ``dinat_s``, ``checkpoint``) needs torch alone; ``dinat_backbone.mm`` registers
 the backbone with mmdet / mmseg and is loaded by configs through ``custom_imports``.
 """
 from .checkpoint import convert_checkpoint, load_pretrained
 from .dinat import ARCH_SETTINGS, DILATION_PRESETS, NAT, DiNAT
+from .dinat_s import DiNAT_s
 from .ops import NeighborhoodAttention2D, na2d
+
+#: The backbone families by their command-line name (``--model`` of the tools).
+MODEL_FAMILIES = {"dinat": DiNAT, "nat": NAT, "dinat_s": DiNAT_s}
 
 __version__ = "0.1.0"
 __all__ = [
@@ -13,6 +17,8 @@ __all__ = [
     "NeighborhoodAttention2D",
     "DiNAT",
     "NAT",
+    "DiNAT_s",
+    "MODEL_FAMILIES",
     "ARCH_SETTINGS",
     "DILATION_PRESETS",
     "convert_checkpoint",

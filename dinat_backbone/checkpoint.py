@@ -1,10 +1,10 @@
-"""Checkpoint conversion and loading for :class:`dinat_backbone.DiNAT` / ``NAT``.
+"""Checkpoint conversion and loading for :class:`dinat_backbone.DiNAT` / ``NAT`` / ``DiNAT_s``.
 
 :func:`convert_checkpoint` turns every published layout into the native keys (see
-``dinat_backbone/dinat.py``), detecting the format from the keys:
+``dinat_backbone/dinat.py`` and ``dinat_backbone/dinat_s.py``), detecting the format from the keys:
 
-* original ImageNet classification models (raw state dict; ``head.*`` and the final ``norm.*``
-  are dropped, the output norms ``norm0..3`` are then missing and keep their init);
+* original ImageNet classification models of both families (raw state dict; ``head.*`` and the
+  final ``norm.*`` are dropped, the output norms ``norm0..3`` are then missing and keep their init);
 * original COCO / ADE20K detector and segmentor checkpoints (``{'state_dict': ...}`` with
   ``backbone.`` prefix; only the backbone is kept);
 * HF transformers ``DinatModel``, ``DinatForImageClassification`` (``dinat.`` prefix) and
@@ -12,7 +12,9 @@
 * mmengine wrappers (``state_dict`` / ``model``) and DDP ``module.`` prefixes, around any of the
   above.
 
-:func:`load_pretrained` loads a path, URL or dict into a model through it.
+:func:`load_pretrained` loads a path, URL or dict into a model through it; a DiNAT_s file given
+to a DiNAT / NAT model (or the reverse) is an error naming both families
+(:func:`checkpoint_family` tells them apart).
 
 Official checkpoints (ImageNet; the classification head is dropped on conversion)::
 
@@ -23,6 +25,9 @@ Official checkpoints (ImageNet; the classification head is dropped on conversion
     https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth
     https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_384.pth
     https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_{tiny,small,base}_in1k_224.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_large_in1k_{224,384}.pth
+    https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["convert_checkpoint", "load_pretrained", "resize_rpb", "CHECKPOINT_URLS"]
+__all__ = ["convert_checkpoint", "load_pretrained", "resize_rpb", "checkpoint_family", "CHECKPOINT_URLS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,10 +54,18 @@ CHECKPOINT_URLS = {
     "dinat_large_in22k_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_large_in22k_in1k_224.pth",
     "dinat_large_in22k_in1k_384": f"{_BASE_URL}/imagenet1k/dinat_large_in22k_in1k_384.pth",
     "dinat_large_in22k_224": f"{_BASE_URL}/imagenet22k/dinat_large_in22k_224.pth",
+    # DiNAT_s (names as in the authors' classification/dinats.py and detection / segmentation configs)
+    "dinat_s_tiny_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_s_tiny_in1k_224.pth",
+    "dinat_s_small_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_s_small_in1k_224.pth",
+    "dinat_s_base_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_s_base_in1k_224.pth",
+    "dinat_s_large_in1k_224": f"{_BASE_URL}/imagenet1k/dinat_s_large_in1k_224.pth",
+    "dinat_s_large_in1k_384": f"{_BASE_URL}/imagenet1k/dinat_s_large_in1k_384.pth",
+    "dinat_s_large_in22k_224": f"{_BASE_URL}/imagenet22k/dinat_s_large_in22k_224.pth",
 }
 
 # a key that every model of each layout has; what precedes it is the layout's prefix
-_NATIVE_ANCHOR = "patch_embed.proj.0.weight"
+_NATIVE_ANCHOR = "patch_embed.proj.0.weight"  # DiNAT / NAT: two-convolution tokenizer
+_NATIVE_S_ANCHOR = "patch_embed.proj.weight"  # DiNAT_s: Swin patch embedding
 _HF_ANCHOR = "embeddings.patch_embeddings.projection.0.weight"
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 
@@ -76,6 +89,13 @@ _HF_STAGE_NORM = re.compile(r"^hidden_states_norms\.stage(\d+)\.(.+)$")
 _HF_CLASSIFIER_ONLY = re.compile(r"^(layernorm|pooler)\.")
 # original classification model: the head and the final norm
 _NATIVE_CLASSIFIER_ONLY = re.compile(r"^(head|norm)\.")
+# the two families' stage keys in the native layout
+_FAMILY_STAGE_KEYS = {"DiNAT": re.compile(r"^levels\.\d+\.blocks\.\d+\."),
+                      "DiNAT_s": re.compile(r"^layers\.\d+\.blocks\.\d+\.")}
+_FAMILY_LAYOUTS = {
+    "DiNAT": "DiNAT / NAT: two-convolution tokenizer patch_embed.proj.0/1, stages levels.i.blocks.j",
+    "DiNAT_s": "DiNAT_s, the Swin layout: patch embedding patch_embed.proj, stages layers.i.blocks.j, patch merging",
+}
 
 
 def _unwrap(obj) -> Mapping:
@@ -190,6 +210,8 @@ def convert_checkpoint(obj, logger: Optional[logging.Logger] = None) -> Dict[str
     state = _strip_module_prefix(_unwrap(obj))
     hf_prefix = _find_prefix(state, _HF_ANCHOR)
     native_prefix = _find_prefix(state, _NATIVE_ANCHOR)
+    if native_prefix is None:
+        native_prefix = _find_prefix(state, _NATIVE_S_ANCHOR)
     if hf_prefix is not None and (native_prefix is None or len(hf_prefix) <= len(native_prefix)):
         logger.debug("convert_checkpoint: HF transformers layout, prefix %r", hf_prefix)
         return _convert_hf(_select_prefix(state, hf_prefix, logger), logger)
@@ -203,6 +225,23 @@ def convert_checkpoint(obj, logger: Optional[logging.Logger] = None) -> Dict[str
     if any(".layers." in k and k.startswith("encoder.") for k in state):
         return _convert_hf(state, logger)
     return OrderedDict(state)
+
+
+def checkpoint_family(state: Mapping) -> Optional[str]:
+    """'DiNAT' (DiNAT / NAT) or 'DiNAT_s' from the keys of a native state dict (what
+    :func:`convert_checkpoint` returns, or a model's ``state_dict()``); None when neither or both."""
+    found = {family for family, pattern in _FAMILY_STAGE_KEYS.items() if any(pattern.match(k) for k in state)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _check_family(model: nn.Module, state: Mapping) -> None:
+    """A DiNAT_s file into a DiNAT / NAT model or the reverse: every block key would be missing."""
+    theirs, ours = checkpoint_family(state), checkpoint_family(model.state_dict())
+    if theirs and ours and theirs != ours:
+        raise ValueError(
+            f"load_pretrained: the checkpoint is a {theirs} backbone ({_FAMILY_LAYOUTS[theirs]}), but the model "
+            f"({type(model).__name__}) is {_FAMILY_LAYOUTS[ours]}; load it into {theirs}(arch=...) instead "
+            f"(type='{theirs}' in an mm config)")
 
 
 def resize_rpb(rpb: torch.Tensor, size: int) -> torch.Tensor:
@@ -255,6 +294,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
         if not obj:
             raise ValueError(f"load_pretrained: no key of the checkpoint starts with prefix {prefix!r}")
     state = convert_checkpoint(obj, logger=logger)
+    _check_family(model, state)
 
     own = model.state_dict()
     for key, value in list(state.items()):

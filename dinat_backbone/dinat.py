@@ -22,10 +22,8 @@ by :mod:`dinat_backbone.checkpoint`.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -37,6 +35,7 @@ from .ops import NeighborhoodAttention2D, exporting
 __all__ = [
     "DiNAT",
     "NAT",
+    "DiNATBackboneBase",
     "ARCH_SETTINGS",
     "DILATION_PRESETS",
     "expand_dilations",
@@ -74,36 +73,51 @@ DILATION_PRESETS: Dict[str, List[List[int]]] = {
 FEATURE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 
-def expand_dilations(dilations, depths: Sequence[int]) -> List[List[int]]:
+def _is_int(value) -> bool:
+    try:
+        return not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError):
+        return False
+
+
+def expand_dilations(dilations, depths: Sequence[int], presets: Optional[Dict[str, List[List[int]]]] = None,
+                     family: str = "DiNAT") -> List[List[int]]:
     """Per-block dilations ``[[d, ...] per stage]`` from None (all 1), a preset name or a list.
 
-    A preset's pattern is cycled to each stage's depth; an explicit list must match ``depths``
-    exactly (ValueError otherwise).
+    A preset's pattern (from ``presets``, default :data:`DILATION_PRESETS`) is cycled to each
+    stage's depth; an explicit list must give one list per stage, as long as the stage's depth
+    (ValueError otherwise). ``family`` names the model in the messages.
     """
+    presets = DILATION_PRESETS if presets is None else presets
     depths = [int(d) for d in depths]
     if dilations is None:
         return [[1] * d for d in depths]
     if isinstance(dilations, str):
-        if dilations not in DILATION_PRESETS:
+        if dilations not in presets:
             raise ValueError(
-                f"DiNAT: unknown dilation preset {dilations!r}; choose one of {sorted(DILATION_PRESETS)} "
+                f"{family}: unknown dilation preset {dilations!r}; choose one of {sorted(presets)} "
                 "or pass a per-stage list of per-block dilations"
             )
-        pattern = DILATION_PRESETS[dilations]
+        pattern = presets[dilations]
         if len(pattern) != len(depths):
-            raise ValueError(f"DiNAT: preset {dilations!r} has {len(pattern)} stages but depths has {len(depths)}")
+            raise ValueError(f"{family}: preset {dilations!r} has {len(pattern)} stages but depths has {len(depths)}")
         return [[pattern[i][j % len(pattern[i])] for j in range(depth)] for i, depth in enumerate(depths)]
+    if not isinstance(dilations, (list, tuple)) or not all(isinstance(stage, (list, tuple)) for stage in dilations):
+        example = [[1, 2] * (d // 2) + [1] * (d % 2) for d in depths]
+        raise ValueError(
+            f"{family}: dilations must be None, a preset name ({', '.join(sorted(presets))}) or one list of "
+            f"per-block dilations per stage (for depths {tuple(depths)} e.g. {example}), got {dilations!r}")
     dilations = [list(stage) for stage in dilations]
     lengths = [len(stage) for stage in dilations]
     if lengths != depths:
         raise ValueError(
-            f"DiNAT: dilations have per-stage lengths {lengths} but depths are {depths}; give one dilation per "
-            f"block, or a preset name ({', '.join(sorted(DILATION_PRESETS))})"
+            f"{family}: dilations have per-stage lengths {lengths} but depths are {depths}; give one dilation per "
+            f"block, or a preset name ({', '.join(sorted(presets))})"
         )
     for stage in dilations:
         for d in stage:
-            if isinstance(d, bool) or int(d) != d or d < 1:
-                raise ValueError(f"DiNAT: dilations must be integers >= 1, got {d!r} in {dilations}")
+            if not _is_int(d) or d < 1:
+                raise ValueError(f"{family}: dilations must be integers >= 1, got {d!r} in {dilations}")
     return [[int(d) for d in stage] for stage in dilations]
 
 
@@ -277,11 +291,16 @@ NATBlock = DiNATBlock
 
 
 class DiNATLevel(nn.Module):
-    """One stage: ``blocks`` then an optional ``downsample``; returns (stage output, next input)."""
+    """One stage: ``blocks`` then an optional ``downsample``; returns (stage output, next input).
+
+    ``downsample``: None (last stage), or the downsampler class, called as ``downsample(dim,
+    norm_layer=norm_layer)`` (:class:`ConvDownsampler` in DiNAT, patch merging in DiNAT_s).
+    """
 
     def __init__(self, dim: int, depth: int, num_heads: int, kernel_size: int, dilations: Sequence[int],
-                 drop_path: Sequence[float], downsample: bool, with_cp: bool = False, norm_layer=nn.LayerNorm,
-                 name: str = "levels.0", stride: Optional[int] = None, **block_kwargs):
+                 drop_path: Sequence[float], downsample: Optional[Callable[..., nn.Module]] = None,
+                 with_cp: bool = False, norm_layer=nn.LayerNorm, name: str = "levels.0",
+                 stride: Optional[int] = None, **block_kwargs):
         super().__init__()
         self.dim = dim
         self.depth = depth
@@ -291,7 +310,7 @@ class DiNATLevel(nn.Module):
                        norm_layer=norm_layer, name=f"{name}.blocks.{j}", stride=stride, **block_kwargs)
             for j in range(depth)
         ])
-        self.downsample = ConvDownsampler(dim, norm_layer=norm_layer) if downsample else None
+        self.downsample = None if downsample is None else downsample(dim, norm_layer=norm_layer)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks alone: the stage output, before downsampling."""
@@ -311,39 +330,39 @@ class DiNATLevel(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Backbone
 # ----------------------------------------------------------------------------------------------
-def _record_explicit_args(init):
-    """Remember which constructor arguments the caller passed, so that ``arch`` fills only the rest."""
-    signature = inspect.signature(init)
+class DiNATBackboneBase(nn.Module):
+    """The hierarchical neighbourhood-attention backbone that :class:`DiNAT` and
+    :class:`dinat_backbone.dinat_s.DiNAT_s` specialise: tokenizer, four stages of
+    :class:`DiNATBlock` with a downsampler between them, and a LayerNorm per returned output.
 
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        self._explicit_args = set(signature.bind(self, *args, **kwargs).arguments) - {"self"}
-        init(self, *args, **kwargs)
-
-    return wrapper
-
-
-class DiNAT(nn.Module):
-    """Dilated Neighborhood Attention Transformer backbone (NAT when every dilation is 1).
+    A family sets the class attributes: ``family`` (its checkpoint family, as
+    :func:`dinat_backbone.checkpoint.checkpoint_family` names it: 'DiNAT' for DiNAT / NAT), ``arch_settings`` /
+    ``dilation_presets`` (its variant and dilation tables), ``default_arch`` (what fills the
+    arguments that neither ``arch`` nor the caller gives), ``stage_attr`` (the name of the stage
+    list, part of every ``state_dict`` key: ``levels`` / ``layers``), ``tokenizer_cls``
+    (``(in_channels, embed_dim, norm_layer)``, NCHW in, NHWC out at stride 4) and
+    ``downsampler_cls`` (``(dim, norm_layer=...)``, NHWC ``C`` -> ``2C`` at half the size).
 
     Args:
-        arch: 'mini', 'tiny', 'small', 'base' or 'large' fills embed_dim, depths, num_heads, mlp_ratio
-            and layer_scale from :data:`ARCH_SETTINGS`; arguments passed explicitly override it.
+        arch: a key of ``arch_settings`` ('mini', 'tiny', 'small', 'base', 'large' for DiNAT);
+            it fills embed_dim, depths, num_heads, mlp_ratio and layer_scale where they are None.
         embed_dim: channels C of stage 1 (stage i has C * 2**i).
         depths, num_heads: blocks and attention heads per stage.
         mlp_ratio: MLP hidden width / C.
         kernel_size: neighbourhood size (odd).
         dilations: None (all 1), a per-stage list of per-block dilations, or a preset name from
-            :data:`DILATION_PRESETS` ('in1k-224', 'coco', 'ade20k-512', 'ade20k-640').
-        layer_scale: initial value of the per-channel residual scales gamma1 / gamma2, or None.
+            ``dilation_presets`` (DiNAT: 'in1k-224', 'coco', 'ade20k-512', 'ade20k-640').
+        layer_scale: initial value of the per-channel residual scales gamma1 / gamma2; None takes
+            the arch's value, 0 switches them off.
         qkv_bias: bias in the qkv projection.
         drop_rate, attn_drop_rate, drop_path_rate: dropout after the patch embedding / in MLP and
             projection, on attention weights, and the maximum of the linear stochastic-depth schedule.
         in_channels: input channels.
-        out_indices: stages (0-3, mmdet convention) whose outputs are returned, at strides 4, 8, 16, 32.
+        out_indices: stages (0-3, or -4..-1 from the end; mmdet convention) whose outputs are
+            returned, at strides 4, 8, 16, 32.
         out_features: alternative to ``out_indices`` with HF names 'stem', 'stage1' ... 'stage4'
             ('stem' is the normalised patch embedding, stride 4, passed through ``norm_stem``).
-        frozen_stages: -1 freezes nothing; 0 the patch embedding; i >= 1 also stages 1..i (with
+        frozen_stages: -1 freezes nothing; 0 the patch embedding; i in 1..4 also stages 1..i (with
             their downsamplers and output norms). Stays frozen after ``train()``.
         with_cp: activation checkpointing per block (saves memory, costs a second forward).
         small_input: 'pad' (zero-pad maps smaller than kernel_size * dilation, as the checkpoints
@@ -352,35 +371,49 @@ class DiNAT(nn.Module):
         init_cfg: None (random init) or ``dict(type='Pretrained', checkpoint=path_or_url[, prefix=...])``,
             loaded by :meth:`init_weights` (mmengine calls it; nothing is loaded at construction).
 
-    ``forward(x)`` takes ``[B, in_channels, H, W]`` and returns a tuple of NCHW maps.
+    ``forward(x)`` takes ``[B, in_channels, H, W]`` (the dtype of the weights, or any float dtype
+    under ``torch.autocast``) and returns a tuple of NCHW maps.
     """
 
-    @_record_explicit_args
-    def __init__(self, arch: Optional[str] = None, embed_dim: int = 64, depths: Sequence[int] = (3, 4, 6, 5),
-                 num_heads: Sequence[int] = (2, 4, 8, 16), mlp_ratio: float = 3.0, kernel_size: int = 7,
+    family: str = "DiNAT"
+    arch_settings: Dict[str, dict] = ARCH_SETTINGS
+    dilation_presets: Dict[str, List[List[int]]] = DILATION_PRESETS
+    default_arch: str = "mini"
+    stage_attr: str = "levels"
+    tokenizer_cls: Callable[..., nn.Module] = ConvTokenizer
+    downsampler_cls: Callable[..., nn.Module] = ConvDownsampler
+    _extra_arguments: Tuple[str, ...] = ()  # what a wrapper's constructor adds (named in the unknown-argument error)
+
+    def __init__(self, arch: Optional[str] = None, embed_dim: Optional[int] = None,
+                 depths: Optional[Sequence[int]] = None, num_heads: Optional[Sequence[int]] = None,
+                 mlp_ratio: Optional[float] = None, kernel_size: int = 7,
                  dilations: Union[None, str, Sequence[Sequence[int]]] = None, layer_scale: Optional[float] = None,
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.2, in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
                  out_features: Optional[Sequence[str]] = None, frozen_stages: int = -1, with_cp: bool = False,
-                 small_input: str = "pad", attn_backend: Optional[str] = None, init_cfg: Optional[dict] = None):
+                 small_input: str = "pad", attn_backend: Optional[str] = None, init_cfg: Optional[dict] = None,
+                 **unknown):
         super().__init__()
-        if arch is not None:
-            if arch not in ARCH_SETTINGS:
-                raise ValueError(f"DiNAT: unknown arch {arch!r}; choose one of {list(ARCH_SETTINGS)} or pass None")
-            settings = ARCH_SETTINGS[arch]
-            explicit = getattr(self, "_explicit_args", set())
-            embed_dim = embed_dim if "embed_dim" in explicit else settings["embed_dim"]
-            depths = depths if "depths" in explicit else settings["depths"]
-            num_heads = num_heads if "num_heads" in explicit else settings["num_heads"]
-            mlp_ratio = mlp_ratio if "mlp_ratio" in explicit else settings["mlp_ratio"]
-            layer_scale = layer_scale if "layer_scale" in explicit else settings["layer_scale"]
-        depths = tuple(int(d) for d in depths)
-        num_heads = tuple(int(h) for h in num_heads)
+        name = type(self).__name__
+        if unknown:
+            self._reject_unknown_arguments(unknown)
+        if arch is not None and arch not in self.arch_settings:
+            raise ValueError(f"{name}: unknown arch {arch!r}; choose one of {list(self.arch_settings)} or pass None")
+        settings = self.arch_settings[self.default_arch if arch is None else arch]
+        embed_dim = settings["embed_dim"] if embed_dim is None else embed_dim
+        depths = tuple(int(d) for d in (settings["depths"] if depths is None else depths))
+        num_heads = tuple(int(h) for h in (settings["num_heads"] if num_heads is None else num_heads))
+        mlp_ratio = settings["mlp_ratio"] if mlp_ratio is None else mlp_ratio
+        layer_scale = (settings["layer_scale"] if layer_scale is None else layer_scale) or None  # 0: off
         if len(num_heads) != len(depths):
-            raise ValueError(f"DiNAT: num_heads {num_heads} must have one entry per stage of depths {depths}")
+            raise ValueError(f"{name}: num_heads {num_heads} must have one entry per stage of depths {depths}")
         if small_input not in ("pad", "error"):
-            raise ValueError(f"DiNAT: small_input must be 'pad' or 'error', got {small_input!r}")
+            raise ValueError(f"{name}: small_input must be 'pad' or 'error', got {small_input!r}")
         num_levels = len(depths)
+        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_levels:
+            raise ValueError(
+                f"{name}: frozen_stages must be an integer in -1..{num_levels} (-1: nothing frozen, 0: the patch "
+                f"embedding, i: also stages 1..i), got {frozen_stages!r}")
 
         self.arch = arch
         self.embed_dim = embed_dim
@@ -388,49 +421,31 @@ class DiNAT(nn.Module):
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
         self.kernel_size = kernel_size
-        self.dilations = expand_dilations(dilations, depths)
+        self.dilations = expand_dilations(dilations, depths, self.dilation_presets, name)
         self.layer_scale = layer_scale
         self.num_levels = num_levels
         self.num_features = [int(embed_dim * 2 ** i) for i in range(num_levels)]
-        self.frozen_stages = frozen_stages
+        self.frozen_stages = int(frozen_stages)
         self.with_cp = with_cp
         self.small_input = small_input
         self.init_cfg = init_cfg
-
-        # outputs: names in network order; out_indices are the stage indices among them
-        stage_names = list(FEATURE_NAMES[: num_levels + 1])
-        if out_features is not None:
-            out_features = list(out_features)
-            unknown = [f for f in out_features if f not in stage_names]
-            if unknown or not out_features:
-                raise ValueError(f"DiNAT: out_features {out_features} must be a non-empty subset of {stage_names}")
-            self.out_features = [f for f in stage_names if f in out_features]
-        else:
-            out_indices = [int(i) % num_levels if int(i) < 0 else int(i) for i in out_indices]
-            bad = [i for i in out_indices if not 0 <= i < num_levels]
-            if bad or not out_indices:
-                raise ValueError(
-                    f"DiNAT: out_indices must be stage indices in 0..{num_levels - 1}, got {list(out_indices)}; "
-                    "use out_features=['stem', ...] for the patch embedding")
-            self.out_features = [stage_names[i + 1] for i in sorted(set(out_indices))]
-        self.out_indices = tuple(stage_names.index(f) - 1 for f in self.out_features if f != "stem")
-        self.out_channels = [embed_dim if f == "stem" else self.num_features[stage_names.index(f) - 1]
-                             for f in self.out_features]
-        self.out_strides = [4 if f == "stem" else 4 * 2 ** (stage_names.index(f) - 1) for f in self.out_features]
+        self._set_outputs(out_indices, out_features)
 
         norm_layer = nn.LayerNorm
-        self.patch_embed = ConvTokenizer(in_channels, embed_dim, norm_layer)
+        self.patch_embed = self.tokenizer_cls(in_channels, embed_dim, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: meta-device builds work
-        self.levels = nn.ModuleList()
+        # on the cpu, so that builds under torch.device('meta') work
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        stages = nn.ModuleList()
         for i in range(num_levels):
-            self.levels.append(DiNATLevel(
+            stages.append(DiNATLevel(
                 dim=self.num_features[i], depth=depths[i], num_heads=num_heads[i], kernel_size=kernel_size,
                 dilations=self.dilations[i], drop_path=drop_path[sum(depths[:i]):sum(depths[:i + 1])],
-                downsample=i < num_levels - 1, with_cp=with_cp, norm_layer=norm_layer, name=f"levels.{i}",
-                stride=4 * 2 ** i, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                attn_drop=attn_drop_rate, layer_scale=layer_scale, small_input=small_input,
-                attn_backend=attn_backend))
+                downsample=self.downsampler_cls if i < num_levels - 1 else None, with_cp=with_cp,
+                norm_layer=norm_layer, name=f"{self.stage_attr}.{i}", stride=4 * 2 ** i, mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate, layer_scale=layer_scale,
+                small_input=small_input, attn_backend=attn_backend))
+        self.add_module(self.stage_attr, stages)
         if "stem" in self.out_features:
             self.norm_stem = norm_layer(embed_dim)
         for i in self.out_indices:
@@ -438,6 +453,49 @@ class DiNAT(nn.Module):
 
         self._init_random_weights()
         self._freeze_stages()
+
+    def _reject_unknown_arguments(self, unknown: dict):
+        import difflib
+        import inspect
+
+        accepted = [p for p in inspect.signature(DiNATBackboneBase.__init__).parameters if p not in ("self", "unknown")]
+        accepted += list(self._extra_arguments)
+        hints = []
+        for key in sorted(unknown):
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"{type(self).__name__}: unknown argument(s) {', '.join(hints)}; the arguments are "
+                        f"{', '.join(accepted)}")
+
+    def _set_outputs(self, out_indices, out_features):
+        """``out_features`` (names in network order), ``out_indices`` (stage indices among them),
+        ``out_channels`` and ``out_strides``."""
+        name, num_levels = type(self).__name__, self.num_levels
+        stage_names = list(FEATURE_NAMES[: num_levels + 1])
+        if out_features is not None:
+            out_features = list(out_features)
+            unknown = [f for f in out_features if f not in stage_names]
+            if unknown or not out_features:
+                raise ValueError(f"{name}: out_features {out_features} must be a non-empty subset of {stage_names}")
+            self.out_features = [f for f in stage_names if f in out_features]
+        else:
+            out_indices = list(out_indices)
+            # checked before wrapping: -5 must not silently become stage 3
+            bad = [i for i in out_indices if not _is_int(i) or not -num_levels <= i < num_levels]
+            if bad or not out_indices:
+                raise ValueError(
+                    f"{name}: out_indices must be stage indices in 0..{num_levels - 1} (or -{num_levels}..-1 from "
+                    f"the end), got {out_indices}; use out_features=['stem', ...] for the patch embedding")
+            self.out_features = [stage_names[i + 1] for i in sorted({int(i) % num_levels for i in out_indices})]
+        self.out_indices = tuple(stage_names.index(f) - 1 for f in self.out_features if f != "stem")
+        self.out_channels = [self.embed_dim if f == "stem" else self.num_features[stage_names.index(f) - 1]
+                             for f in self.out_features]
+        self.out_strides = [4 if f == "stem" else 4 * 2 ** (stage_names.index(f) - 1) for f in self.out_features]
+
+    @property
+    def stages(self) -> nn.ModuleList:
+        """The stage list (``self.levels`` in DiNAT, ``self.layers`` in DiNAT_s)."""
+        return getattr(self, self.stage_attr)
 
     # -- initialisation --------------------------------------------------------------------------
     @staticmethod
@@ -467,8 +525,8 @@ class DiNAT(nn.Module):
             return
         cfg = dict(cfg)
         if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
-            raise ValueError(
-                f"DiNAT: init_cfg must be None or dict(type='Pretrained', checkpoint=path_or_url), got {self.init_cfg}")
+            raise ValueError(f"{type(self).__name__}: init_cfg must be None or dict(type='Pretrained', "
+                             f"checkpoint=path_or_url), got {self.init_cfg}")
         from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
 
         self._init_random_weights()  # keys the checkpoint lacks (e.g. output norms) start from the usual init
@@ -484,7 +542,7 @@ class DiNAT(nn.Module):
             if hasattr(self, "norm_stem"):
                 modules.append(self.norm_stem)
         for i in range(min(self.frozen_stages, self.num_levels)):
-            modules.append(self.levels[i])
+            modules.append(self.stages[i])
             if hasattr(self, f"norm{i}"):
                 modules.append(getattr(self, f"norm{i}"))
         return modules
@@ -516,21 +574,46 @@ class DiNAT(nn.Module):
         return {"rpb", "norm"}
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _check_input(self, x: torch.Tensor):
+        name = type(self).__name__
         if x.dim() != 4:
-            raise ValueError(f"DiNAT: expected an NCHW batch [B, C, H, W], got shape {tuple(x.shape)}")
+            raise ValueError(f"{name}: expected an NCHW batch [B, C, H, W], got shape {tuple(x.shape)}")
+        weight_dtype = self.patch_embed.norm.weight.dtype
+        if x.dtype == weight_dtype:
+            return
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: the image is {x.dtype} but the model computes in {weight_dtype}; convert "
+                            f"it (x.to({weight_dtype}), normalised as the checkpoint expects) before the forward")
+        if not torch.is_autocast_enabled(x.device.type):  # autocast casts the image itself
+            raise TypeError(
+                f"{name}: the image is {x.dtype} but the model's weights are {weight_dtype}; cast the image "
+                f"(x.to({weight_dtype})) or the model (model.to({x.dtype})), or run the forward under "
+                f"torch.autocast({x.device.type!r}, dtype={x.dtype})")
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self._check_input(x)
         x = self.pos_drop(self.patch_embed(x))
         outs = []
         if "stem" in self.out_features:
             outs.append(self.norm_stem(x).permute(0, 3, 1, 2).contiguous())
         last = max(self.out_indices, default=-1)
-        for i, level in enumerate(self.levels):
+        for i, stage in enumerate(self.stages):
             if i > last:
                 break  # nothing later is returned
-            stage_out, x = level(x) if i < last else (level.forward_blocks(x), None)
+            stage_out, x = stage(x) if i < last else (stage.forward_blocks(x), None)
             if i in self.out_indices:
                 outs.append(getattr(self, f"norm{i}")(stage_out).permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
+
+
+class DiNAT(DiNATBackboneBase):
+    """Dilated Neighborhood Attention Transformer backbone (NAT when every dilation 1), in the
+    module tree of the original SHI-Labs detection / segmentation code (see the module docstring).
+
+    Arguments: see :class:`DiNATBackboneBase`; ``arch`` is a key of :data:`ARCH_SETTINGS`,
+    ``dilations`` a list or a key of :data:`DILATION_PRESETS`. Without ``arch`` the unset
+    arguments are those of 'mini'.
+    """
 
 
 class NAT(DiNAT):

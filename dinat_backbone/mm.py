@@ -1,4 +1,4 @@
-"""OpenMMLab glue: registers DiNAT / NAT with mmdet 3.x and mmsegmentation 1.x.
+"""OpenMMLab glue: registers DiNAT / NAT / DiNAT_s with mmdet 3.x and mmsegmentation 1.x.
 
 Configs load it with::
 
@@ -6,17 +6,23 @@ Configs load it with::
 
 What importing this module does:
 
-* registers ``DiNAT`` and ``NAT`` in ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS``
-  (whichever of the two is installed; at least one must be). The registered classes are thin
-  subclasses of the core models (:class:`dinat_backbone.dinat.DiNAT` / ``NAT``): same modules,
+* registers ``DiNAT``, ``NAT`` and ``DiNAT_s`` in ``mmdet.registry.MODELS`` and
+  ``mmseg.registry.MODELS`` (whichever of the two is installed; at least one must be). The
+  registered classes are thin subclasses of the core models (:class:`dinat_backbone.dinat.DiNAT`
+  / ``NAT``, :class:`dinat_backbone.dinat_s.DiNAT_s`): same modules,
   same ``state_dict`` keys; they only add mmengine-style ``init_cfg`` handling (``Pretrained``
   goes through :func:`dinat_backbone.checkpoint.load_pretrained` with automatic format
   conversion; other initialiser types go through ``mmengine.model.initialize``) and accept
   mmseg's legacy ``pretrained=`` argument;
 * registers :class:`DiNATLayerDecayOptimizerConstructor` (layer-wise or stage-wise learning-rate
-  decay that understands ``backbone.patch_embed`` / ``backbone.levels.i.blocks.j`` /
-  ``backbone.levels.i.downsample`` / ``backbone.norm{i}``) in mmengine's root
+  decay that understands ``backbone.patch_embed`` / ``backbone.levels.i.blocks.j`` (DiNAT_s:
+  ``layers``) / ``backbone.levels.i.downsample`` / ``backbone.norm{i}``) in mmengine's root
   ``OPTIM_WRAPPER_CONSTRUCTORS`` (visible from the mmdet and mmseg scopes);
+* registers :class:`DiNATChannelCheckHook` in mmengine's root ``HOOKS``: before a run it calls
+  :func:`check_neck_channels`, which says which channels the backbone emits when the neck's (or
+  the decode heads') ``in_channels`` do not match them (``tools/train.py`` / ``tools/test.py``
+  add the hook to every config; mmdet itself only fails later, with a bare assertion or a
+  convolution shape error);
 * registers :class:`CPUDistributedDataParallel` in mmengine's ``MODEL_WRAPPERS``: mmengine 0.10.7
   always passes ``device_ids=[LOCAL_RANK]`` to DDP, which torch rejects for CPU modules; this
   wrapper drops it for CPU modules (``tools/train.py`` selects it for gloo runs on CPU);
@@ -40,18 +46,22 @@ import torch
 import torch.nn as nn
 
 from . import dinat as _core
+from . import dinat_s as _core_s
 
 __all__ = [
     "DiNAT",
     "NAT",
+    "DiNAT_s",
     "DiNATLayerDecayOptimizerConstructor",
+    "DiNATChannelCheckHook",
+    "check_neck_channels",
     "CPUDistributedDataParallel",
     "get_layer_id",
     "mm_safe_globals",
     "REGISTERED_IN",
 ]
 
-#: names of the mm packages whose MODELS registry holds DiNAT / NAT after import
+#: names of the mm packages whose MODELS registry holds DiNAT / NAT / DiNAT_s after import
 REGISTERED_IN: List[str] = []
 
 
@@ -77,7 +87,8 @@ if _mmdet_registry is None and _mmseg_registry is None:
 from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.model import MMDistributedDataParallel, initialize  # noqa: E402
 from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
-from mmengine.registry import MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.registry import HOOKS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +114,7 @@ def _split_init_cfg(init_cfg) -> Tuple[Optional[dict], List[dict]]:
 
 
 class _MMBackboneMixin:
-    """mmengine-style ``init_cfg`` handling on top of a core DiNAT / NAT.
+    """mmengine-style ``init_cfg`` handling on top of a core DiNAT / NAT / DiNAT_s.
 
     * ``init_cfg=dict(type='Pretrained', checkpoint=path_or_url)``: the core model keeps it and
       its ``init_weights()`` loads the checkpoint through ``dinat_backbone.checkpoint`` (any
@@ -116,6 +127,8 @@ class _MMBackboneMixin:
     * ``pretrained='...'`` (what mmseg's ``EncoderDecoder(pretrained=...)`` passes down) is the
       same as a Pretrained ``init_cfg``.
     """
+
+    _extra_arguments = ("pretrained",)
 
     def __init__(self, *args, pretrained: Optional[str] = None, init_cfg=None, **kwargs):
         if pretrained is not None:
@@ -173,18 +186,83 @@ class NAT(_MMBackboneMixin, _core.NAT):
     """NAT backbone (every dilation 1) for mmdet / mmseg configs (``type='NAT'``)."""
 
 
+class DiNAT_s(_MMBackboneMixin, _core_s.DiNAT_s):  # noqa: N801  (the registry name)
+    """DiNAT_s (Swin-layout DiNAT) backbone for mmdet / mmseg configs (``type='DiNAT_s'``)."""
+
+
 for _name, _reg in (("mmdet", _mmdet_registry), ("mmseg", _mmseg_registry)):
     if _reg is not None:
-        _reg.MODELS.register_module(name="DiNAT", module=DiNAT, force=True)
-        _reg.MODELS.register_module(name="NAT", module=NAT, force=True)
+        for _cls in (DiNAT, NAT, DiNAT_s):
+            _reg.MODELS.register_module(name=_cls.__name__, module=_cls, force=True)
         REGISTERED_IN.append(_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbone / neck channel check
+# ----------------------------------------------------------------------------------------------
+def _head_mismatch(head: nn.Module, emits: List[int]) -> Optional[str]:
+    """What an mmseg decode head reads (``in_index``, ``input_transform``) against ``in_channels``."""
+    in_channels, in_index = getattr(head, "in_channels", None), getattr(head, "in_index", None)
+    if in_channels is None or in_index is None:
+        return None
+    indices = [in_index] if isinstance(in_index, int) else list(in_index)
+    if any(not -len(emits) <= i < len(emits) for i in indices):
+        return f"reads in_index={in_index}, but the backbone returns {len(emits)} maps"
+    selected = [emits[i] for i in indices]
+    if getattr(head, "input_transform", None) == "resize_concat":
+        wanted = sum(selected)
+    else:
+        wanted = selected[0] if isinstance(in_channels, int) and len(selected) == 1 else selected
+    if (list(in_channels) if isinstance(in_channels, (list, tuple)) else in_channels) != wanted:
+        return f"reads in_index={in_index} ({wanted} channels) but has in_channels={in_channels}"
+    return None
+
+
+def check_neck_channels(model: nn.Module) -> None:
+    """ValueError when the channels a DiNAT / NAT / DiNAT_s backbone of an mmdet / mmseg model
+    emits (``backbone.out_channels``) are not the ``in_channels`` of its neck, or, without a
+    neck, of its decode / auxiliary heads (for their ``in_index``). Models without such a
+    backbone are left alone."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, _core.DiNATBackboneBase):
+        return
+    emits = list(backbone.out_channels)
+    what = (f"the backbone {type(backbone).__name__}(arch={backbone.arch!r}, embed_dim={backbone.embed_dim}) "
+            f"emits {emits} channels (outputs {backbone.out_features})")
+    neck = getattr(model, "neck", None)
+    if neck is not None:
+        first = neck[0] if isinstance(neck, nn.Sequential) else neck
+        expected = getattr(first, "in_channels", None)
+        if isinstance(expected, (list, tuple)) and list(expected) != emits:
+            raise ValueError(f"{what}, but the neck {type(first).__name__} has in_channels={list(expected)}; set "
+                             f"neck.in_channels={emits} in the config (or the backbone's out_indices)")
+        return
+    for attr in ("decode_head", "auxiliary_head"):
+        heads = getattr(model, attr, None)
+        for head in heads if isinstance(heads, nn.ModuleList) else [heads]:
+            problem = None if head is None else _head_mismatch(head, emits)
+            if problem:
+                raise ValueError(f"{what}, but the {attr} {type(head).__name__} {problem}; set {attr}.in_channels "
+                                 "(and in_index) in the config to match")
+
+
+@HOOKS.register_module(force=True)
+class DiNATChannelCheckHook(Hook):
+    """Runs :func:`check_neck_channels` on the runner's model before training, validation or
+    testing: a neck built for another backbone width fails at once, naming the channels."""
+
+    def before_run(self, runner) -> None:
+        model = runner.model
+        check_neck_channels(getattr(model, "module", model))  # under a DDP wrapper: the model inside
 
 
 # ----------------------------------------------------------------------------------------------
 # Layer-wise learning-rate decay
 # ----------------------------------------------------------------------------------------------
-_BLOCK_RE = re.compile(r"(?:^|\.)levels\.(\d+)\.blocks\.(\d+)\.")
-_DOWN_RE = re.compile(r"(?:^|\.)levels\.(\d+)\.downsample\.")
+# DiNAT / NAT stages are ``levels``, DiNAT_s stages ``layers``
+_BLOCK_RE = re.compile(r"(?:^|\.)(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.")
+_DOWN_RE = re.compile(r"(?:^|\.)(?:levels|layers)\.(\d+)\.downsample\.")
+_STAGES = ("levels.", "layers.")
 
 
 def get_layer_id(name: str, depths, decay_type: str = "layer_wise", prefix: str = "backbone.") -> int:
@@ -207,11 +285,11 @@ def get_layer_id(name: str, depths, decay_type: str = "layer_wise", prefix: str 
     if name.startswith("patch_embed."):
         return 0
     m = _BLOCK_RE.match("." + name) or _BLOCK_RE.search(name)
-    if m and name.startswith("levels."):
+    if m and name.startswith(_STAGES):
         i, j = int(m.group(1)), int(m.group(2))
         return 1 + sum(depths[:i]) + j if decay_type == "layer_wise" else i + 1
     m = _DOWN_RE.search("." + name)
-    if m and name.startswith("levels."):
+    if m and name.startswith(_STAGES):
         i = int(m.group(1))
         return 1 + sum(depths[: i + 1]) if decay_type == "layer_wise" else i + 2
     return last  # norm{i} and anything else in the backbone: feeds the neck directly
@@ -256,11 +334,14 @@ class DiNATLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             backbone = getattr(backbone, part, None)
             if backbone is None:
                 break
-        levels = getattr(backbone, "levels", None)
+        levels = getattr(backbone, "stages", None)  # DiNATBackboneBase: levels (DiNAT / NAT), layers (DiNAT_s)
+        if levels is None:
+            levels = getattr(backbone, "levels", None)
         if levels is None or not all(hasattr(lv, "blocks") for lv in levels):
             raise ValueError(
-                f"DiNATLayerDecayOptimizerConstructor: the model has no DiNAT/NAT backbone at "
-                f"'{prefix}' (expected '{prefix}levels.i.blocks.j'); got {type(backbone).__name__}"
+                f"DiNATLayerDecayOptimizerConstructor: the model has no DiNAT/NAT backbone (nor DiNAT_s) at "
+                f"'{prefix}' (expected '{prefix}levels.i.blocks.j' or '{prefix}layers.i.blocks.j'); got "
+                f"{type(backbone).__name__}"
             )
         depths = [len(lv.blocks) for lv in levels]
         default_layers = sum(depths) if decay_type == "layer_wise" else len(depths)
@@ -277,10 +358,9 @@ class DiNATLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             layer_id = get_layer_id(name, depths, decay_type, prefix)
             layer_id = min(layer_id, num_layers + 1)
             scale = decay_rate ** (num_layers + 1 - layer_id)
-            lr_mult, decay_mult, key_hit = 1.0, None, None
+            lr_mult, decay_mult = 1.0, None
             for key in sorted_keys:
                 if key in name:
-                    key_hit = key
                     lr_mult = custom_keys[key].get("lr_mult", 1.0)
                     decay_mult = custom_keys[key].get("decay_mult", None)
                     break

@@ -1,6 +1,5 @@
 """Checkpoint conversion / loading: every published layout round-trips into DiNAT."""
 import logging
-import warnings
 from collections import OrderedDict
 
 import pytest
@@ -15,14 +14,7 @@ HEADS = (1, 2, 2, 4)
 DILATIONS = [[1, 4], [1, 3], [1, 2], [1, 1]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny kernels: 1 thread is fastest on busy cores
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*compiled CPU kernel.*")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one thread, no kernel warning
 
 
 def make_model(seed=None, **kwargs):
@@ -60,7 +52,8 @@ X = torch.randn(1, 3, 48, 56)
 # ----------------------------------------------------------------------------------------------
 def original_classification_state_dict(model, num_classes=10):
     """The original ImageNet model's keys: the backbone plus final ``norm`` and ``head``, no norm0..3."""
-    sd = OrderedDict((k, v.clone()) for k, v in model.state_dict().items() if not k.startswith(("norm0", "norm1", "norm2", "norm3")))
+    sd = OrderedDict((k, v.clone()) for k, v in model.state_dict().items()
+                     if not k.startswith(("norm0", "norm1", "norm2", "norm3")))
     c = model.num_features[-1]
     sd["norm.weight"], sd["norm.bias"] = torch.randn(c), torch.randn(c)
     sd["head.weight"], sd["head.bias"] = torch.randn(num_classes, c), torch.randn(num_classes)
@@ -313,3 +306,101 @@ def test_hf_classification_models_convert(hf_dinat, cls, caplog, tmp_path):
         for i, level in enumerate(model.levels):
             stage, y = level(y)
             torch.testing.assert_close(stage.permute(0, 3, 1, 2), hf_out[i + 1], rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# DiNAT_s (Swin layout): the authors' classification, detection / segmentation and mmengine files
+# ----------------------------------------------------------------------------------------------
+def make_s_model(seed=None, **kwargs):
+    from dinat_backbone import DiNAT_s
+
+    cfg = dict(embed_dim=16, depths=DEPTHS, num_heads=HEADS, mlp_ratio=2.0, kernel_size=5, dilations=DILATIONS,
+               drop_path_rate=0.0)
+    cfg.update(kwargs)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = DiNAT_s(**cfg)
+    if seed is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def test_dinat_s_imagenet_classifier_checkpoint(tmp_path, caplog):
+    """classification/dinats.py: the backbone keys without norm0..3, plus the final norm and head."""
+    src = make_s_model(seed=0)
+    sd = original_classification_state_dict(src, num_classes=7)
+    assert "patch_embed.proj.weight" in sd and "layers.1.downsample.reduction.weight" in sd
+    path = tmp_path / "dinat_s_tiny_in1k_224.pth"
+    torch.save(sd, path)
+    converted = convert_checkpoint(torch.load(path, weights_only=True))
+    assert set(converted) == set(src.state_dict()) - {f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias")}
+    dst = make_s_model(seed=1)
+    with caplog.at_level(logging.INFO):
+        result = load_pretrained(dst, str(path))
+    assert sorted(result.missing_keys) == sorted(f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias"))
+    assert result.unexpected_keys == [] and "head.weight" in caplog.text
+    assert_same_state(src, dst, skip=("norm0", "norm1", "norm2", "norm3"))
+    # the stage outputs before the output norms are the classifier's
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        a, b = src.patch_embed(x), dst.patch_embed(x)
+        for la, lb in zip(src.layers, dst.layers):
+            (sa, a), (sb, b) = la(a), lb(b)
+            torch.testing.assert_close(sa, sb, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["detector", "segmentor", "mmengine_ddp", "model_wrapper"])
+def test_dinat_s_detector_segmentor_and_mmengine_files_round_trip(tmp_path, layout):
+    src = make_s_model(seed=0)
+    sd = src.state_dict()
+    if layout == "detector":  # the authors' COCO files: mmdet 2.x state_dict with backbone. and heads
+        obj = {"meta": {"epoch": 36}, "state_dict": OrderedDict(
+            [("backbone." + k, v) for k, v in sd.items()]
+            + [("neck.lateral_convs.0.conv.weight", torch.randn(8, 16, 1, 1)),
+               ("roi_head.bbox_head.0.fc_cls.weight", torch.randn(3, 8))])}
+    elif layout == "segmentor":  # ADE20K UPerNet files
+        obj = {"meta": {"iter": 160000}, "state_dict": OrderedDict(
+            [("backbone." + k, v) for k, v in sd.items()]
+            + [("decode_head.conv_seg.weight", torch.randn(150, 512, 1, 1)),
+               ("auxiliary_head.conv_seg.weight", torch.randn(150, 256, 1, 1))])}
+    elif layout == "mmengine_ddp":
+        obj = {"meta": {}, "state_dict": {"module.backbone." + k: v for k, v in sd.items()}, "message_hub": {}}
+    else:
+        obj = {"model": dict(sd), "epoch": 3}
+    path = tmp_path / f"{layout}.pth"
+    torch.save(obj, path)
+    dst = make_s_model(seed=1)
+    result = load_pretrained(dst, str(path), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert_same_outputs(src, dst, X)
+    dst = make_s_model(seed=1, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    dst.init_weights()
+    assert_same_outputs(src, dst, X)
+
+
+def test_checkpoint_family_and_cross_family_loading_is_an_error():
+    from dinat_backbone.checkpoint import checkpoint_family
+
+    dinat_sd, s_sd = make_model(seed=0).state_dict(), make_s_model(seed=0).state_dict()
+    assert checkpoint_family(dinat_sd) == "DiNAT" and checkpoint_family(s_sd) == "DiNAT_s"
+    assert checkpoint_family({"head.weight": torch.zeros(1)}) is None
+    with pytest.raises(ValueError) as info:
+        load_pretrained(make_model(), {"state_dict": {"backbone." + k: v for k, v in s_sd.items()}})
+    msg = str(info.value)
+    assert "checkpoint is a DiNAT_s backbone" in msg and "layers.i.blocks.j" in msg and "DiNAT_s(arch=...)" in msg
+    assert "type='DiNAT_s'" in msg
+    with pytest.raises(ValueError, match=r"checkpoint is a DiNAT backbone .*levels\.i\.blocks\.j.* into DiNAT\(arch"):
+        load_pretrained(make_s_model(), dinat_sd)
+    with pytest.raises(ValueError, match=r"DiNAT_s backbone"):  # also through init_cfg
+        make_model(init_cfg=dict(type="Pretrained", checkpoint=s_sd)).init_weights()
+
+
+def test_dinat_s_checkpoint_urls():
+    assert CHECKPOINT_URLS["dinat_s_tiny_in1k_224"] == \
+        "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth"
+    assert CHECKPOINT_URLS["dinat_s_large_in22k_224"].endswith("/imagenet22k/dinat_s_large_in22k_224.pth")
+    assert {k for k in CHECKPOINT_URLS if k.startswith("dinat_s_")} == {
+        "dinat_s_tiny_in1k_224", "dinat_s_small_in1k_224", "dinat_s_base_in1k_224", "dinat_s_large_in1k_224",
+        "dinat_s_large_in1k_384", "dinat_s_large_in22k_224"}

@@ -17,9 +17,12 @@ import mmseg  # noqa: F401
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from dinat_backbone import MODEL_FAMILIES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
-PAPER_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "dinat", "*.py")) + glob.glob(os.path.join(CONFIG_DIR, "nat", "*.py")))
+PAPER_CONFIGS = sorted(p for family in ("dinat", "nat", "dinat_s")
+                       for p in glob.glob(os.path.join(CONFIG_DIR, family, "*.py")))
 TOY_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "toy", "*.py")))
 ALL_CONFIGS = PAPER_CONFIGS + TOY_CONFIGS
 
@@ -39,6 +42,11 @@ def test_the_issue_config_list_is_shipped():
         for a in ("mini", "tiny", "small", "base"):
             expected.add(f"upernet_{model}-{a}_512x512_160k_ade20k.py")
     expected.add("upernet_dinat-large_640x640_160k_ade20k.py")
+    # DiNAT_s: the authors' detection/DiNAT.md and segmentation/DiNAT.md tables
+    expected |= {f"mask-rcnn_dinat_s-{a}_fpn_3x_coco.py" for a in ("tiny", "small")}
+    expected |= {f"cascade-mask-rcnn_dinat_s-{a}_fpn_3x_coco.py" for a in ("tiny", "small", "base", "large")}
+    expected |= {f"upernet_dinat_s-{a}_512x512_160k_ade20k.py" for a in ("tiny", "small", "base")}
+    expected.add("upernet_dinat_s-large_640x640_160k_ade20k.py")
     assert expected <= names, sorted(expected - names)
     assert len(TOY_CONFIGS) >= 2
 
@@ -47,24 +55,25 @@ def _paper_recipe_checks(path, cfg):
     name = os.path.basename(path)
     text = open(path).read()
     bb = cfg.model.backbone
-    arch = re.search(r"(?:dinat|nat)-(mini|tiny|small|base|large)", name).group(1)
+    family, arch = re.search(r"_(dinat_s|dinat|nat)-(mini|tiny|small|base|large)", name).groups()
     assert bb.arch == arch
-    assert bb.type == ("NAT" if "_nat-" in name else "DiNAT")
+    assert bb.type == {"nat": "NAT", "dinat": "DiNAT", "dinat_s": "DiNAT_s"}[family]
+    swin_layout = bb.type == "DiNAT_s"
     assert cfg.custom_imports == dict(imports=["dinat_backbone.mm"], allow_failed_imports=False)
     url = bb.init_cfg.checkpoint
     assert bb.init_cfg.type == "Pretrained" and url.startswith("https://shi-labs.com/projects/")
     if bb.type == "NAT":
         assert url == f"https://shi-labs.com/projects/nat/checkpoints/CLS/nat_{arch}.pth"
     elif arch == "large":
-        assert "dinat_large_in22k" in url
+        assert f"{family}_large_in22k" in url
     else:
-        assert url == f"https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_{arch}_in1k_224.pth"
+        assert url == f"https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/{family}_{arch}_in1k_224.pth"
     assert re.search(r"# .*(AP|mIoU) \d+\.\d", text), "the paper's result must be stated in a comment"
     opt = cfg.optim_wrapper
     assert opt.optimizer.type == "AdamW"
     assert opt.paramwise_cfg.custom_keys == {"rpb": dict(decay_mult=0.0), "norm": dict(decay_mult=0.0)}
     if cfg.default_scope == "mmdet":
-        assert bb.get("dilations") == ("coco" if bb.type == "DiNAT" else None)
+        assert bb.get("dilations") == (None if bb.type == "NAT" else "coco")
         assert cfg.train_cfg.max_epochs == 36
         steps = [s for s in cfg.param_scheduler if s.type == "MultiStepLR"][0]
         warm = [s for s in cfg.param_scheduler if s.type == "LinearLR"][0]
@@ -72,8 +81,11 @@ def _paper_recipe_checks(path, cfg):
         assert cfg.train_dataloader.batch_size == 2
         cascade = name.startswith("cascade")
         lr = 7.5e-5 if cascade and arch in ("base", "large") else 1e-4
+        if swin_layout and arch == "large":
+            lr = 5e-5  # the authors' DiNAT_s-Large config
         assert opt.optimizer.lr == pytest.approx(lr) and opt.optimizer.weight_decay == 0.05
-        assert opt.type == ("OptimWrapper" if arch == "large" else "AmpOptimWrapper")
+        # fp32 for DiNAT-Large only (the authors' DiNAT_s-Large config keeps mixed precision)
+        assert opt.type == ("OptimWrapper" if arch == "large" and not swin_layout else "AmpOptimWrapper")
         dpr = {"mini": 0.2, "tiny": 0.3 if cascade else 0.2, "small": 0.5 if cascade else 0.35,
                "base": 0.6, "large": 0.6}[arch]
         assert bb.drop_path_rate == pytest.approx(dpr)
@@ -86,7 +98,7 @@ def _paper_recipe_checks(path, cfg):
         size = 640 if arch == "large" else 512
         assert cfg.crop_size == (size, size)
         assert bb.get("dilations") == (("ade20k-640" if arch == "large" else "ade20k-512")
-                                       if bb.type == "DiNAT" else None)
+                                       if bb.type != "NAT" else None)
         assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2
         assert opt.optimizer.lr == pytest.approx(6e-5) and opt.optimizer.weight_decay == 0.01
         warm, poly = cfg.param_scheduler
@@ -95,10 +107,10 @@ def _paper_recipe_checks(path, cfg):
         assert resize.scale == (4 * size, size) and tuple(resize.ratio_range) == (0.5, 2.0)
         crop = [t for t in cfg.train_pipeline if t.type == "RandomCrop"][0]
         assert tuple(crop.crop_size) == (size, size)
-        dpr = {"mini": 0.2, "tiny": 0.3, "small": 0.5, "base": 0.5, "large": 0.3}[arch]
+        dpr = 0.3 if swin_layout else {"mini": 0.2, "tiny": 0.3, "small": 0.5, "base": 0.5, "large": 0.3}[arch]
         assert bb.drop_path_rate == pytest.approx(dpr)
         assert cfg.model.decode_head.type == "UPerHead" and cfg.model.auxiliary_head.type == "FCNHead"
-    c = bb.get("embed_dim") or {"mini": 64, "tiny": 64, "small": 96, "base": 128, "large": 192}[arch]
+    c = bb.get("embed_dim") or MODEL_FAMILIES[family].arch_settings[arch]["embed_dim"]
     chans = [c, 2 * c, 4 * c, 8 * c]
     if cfg.default_scope == "mmdet":
         assert cfg.model.neck.in_channels == chans
@@ -189,3 +201,38 @@ def test_config_builds_and_runs_loss_and_predict(path):
             inputs, samples = _seg_batch(cfg.model.decode_head.num_classes)
             preds = model.predict(inputs, samples)
             assert len(preds) == 2 and preds[0].pred_sem_seg.data.shape[-2:] == (64, 64)
+
+
+#: Parameter counts (millions, as rounded in the authors' detection/DiNAT.md and
+#: segmentation/DiNAT.md tables) of the whole detector / segmentor.
+AUTHORS_PARAMS_M = {
+    "mask-rcnn_dinat-mini_fpn_3x_coco.py": 40, "mask-rcnn_dinat-tiny_fpn_3x_coco.py": 48,
+    "mask-rcnn_dinat-small_fpn_3x_coco.py": 70, "cascade-mask-rcnn_dinat-mini_fpn_3x_coco.py": 77,
+    "cascade-mask-rcnn_dinat-tiny_fpn_3x_coco.py": 85, "cascade-mask-rcnn_dinat-small_fpn_3x_coco.py": 108,
+    "cascade-mask-rcnn_dinat-base_fpn_3x_coco.py": 147, "cascade-mask-rcnn_dinat-large_fpn_3x_coco.py": 258,
+    "upernet_dinat-mini_512x512_160k_ade20k.py": 50, "upernet_dinat-tiny_512x512_160k_ade20k.py": 58,
+    "upernet_dinat-small_512x512_160k_ade20k.py": 82, "upernet_dinat-base_512x512_160k_ade20k.py": 123,
+    "upernet_dinat-large_640x640_160k_ade20k.py": 238,
+    "mask-rcnn_dinat_s-tiny_fpn_3x_coco.py": 48, "mask-rcnn_dinat_s-small_fpn_3x_coco.py": 69,
+    "cascade-mask-rcnn_dinat_s-tiny_fpn_3x_coco.py": 86, "cascade-mask-rcnn_dinat_s-small_fpn_3x_coco.py": 107,
+    "cascade-mask-rcnn_dinat_s-base_fpn_3x_coco.py": 145, "cascade-mask-rcnn_dinat_s-large_fpn_3x_coco.py": 253,
+    "upernet_dinat_s-tiny_512x512_160k_ade20k.py": 60, "upernet_dinat_s-small_512x512_160k_ade20k.py": 81,
+    "upernet_dinat_s-base_512x512_160k_ade20k.py": 121, "upernet_dinat_s-large_640x640_160k_ade20k.py": 234,
+}
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_PARAMS_M))
+def test_parameter_count_matches_the_authors_table(name):
+    """The built model (meta device: structure only, no memory) has the authors' parameter count
+    to the precision they state (1M)."""
+    family = "dinat_s" if "_dinat_s-" in name else "dinat"
+    cfg = Config.fromfile(os.path.join(CONFIG_DIR, family, name))
+    init_default_scope(cfg.default_scope)
+    if cfg.default_scope == "mmdet":
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    count = sum(p.numel() for p in model.parameters())
+    assert round(count / 1e6) == AUTHORS_PARAMS_M[name], f"{name}: {count / 1e6:.2f}M"

@@ -1,6 +1,5 @@
 """DiNAT / NAT backbone: shapes, small-input padding, freezing, checkpointing, presets, init."""
 import math
-import warnings
 
 import pytest
 import torch
@@ -11,16 +10,7 @@ from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, NAT, DiNAT
 from dinat_backbone.dinat import DiNATBlock, expand_dilations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_single_thread():
-    # The pure-PyTorch op runs many tiny kernels; with busy cores, OpenMP spinning makes 2 threads
-    # ~30x slower than 1. Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*compiled CPU kernel.*")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one thread, no kernel warning
 
 
 def small_model(**kwargs):
@@ -184,7 +174,8 @@ def test_small_input_error_mode_names_block_size_and_remedy():
 # ----------------------------------------------------------------------------------------------
 def test_frozen_stages_stay_frozen_after_train():
     torch.manual_seed(0)
-    model = randomize_(small_model(frozen_stages=2, drop_rate=0.1, out_features=["stem", "stage1", "stage2", "stage3", "stage4"]))
+    model = randomize_(small_model(frozen_stages=2, drop_rate=0.1,
+                                   out_features=["stem", "stage1", "stage2", "stage3", "stage4"]))
     assert model.train() is model
     frozen = [model.patch_embed, model.norm_stem, model.levels[0], model.levels[1], model.norm0, model.norm1]
     trainable = [model.levels[2], model.levels[3], model.norm2, model.norm3]
@@ -265,10 +256,71 @@ def test_dilation_errors():
     assert all(b.attn.dilation == 1 for level in nat.levels for b in level.blocks)
 
 
+def test_out_indices_are_range_checked_before_wrapping():
+    for bad in [(-5,), (-9, 1), (4,), (0, 7)]:
+        with pytest.raises(ValueError, match=r"out_indices must be stage indices in 0\.\.3 \(or -4\.\.-1"):
+            small_model(out_indices=bad)
+    assert small_model(out_indices=(-1,)).out_indices == (3,)
+    assert small_model(out_indices=(-4, -1, 1)).out_indices == (0, 1, 3)
+
+
+@pytest.mark.parametrize("frozen", [5, -7, -2, 1.5, "1"])
+def test_frozen_stages_outside_minus_one_to_four_is_an_error(frozen):
+    with pytest.raises(ValueError, match=r"frozen_stages must be an integer in -1\.\.4"):
+        small_model(frozen_stages=frozen)
+
+
+@pytest.mark.parametrize("frozen", [-1, 0, 4])
+def test_frozen_stages_accepted_range(frozen):
+    model = small_model(frozen_stages=frozen).train()
+    assert all(p.requires_grad == (frozen < 0) for p in model.patch_embed.parameters())
+    assert all(p.requires_grad == (frozen < 4) for p in model.levels[3].parameters())
+
+
+@pytest.mark.parametrize("dilations", [2, [1, 2, 1, 1], (1, 2), [[1, 2], 3, [1, 1], [1, 1]]])
+def test_dilations_of_the_wrong_shape_say_what_is_needed(dilations):
+    with pytest.raises(ValueError) as info:
+        small_model(dilations=dilations)
+    msg = str(info.value)
+    assert "one list of per-block dilations per stage" in msg and "depths (2, 2, 2, 2)" in msg, msg
+    assert "[[1, 2], [1, 2], [1, 2], [1, 2]]" in msg and "coco" in msg, msg
+
+
+def test_unknown_argument_names_the_class_and_the_closest_argument():
+    with pytest.raises(TypeError, match=r"^DiNAT: unknown argument\(s\) 'drop_path' \(did you mean 'drop_path_rate'"):
+        DiNAT(arch="mini", drop_path=0.1)
+    with pytest.raises(TypeError, match=r"^NAT: unknown argument\(s\) 'window_size'"):
+        NAT(arch="mini", window_size=7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int64])
+def test_image_of_another_dtype_says_to_cast_or_use_autocast(dtype):
+    model = small_model().eval()
+    x = (torch.rand(1, 3, 32, 32) * 255).to(dtype)
+    with pytest.raises(TypeError) as info, torch.no_grad():
+        model(x)
+    msg = str(info.value)
+    assert f"the image is {dtype}" in msg and "torch.float32" in msg and "x.to(torch.float32)" in msg, msg
+    if dtype.is_floating_point:
+        assert "torch.autocast('cpu'" in msg, msg
+
+
+def test_low_precision_image_runs_under_autocast():
+    model = small_model().eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
 def test_arch_is_overridden_by_explicit_arguments():
-    model = DiNAT(arch="base", depths=(1, 1, 1, 1), layer_scale=None, drop_path_rate=0.0)
+    model = DiNAT(arch="base", depths=(1, 1, 1, 1), layer_scale=0, drop_path_rate=0.0)  # 0: no layer scale
     assert model.embed_dim == 128 and model.num_heads == (4, 8, 16, 32) and model.mlp_ratio == 2.0
     assert model.layer_scale is None and not hasattr(model.levels[0].blocks[0], "gamma1")
+    # None (the default) takes the arch's value; without arch the unset arguments are mini's
+    assert DiNAT(arch="base", depths=(1, 1, 1, 1), layer_scale=None).layer_scale == 1e-5
+    assert DiNAT(arch="base", depths=(1, 1, 1, 1), layer_scale=0.5).levels[0].blocks[0].gamma1[0] == 0.5
+    mini = DiNAT(embed_dim=32)
+    assert mini.arch is None and mini.embed_dim == 32 and mini.depths == (3, 4, 6, 5) and mini.mlp_ratio == 3.0
     model = DiNAT(arch="small", embed_dim=64, depths=(1, 1, 1, 1), num_heads=(2, 4, 8, 16))
     assert model.embed_dim == 64 and model.mlp_ratio == 2.0
     assert model.levels[0].blocks[0].mlp.fc1.out_features == 128

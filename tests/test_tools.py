@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinat_backbone import DiNAT, convert_checkpoint
+from dinat_backbone import DiNAT, DiNAT_s, convert_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -36,9 +36,9 @@ def _run(script, *args):
     return buf.getvalue()
 
 
-def _randomized(**kw):
+def _randomized(cls=DiNAT, **kw):
     torch.manual_seed(7)
-    m = DiNAT(**kw)
+    m = cls(**kw)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -132,3 +132,80 @@ def test_pca_rgb_is_deterministic_and_full_range():
     a, b = ef.pca_rgb(f), ef.pca_rgb(f)
     assert a.shape == (10, 12, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
     assert a.max() == 255 and a.min() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# --model dinat_s, and choices read from the families' tables
+# ----------------------------------------------------------------------------------------------
+def test_extract_features_dinat_s(tmp_path, image):
+    m = _randomized(DiNAT_s, arch="tiny", dilations="in1k-224", drop_path_rate=0.0)
+    ckpt = tmp_path / "dinat_s_tiny.pth"
+    cls_sd = OrderedDict((k, v) for k, v in m.state_dict().items() if not (k.startswith("norm") and k[4].isdigit()))
+    cls_sd["norm.weight"], cls_sd["norm.bias"] = torch.ones(768), torch.zeros(768)
+    cls_sd["head.weight"], cls_sd["head.bias"] = torch.zeros(1000, 768), torch.zeros(1000)
+    torch.save(cls_sd, ckpt)  # the authors' classifier layout
+    out = _run(os.path.join(TOOLS, "extract_features.py"), str(image), "--model", "dinat_s",
+               "--checkpoint", str(ckpt), "--out", str(tmp_path / "f.pt"))
+    assert "stride 32" in out
+    feats = torch.load(tmp_path / "f.pt", weights_only=True)
+    # 70x90: ceil(/4) = 18x23, then ceil halvings (Swin pads odd sizes)
+    assert [tuple(feats[f"stage{i}"].shape) for i in range(1, 5)] == [(96, 18, 23), (192, 9, 12), (384, 5, 6),
+                                                                      (768, 3, 3)]
+    _, x = _tool("extract_features").load_image(str(image))
+    m.eval()
+    with torch.no_grad():
+        ref = m.patch_embed(x)
+        for layer in m.layers[:1]:
+            ref, _ = layer(ref)
+    # the output norms are not in the classifier: compare the normalised stage-1 map up to its norm init
+    torch.testing.assert_close(feats["stage1"], torch.nn.functional.layer_norm(ref, (96,))[0].permute(2, 0, 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_tool_choices_come_from_the_family_tables(capsys):
+    from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, MODEL_FAMILIES
+
+    ef = _tool("extract_features")
+    parser = ef.build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    assert list(actions["model"].choices) == list(MODEL_FAMILIES)
+    assert set(actions["arch"].choices) == set(ARCH_SETTINGS) | set(DiNAT_s.arch_settings)
+    assert set(actions["dilations"].choices) == set(DILATION_PRESETS) | set(DiNAT_s.dilation_presets) | {"none"}
+    for argv, message in [
+            (["--model", "dinat_s", "--arch", "mini"], "--arch mini: dinat_s has tiny, small, base, large"),
+            (["--model", "dinat", "--dilations", "in1k-384"], "--dilations in1k-384: dinat has in1k-224")]:
+        with pytest.raises(SystemExit) as info:
+            ef.main(["img.png", *argv])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    eo = _tool("export_onnx")
+    args = eo.parse_args(["--model", "dinat_s", "--dilations", "coco"])
+    assert args.model_cls is DiNAT_s and args.model_kwargs == {"arch": "tiny", "dilations": "coco"}
+    with torch.device("meta"):
+        model = eo.build_model(args)
+    assert isinstance(model, DiNAT_s) and model.dilations[0] == [1, 28]
+    args = eo.parse_args(["--nat", "--arch", "small"])
+    assert args.model_cls is MODEL_FAMILIES["nat"] and args.model_kwargs == {"arch": "small"}
+    assert eo.parse_args([]).model_kwargs == {"arch": "mini"}  # unchanged default: DiNAT-mini, all dilations 1
+
+
+def test_convert_checkpoint_dinat_s_detects_the_family(tmp_path):
+    m = _randomized(DiNAT_s, arch="tiny", depths=(1, 1, 1, 1))
+    det = {"state_dict": OrderedDict([(f"backbone.{k}", v) for k, v in m.state_dict().items()]
+                                     + [("neck.fpn_convs.0.conv.weight", torch.zeros(3))]), "meta": {}}
+    torch.save(det, tmp_path / "det_s.pth")
+    out = _run(os.path.join(TOOLS, "convert_checkpoint.py"), str(tmp_path / "det_s.pth"), str(tmp_path / "bb.pth"))
+    assert "DiNAT_s layout" in out
+    conv = torch.load(tmp_path / "bb.pth", weights_only=True)
+    assert conv.keys() == m.state_dict().keys()
+    # --arch checks against the family of the file; tiny has depths (2, 2, 6, 2): the missing blocks are reported
+    import contextlib
+    import io
+
+    tool = _tool("convert_checkpoint")
+    for argv, text in [
+            (["--arch", "tiny"], "does not match dinat_s-tiny"),
+            (["--model", "dinat", "--arch", "mini"], "is a DiNAT_s checkpoint, not dinat: use --model dinat_s")]:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = tool.main([str(tmp_path / "det_s.pth"), str(tmp_path / "x.pth"), *argv])
+        assert rc == 1 and text in buf.getvalue(), buf.getvalue()

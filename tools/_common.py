@@ -78,8 +78,8 @@ def default_work_dir(config_path: str) -> str:
 
 def load_config(args):
     """Config from ``args.config`` with the launcher, ``--cfg-options`` and work dir applied (the
-    part tools/train.py and tools/test.py share); imports the config's mm scope. Returns
-    ``(cfg, scope)``."""
+    part tools/train.py and tools/test.py share); imports the config's mm scope and adds
+    ``DiNATChannelCheckHook``. Returns ``(cfg, scope)``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
@@ -88,8 +88,55 @@ def load_config(args):
         cfg.merge_from_dict(args.cfg_options)
     scope = scope_of(cfg)
     import_scope(scope)
+    # a neck / head built for another backbone width fails before the run, naming the channels
+    hooks = list(cfg.get("custom_hooks", None) or [])
+    if not any(h.get("type") == "DiNATChannelCheckHook" for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type="DiNATChannelCheckHook")]
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = default_work_dir(args.config)
     return cfg, scope
+
+
+# ----------------------------------------------------------------------------------------------
+# --model / --arch / --dilations of the torch-only tools (extract_features, convert_checkpoint,
+# export_onnx), read from the families' own tables
+# ----------------------------------------------------------------------------------------------
+def add_model_arguments(parser, dilations_default=None, arch_help="variant (default: the family's smallest)",
+                        model_default="dinat", with_dilations=True):
+    """``--model`` (a key of :data:`dinat_backbone.MODEL_FAMILIES`), ``--arch`` and ``--dilations``
+    with the choices of every family's ``arch_settings`` / ``dilation_presets``; check the
+    combination with :func:`model_choice`."""
+    from dinat_backbone import MODEL_FAMILIES
+
+    archs = list(dict.fromkeys(a for cls in MODEL_FAMILIES.values() for a in cls.arch_settings))
+    presets = list(dict.fromkeys(p for cls in MODEL_FAMILIES.values() for p in cls.dilation_presets))
+    families = ", ".join(f"{name}: {', '.join(cls.arch_settings)}" for name, cls in MODEL_FAMILIES.items())
+    parser.add_argument("--model", default=model_default, choices=list(MODEL_FAMILIES),
+                        help="backbone family: dinat, nat (every dilation 1) or dinat_s (Swin layout); default "
+                             f"{model_default or 'the family of the file'}")
+    parser.add_argument("--arch", default=None, choices=archs, help=f"{arch_help} ({families})")
+    if not with_dilations:
+        return
+    parser.add_argument("--dilations", default=dilations_default, choices=presets + ["none"],
+                        help=f"dilation preset of the family (default: {dilations_default or 'none'}, i.e. "
+                             f"{'that preset' if dilations_default else 'all 1'}; ignored for nat)")
+
+
+def model_choice(parser, args, need_arch: bool = True):
+    """``(model class, constructor kwargs)`` from the arguments of :func:`add_model_arguments`;
+    an arch or preset the family does not have is a usage error listing the family's choices."""
+    from dinat_backbone import MODEL_FAMILIES
+
+    cls = MODEL_FAMILIES[args.model]
+    arch = args.arch if args.arch is not None else (cls.default_arch if need_arch else None)
+    if arch is not None and arch not in cls.arch_settings:
+        parser.error(f"--arch {arch}: {args.model} has {', '.join(cls.arch_settings)}")
+    kwargs = {"arch": arch} if arch is not None else {}
+    dilations = getattr(args, "dilations", None)
+    if args.model != "nat" and dilations not in (None, "none"):
+        if dilations not in cls.dilation_presets:
+            parser.error(f"--dilations {dilations}: {args.model} has {', '.join(cls.dilation_presets)}")
+        kwargs["dilations"] = dilations
+    return cls, kwargs

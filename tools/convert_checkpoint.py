@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Convert any supported DiNAT / NAT checkpoint to native backbone weights or an mm file.
+"""Convert any supported DiNAT / NAT / DiNAT_s checkpoint to native backbone weights or an mm file.
 
-    python tools/convert_checkpoint.py SRC DST [--to native|mm] [--arch ARCH [--model dinat|nat]]
+    python tools/convert_checkpoint.py SRC DST [--to native|mm] [--model dinat|nat|dinat_s [--arch ARCH]]
 
 SRC: a path or URL in any layout :func:`dinat_backbone.convert_checkpoint` understands (original
 ImageNet ``.pth``, original / mmdet / mmseg detector and segmentor checkpoints, HF transformers
@@ -12,7 +12,9 @@ DST: ``--to native`` (default) writes the backbone state dict with the native ke
 (``patch_embed.*``, ``levels.i.blocks.j.*``, ...); ``--to mm`` writes
 ``{'state_dict': {'backbone.<key>': ...}, 'meta': {...}}``, loadable with mmengine's
 ``load_checkpoint`` / ``load_from`` or as ``init_cfg=dict(type='Pretrained', ...)``.
-``--arch`` additionally checks the weights against a freshly built model of that size (strict).
+The family (DiNAT / NAT or DiNAT_s) is detected from the keys and printed; ``--model`` other
+than the file's family is an error. ``--arch`` additionally checks the weights against a freshly
+built model of that size (strict; the arch choices are the family's ``arch_settings``).
 """
 import argparse
 import os.path as osp
@@ -22,32 +24,46 @@ from collections import OrderedDict
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from dinat_backbone import NAT, DiNAT, convert_checkpoint  # noqa: E402
-from dinat_backbone.checkpoint import _load_object  # noqa: E402
+import _common  # noqa: E402
+from dinat_backbone import convert_checkpoint  # noqa: E402
+from dinat_backbone.checkpoint import _load_object, checkpoint_family  # noqa: E402
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="checkpoint path or URL")
     p.add_argument("dst", help="output .pth")
     p.add_argument("--to", choices=["native", "mm"], default="native",
                    help="native backbone keys (default) or an mm 'backbone.'-prefixed state_dict")
-    p.add_argument("--arch", choices=["mini", "tiny", "small", "base", "large"],
-                   help="verify against a model of this size (strict key and shape check)")
-    p.add_argument("--model", choices=["dinat", "nat"], default="dinat", help="model for --arch")
-    return p.parse_args(argv)
+    _common.add_model_arguments(p, arch_help="verify against a model of this size (strict key and shape check)",
+                                model_default=None, with_dilations=False)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     obj = _load_object(args.src)
     state = convert_checkpoint(obj)
     state = OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
     n_params = sum(v.numel() for v in state.values())
-    print(f"[convert] {args.src}: {len(state)} tensors, {n_params / 1e6:.2f}M values")
+    family = checkpoint_family(state)
+    print(f"[convert] {args.src}: {family or 'unknown'} layout, {len(state)} tensors, {n_params / 1e6:.2f}M values")
+    file_model = "dinat_s" if family == "DiNAT_s" else "dinat"
+    if args.model is not None and family is not None and args.model != file_model and \
+            not (args.model == "nat" and file_model == "dinat"):
+        print(f"[convert] the file is a {family} checkpoint, not {args.model}: use --model {file_model}")
+        return 1
+    args.model = args.model or file_model
+    cls, kwargs = _common.model_choice(parser, args, need_arch=False)
     if args.arch:
-        model = (DiNAT if args.model == "dinat" else NAT)(arch=args.arch)
+        model = cls(**kwargs)
         own = model.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Export a DiNAT / NAT backbone to ONNX, check it, run it in onnxruntime and compare with PyTorch.
+"""Export a DiNAT / NAT / DiNAT_s backbone to ONNX, check it, run it in onnxruntime and compare with PyTorch.
 
     python tools/export_onnx.py --arch mini --shape 224 224
     python tools/export_onnx.py --arch tiny --dilations coco --checkpoint dinat_tiny_in1k_224.pth \\
         --dynamic --shape 800 1216 --output dinat_tiny_coco.onnx
+    python tools/export_onnx.py --model dinat_s --arch tiny --dilations coco --dynamic --shape 800 1216
 
 The graph uses standard ONNX operators only: the neighbourhood attention is exported through
 :mod:`dinat_backbone.export` (plain tensor ops, neighbourhood indices computed from the map size
@@ -27,16 +28,16 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _common  # noqa: E402
 from dinat_backbone.export import export_mode  # noqa: E402
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="mini", help="mini | tiny | small | base | large (default: mini)")
-    p.add_argument("--nat", action="store_true", help="NAT (every dilation 1) instead of DiNAT")
-    p.add_argument("--dilations", default=None,
-                   help="dilation preset ('in1k-224', 'coco', 'ade20k-512', 'ade20k-640'); default: none (all 1)")
+    _common.add_model_arguments(p)
+    p.add_argument("--nat", action="store_true", help="the same as --model nat")
     p.add_argument("--kernel-size", type=int, default=7)
     p.add_argument("--checkpoint", default=None, help="weights in any format dinat_backbone.load_pretrained reads")
     p.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -54,18 +55,21 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-check", action="store_true", help="skip the onnx.checker / onnxruntime comparison")
     p.add_argument("--verbose", action="store_true", help="show the exporter's own progress messages")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.nat:
+        args.model = "nat"
+    args.model_cls, args.model_kwargs = _common.model_choice(parser, args)
+    return args
 
 
 def build_model(args) -> torch.nn.Module:
-    from dinat_backbone.dinat import NAT, DiNAT
-
-    cls = NAT if args.nat else DiNAT
-    kwargs = dict(arch=args.arch, kernel_size=args.kernel_size, out_indices=tuple(args.out_indices),
-                  drop_path_rate=0.0)
-    if not args.nat:
-        kwargs["dilations"] = args.dilations
-    model = cls(**kwargs)
+    model = args.model_cls(**args.model_kwargs, kernel_size=args.kernel_size, out_indices=tuple(args.out_indices),
+                           drop_path_rate=0.0)
     if args.checkpoint:
         from dinat_backbone.checkpoint import load_pretrained
 
@@ -168,10 +172,10 @@ def main(argv=None):
     model = build_model(args)
     H, W = args.shape
     example = torch.randn(args.batch, 3, H, W)
-    kind = "NAT" if args.nat else "DiNAT"
-    path = args.output or f"{kind.lower()}_{args.arch}{'_dynamic' if args.dynamic else ''}.onnx"
+    kind, arch = args.model_cls.__name__, args.model_kwargs["arch"]
+    path = args.output or f"{kind.lower()}_{arch}{'_dynamic' if args.dynamic else ''}.onnx"
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[export] {kind}-{args.arch} ({n_params / 1e6:.1f} M params, dilations={model.dilations}) "
+    print(f"[export] {kind}-{arch} ({n_params / 1e6:.1f} M params, dilations={model.dilations}) "
           f"input {tuple(example.shape)}, {'dynamic batch/height/width' if args.dynamic else 'fixed shape'}",
           flush=True)
     t0 = time.perf_counter()

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Run a DiNAT / NAT backbone on one image and save every stage's feature map.
+"""Run a DiNAT / NAT / DiNAT_s backbone on one image and save every stage's feature map.
 
-    python tools/extract_features.py IMAGE [--arch mini] [--model dinat|nat] [--dilations in1k-224]
+    python tools/extract_features.py IMAGE [--model dinat|nat|dinat_s] [--arch mini] [--dilations in1k-224]
         [--checkpoint PATH_OR_URL] [--size 224] [--out feats.pt|feats.npz] [--vis stages.png]
+
+``--arch`` defaults to the family's smallest variant (mini; tiny for dinat_s); the arch and
+preset choices are the families' ``arch_settings`` / ``dilation_presets``.
 
 The image is converted to RGB and normalised with the ImageNet mean / std (what the official
 checkpoints expect); ``--size`` resizes the short side first (default: keep the image size; any
@@ -20,27 +23,29 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from dinat_backbone import NAT, DiNAT  # noqa: E402
+import _common  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image")
-    p.add_argument("--arch", default="mini", choices=["mini", "tiny", "small", "base", "large"])
-    p.add_argument("--model", default="dinat", choices=["dinat", "nat"])
-    p.add_argument("--dilations", default="in1k-224",
-                   help="DiNAT dilation preset (in1k-224, coco, ade20k-512, ade20k-640) or 'none'")
+    _common.add_model_arguments(p, dilations_default="in1k-224")
     p.add_argument("--kernel-size", type=int, default=7)
     p.add_argument("--checkpoint", help="weights (path or URL, any supported layout); random init if omitted")
     p.add_argument("--size", type=int, help="resize the short side to this many pixels first")
     p.add_argument("--out", help="save the stage maps: .pt (torch) or .npz (numpy)")
     p.add_argument("--vis", help="save a PNG with the PCA-to-RGB picture of every stage map")
     p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def load_image(path, size=None):
@@ -93,11 +98,10 @@ def make_vis(img: Image.Image, feats, strides, path, panel=224):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    cls = DiNAT if args.model == "dinat" else NAT
-    kwargs = dict(arch=args.arch, kernel_size=args.kernel_size, drop_path_rate=0.0)
-    if args.model == "dinat" and args.dilations.lower() != "none":
-        kwargs["dilations"] = args.dilations
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cls, kwargs = _common.model_choice(parser, args)
+    kwargs.update(kernel_size=args.kernel_size, drop_path_rate=0.0)
     if args.checkpoint:
         kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=args.checkpoint)
     model = cls(**kwargs)

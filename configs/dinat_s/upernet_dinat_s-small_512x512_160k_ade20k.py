@@ -1,0 +1,27 @@
+# DiNAT_s-Small (Swin-layout DiNAT) + UPerNet (with FCN auxiliary head), ADE20K, 512x512 crops,
+# 160k iterations, AdamW lr 6e-5 / weight decay 0.01, poly (power 1) with 1500-iteration warm-up, 16 images per batch.
+# Reproduces the DiNAT paper (Hassani & Shi, "Dilated Neighborhood Attention Transformer", 2022), DiNAT_s table
+# of the authors' segmentation/DiNAT.md: mIoU 48.6 single-scale, 49.9 multi-scale (+flip) (ADE20K val;
+# multi-scale: tools/test.py --tta), 81M parameters.
+_base_ = [
+    '../_base_/models/upernet_dinat.py',
+    '../_base_/datasets/ade20k.py',
+    '../_base_/default_runtime_seg.py',
+    '../_base_/schedules/ade20k_160k_adamw.py',
+]
+custom_imports = dict(imports=['dinat_backbone.mm'], allow_failed_imports=False)
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        type='DiNAT_s',
+        arch='small',
+        kernel_size=7,
+        dilations='ade20k-512',
+        drop_path_rate=0.3,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth')),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
+    auxiliary_head=dict(in_channels=384, num_classes=150))
