@@ -108,14 +108,22 @@ _RUNTIME_INTS = [
     "sqb", "sqx", "skb", "skx", "svb", "svx", "sob", "sox", "sgb", "sgx",
 ]
 
+def _device_function(fn):
+    """``@triton.jit`` for a device function called by the kernels. Under the interpreter it stays a
+    plain Python function: the kernels run as Python there anyway, and Triton 3.9's interpreter
+    re-patches all of triton.language on every call of a jit device function (~1 ms, several times
+    per inner tile), which made the interpreted tests three times slower."""
+    return fn if os.environ.get("TRITON_INTERPRET", "0") == "1" else triton.jit(fn)
+
+
 if triton is not None:
 
-    @triton.jit
+    @_device_function
     def _window_start(p, L, KS: tl.constexpr):
         """First window member of class position ``p`` on an axis of class length ``L``."""
         return tl.minimum(tl.maximum(p - KS // 2, 0), L - KS)
 
-    @triton.jit
+    @_device_function
     def _mm(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
         """``acc + a @ b`` (float32). ``UPCAST`` (set in the interpreter): Triton 3.9's interpreter keeps
         bfloat16 as raw uint16 and would multiply the bit patterns; both operands go through float32
@@ -126,7 +134,7 @@ if triton is not None:
         else:
             return tl.dot(a, b, acc, input_precision=PREC)
 
-    @triton.jit
+    @_device_function
     def _mm_split_lhs(a, onehot, acc, NSPLIT: tl.constexpr, UPCAST: tl.constexpr):
         """``acc + a @ onehot`` for a float32 ``a`` and an exact 0/1 bfloat16 matrix, on bfloat16 tensor
         cores: ``a`` is split into NSPLIT bfloat16 parts (8 significant bits each; 2 parts for half
@@ -140,7 +148,7 @@ if triton is not None:
             acc = _mm((rest - mid.to(tl.float32)).to(tl.bfloat16), onehot, acc, "tf32", UPCAST)
         return acc
 
-    @triton.jit
+    @_device_function
     def _mm_split_rhs(onehot, b, acc, NSPLIT: tl.constexpr, UPCAST: tl.constexpr):
         """``acc + onehot @ b``, as :func:`_mm_split_lhs`."""
         hi = b.to(tl.bfloat16)
@@ -152,7 +160,7 @@ if triton is not None:
             acc = _mm(onehot, (rest - mid.to(tl.float32)).to(tl.bfloat16), acc, "tf32", UPCAST)
         return acc
 
-    @triton.jit
+    @_device_function
     def _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX: tl.constexpr, OY: tl.constexpr):
         """Decode the 1-D program id: (batch, head, residue class, tile) -> class sizes, tile origin.
 
@@ -173,13 +181,13 @@ if triton is not None:
         y0 = (tile % n_tiles_y) * OY
         return pid, b, h, rx, ry, Lx, Ly, x0, y0
 
-    @triton.jit
+    @_device_function
     def _key_box(x0, L, OX: tl.constexpr, KS: tl.constexpr):
         """Keys of the query rows ``[x0, x0 + OX)`` (clipped to the class): ``[start(x0), start(last) + K)``."""
         last = tl.minimum(x0 + OX, L) - 1
         return _window_start(x0, L, KS), _window_start(last, L, KS) + KS
 
-    @triton.jit
+    @_device_function
     def _query_box(x0, L, OX: tl.constexpr, KS: tl.constexpr):
         """Queries whose windows hold one of the key rows ``[x0, x0 + OX)``: the inverse of the clamp
         rule. Key k is held by queries ``k - K//2 .. k + K//2``, except that keys ``< K`` are also held
@@ -188,6 +196,10 @@ if triton is not None:
         lo = tl.where(x0 <= KS - 1, 0, x0 - KS // 2)
         hi = tl.where(last >= L - KS, L, last + KS // 2 + 1)
         return lo, hi
+
+    # A padded query (beyond its class) gets this as its window start, so that no key is ever inside
+    # its window and the window test alone masks it (and likewise -FAR for padded keys).
+    FAR = tl.constexpr(1 << 28)
 
     @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _fwd_kernel(
@@ -202,6 +214,7 @@ if triton is not None:
         OX: tl.constexpr, OY: tl.constexpr, IX: tl.constexpr, IY: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr, COUNT_WORK: tl.constexpr,
     ):
+        """Output and log-sum-exp of one query tile (see the module docstring)."""
         BM: tl.constexpr = OX * OY
         BN: tl.constexpr = IX * IY
         pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX, OY)
@@ -213,42 +226,47 @@ if triton is not None:
         q_ok = (qx < Lx) & (qy < Ly)
         d = tl.arange(0, HDP)
         d_ok = d < HD
-        # class position p on an axis is map position r + p * dil
-        q_ptr = (Q + b64 * sqb + h * sqh + rx * sqx + ry * sqy
-                 + (qx * dil * sqx + qy * dil * sqy)[:, None] + d[None, :] * sqd)
-        q = tl.load(q_ptr, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-        wx = _window_start(qx, Lx, KS)  # each query's own window, for the per-pair mask
+        # class position p on an axis is map position r + p * dil: a strided view of the input
+        q = tl.load(Q + (b64 * sqb + h * sqh + rx * sqx + ry * sqy) + ((qx * sqx + qy * sqy) * dil)[:, None]
+                    + d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)  # each query's own window, for the pair mask
         wy = _window_start(qy, Ly, KS)
 
         bx0, bx1 = _key_box(qx0, Lx, OX, KS)
         by0, by1 = _key_box(qy0, Ly, OY, KS)
-        tile_ok = (qx0 < Lx) & (qy0 < Ly)
-        n_kx = tl.where(tile_ok, (bx1 - bx0 + IX - 1) // IX, 0)
+        n_kx = tl.where((qx0 < Lx) & (qy0 < Ly), (bx1 - bx0 + IX - 1) // IX, 0)
         n_ky = (by1 - by0 + IY - 1) // IY
 
         n = tl.arange(0, BN)
+        nx = n // IY
+        ny = n % IY
+        k_base = Kt + (b64 * skb + h * skh + rx * skx + ry * sky)
+        v_base = V + (b64 * svb + h * svh + rx * svx + ry * svy)
+        k_lane = ((nx * skx + ny * sky) * dil)[:, None] + d[None, :] * skd  # loop-invariant address parts
+        v_lane = ((nx * svx + ny * svy) * dil)[:, None] + d[None, :] * svd
+        if HAS_RPB:  # bias of pair (q, k): rpb[h, K-1 + kx - qx, K-1 + ky - qy]
+            rpb_q = RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, HDP], tl.float32)
-        k_base = Kt + b64 * skb + h * skh + rx * skx + ry * sky
-        v_base = V + b64 * svb + h * svh + rx * svx + ry * svy
         for i in range(0, n_kx):
+            x0 = bx0 + i * IX
+            kx = x0 + nx
             for j in range(0, n_ky):
-                kx = bx0 + i * IX + n // IY
-                ky = by0 + j * IY + n % IY
+                y0 = by0 + j * IY
+                ky = y0 + ny
                 k_ok = ((kx < bx1) & (ky < by1))[:, None] & d_ok[None, :]
-                k = tl.load(k_base + (kx * dil * skx + ky * dil * sky)[:, None] + d[None, :] * skd, mask=k_ok, other=0.0)
-                v = tl.load(v_base + (kx * dil * svx + ky * dil * svy)[:, None] + d[None, :] * svd, mask=k_ok, other=0.0)
+                k = tl.load(k_base + (x0 * skx + y0 * sky) * dil + k_lane, mask=k_ok, other=0.0)
+                v = tl.load(v_base + (x0 * svx + y0 * svy) * dil + v_lane, mask=k_ok, other=0.0)
                 s = _mm(q, tl.trans(k), tl.zeros([BM, BN], tl.float32), PREC, UPCAST) * qk_scale
-                # the box holds the union of the tile's windows; each pair counts only inside its
-                # own query's window (which also excludes padded keys and keys outside the class)
-                valid = ((kx[None, :] >= wx[:, None]) & (kx[None, :] < wx[:, None] + KS)
-                         & (ky[None, :] >= wy[:, None]) & (ky[None, :] < wy[:, None] + KS) & q_ok[:, None])
+                # the box holds the union of the tile's windows; each pair counts only inside its own
+                # query's window (which also excludes padded keys, keys outside the class, padded queries)
+                ox = kx[None, :] - wx[:, None]
+                oy = ky[None, :] - wy[:, None]
+                valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
                 if HAS_RPB:
-                    ia = kx[None, :] - qx[:, None] + (KS - 1)
-                    ib = ky[None, :] - qy[:, None] + (KS - 1)
-                    bias = tl.load(RPB + h * srh + ia * sra + ib * srb, mask=valid, other=0.0)
-                    s += bias.to(tl.float32) * 1.4426950408889634
+                    bias = tl.load(rpb_q[:, None] + (kx * sra + ky * srb)[None, :], mask=valid, other=0.0)
+                    s += bias.to(tl.float32) * 1.4426950408889634  # scores are in the log2 domain
                 s = tl.where(valid, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 # rows with no valid pair yet (or padded rows) keep -inf: subtract 0 there, not -inf
@@ -261,8 +279,7 @@ if triton is not None:
 
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        o_ptr = (O + b64 * sob + h * soh + rx * sox + ry * soy
-                 + (qx * dil * sox + qy * dil * soy)[:, None] + d[None, :] * sod)
+        o_ptr = O + (b64 * sob + h * soh + rx * sox + ry * soy) + ((qx * sox + qy * soy) * dil)[:, None] + d[None, :] * sod
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
         lse_ptr = LSE + (b64 * H + h) * X * Y + (rx + qx * dil) * Y + (ry + qy * dil)
         tl.store(lse_ptr, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(l_safe), mask=q_ok)
@@ -283,8 +300,8 @@ if triton is not None:
         OX: tl.constexpr, OY: tl.constexpr, IX: tl.constexpr, IY: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        """dQ, delta = rowsum(dO * O) and this program's partial RPB gradient. O, dO and dQ share the
-        strides ``so*`` (the wrapper gives them the same layout)."""
+        """dQ, delta = rowsum(dO * O) and this program's partial RPB gradient, for one query tile, over
+        the forward's key box. O, dO and dQ share the strides ``so*`` (the wrapper makes them so)."""
         BM: tl.constexpr = OX * OY
         BN: tl.constexpr = IX * IY
         pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX, OY)
@@ -297,64 +314,71 @@ if triton is not None:
         d = tl.arange(0, HDP)
         d_ok = d < HD
         qm = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b64 * sqb + h * sqh + rx * sqx + ry * sqy
-                    + (qx * dil * sqx + qy * dil * sqy)[:, None] + d[None, :] * sqd, mask=qm, other=0.0)
-        o_off = (b64 * sob + h * soh + rx * sox + ry * soy
-                 + (qx * dil * sox + qy * dil * soy)[:, None] + d[None, :] * sod)
+        q = tl.load(Q + (b64 * sqb + h * sqh + rx * sqx + ry * sqy) + ((qx * sqx + qy * sqy) * dil)[:, None]
+                    + d[None, :] * sqd, mask=qm, other=0.0)
+        o_off = (b64 * sob + h * soh + rx * sox + ry * soy) + ((qx * sox + qy * soy) * dil)[:, None] + d[None, :] * sod
         do = tl.load(DO + o_off, mask=qm, other=0.0)
         o = tl.load(O + o_off, mask=qm, other=0.0)
         stat_off = (b64 * H + h) * X * Y + (rx + qx * dil) * Y + (ry + qy * dil)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + stat_off, delta, mask=q_ok)
         lse = tl.load(LSE + stat_off, mask=q_ok, other=0.0)
-        wx = _window_start(qx, Lx, KS)
+        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)
         wy = _window_start(qy, Ly, KS)
 
         bx0, bx1 = _key_box(qx0, Lx, OX, KS)
         by0, by1 = _key_box(qy0, Ly, OY, KS)
-        tile_ok = (qx0 < Lx) & (qy0 < Ly)
-        n_kx = tl.where(tile_ok, (bx1 - bx0 + IX - 1) // IX, 0)
+        n_kx = tl.where((qx0 < Lx) & (qy0 < Ly), (bx1 - bx0 + IX - 1) // IX, 0)
         n_ky = (by1 - by0 + IY - 1) // IY
 
         n = tl.arange(0, BN)
-        dq = tl.zeros([BM, HDP], tl.float32)
-        k_base = Kt + b64 * skb + h * skh + rx * skx + ry * sky
-        v_base = V + b64 * svb + h * svh + rx * svx + ry * svy
+        nx = n // IY
+        ny = n % IY
+        k_base = Kt + (b64 * skb + h * skh + rx * skx + ry * sky)
+        v_base = V + (b64 * svb + h * svh + rx * svx + ry * svy)
+        k_lane = ((nx * skx + ny * sky) * dil)[:, None] + d[None, :] * skd
+        v_lane = ((nx * svx + ny * svy) * dil)[:, None] + d[None, :] * svd
+        if HAS_RPB:
+            rpb_q = RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb
         if RPB_GRAD:
-            # regrouped dS tile [(mx, nx), (my, ny)] (see the module docstring)
+            # the dS tile regrouped as [(mx, nx), (my, ny)] (module docstring): the pair's x bin is
+            # cx + nx - mx, its y bin cy + ny - my, with cx, cy fixed per key tile
             gx = tl.arange(0, OX * IX)
             gy = tl.arange(0, OY * IY)
+            dgx = gx % IX - gx // IX
+            dgy = gy % IY - gy // IY
             bins = tl.arange(0, RB)
             drpb = tl.zeros([RB, RB], tl.float32)
+        dq = tl.zeros([BM, HDP], tl.float32)
         for i in range(0, n_kx):
+            x0 = bx0 + i * IX
+            kx = x0 + nx
             for j in range(0, n_ky):
-                kx = bx0 + i * IX + n // IY
-                ky = by0 + j * IY + n % IY
+                y0 = by0 + j * IY
+                ky = y0 + ny
                 k_ok = ((kx < bx1) & (ky < by1))[:, None] & d_ok[None, :]
-                k = tl.load(k_base + (kx * dil * skx + ky * dil * sky)[:, None] + d[None, :] * skd, mask=k_ok, other=0.0)
-                v = tl.load(v_base + (kx * dil * svx + ky * dil * svy)[:, None] + d[None, :] * svd, mask=k_ok, other=0.0)
+                k = tl.load(k_base + (x0 * skx + y0 * sky) * dil + k_lane, mask=k_ok, other=0.0)
+                v = tl.load(v_base + (x0 * svx + y0 * svy) * dil + v_lane, mask=k_ok, other=0.0)
                 s = _mm(q, tl.trans(k), tl.zeros([BM, BN], tl.float32), PREC, UPCAST) * qk_scale
-                valid = ((kx[None, :] >= wx[:, None]) & (kx[None, :] < wx[:, None] + KS)
-                         & (ky[None, :] >= wy[:, None]) & (ky[None, :] < wy[:, None] + KS) & q_ok[:, None])
+                ox = kx[None, :] - wx[:, None]
+                oy = ky[None, :] - wy[:, None]
+                valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
                 if HAS_RPB:
-                    ia = kx[None, :] - qx[:, None] + (KS - 1)
-                    ib = ky[None, :] - qy[:, None] + (KS - 1)
-                    bias = tl.load(RPB + h * srh + ia * sra + ib * srb, mask=valid, other=0.0)
+                    bias = tl.load(rpb_q[:, None] + (kx * sra + ky * srb)[None, :], mask=valid, other=0.0)
                     s += bias.to(tl.float32) * 1.4426950408889634
-                p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+                p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)  # P recomputed from the saved LSE
                 dp = _mm(do, tl.trans(v), tl.zeros([BM, BN], tl.float32), PREC, UPCAST)
                 ds = p * (dp - delta[:, None])
                 dq = _mm(ds.to(k.dtype), k, dq, PREC, UPCAST)
                 if RPB_GRAD:
                     ds2 = tl.reshape(tl.permute(tl.reshape(ds, (OX, OY, IX, IY)), (0, 2, 1, 3)), (OX * IX, OY * IY))
-                    # bin of pair ((mx, my), (nx, ny)) = (cx + nx - mx, cy + ny - my)
-                    cx = bx0 + i * IX - qx0 + (KS - 1)
-                    cy = by0 + j * IY - qy0 + (KS - 1)
+                    cx = x0 - qx0 + (KS - 1)
+                    cy = y0 - qy0 + (KS - 1)
                     # (via float32: the interpreter converts int1 to bfloat16 as 0)
-                    onehot_y = tl.where((cy + gy % IY - gy // IY)[:, None] == bins[None, :], 1.0, 0.0).to(tl.bfloat16)
-                    onehot_x = tl.where((cx + gx % IX - gx // IX)[:, None] == bins[None, :], 1.0, 0.0).to(tl.bfloat16)
-                    by_y = _mm_split_lhs(ds2, onehot_y, tl.zeros([OX * IX, RB], tl.float32), NSPLIT, UPCAST)
-                    drpb = _mm_split_rhs(tl.trans(onehot_x), by_y, drpb, NSPLIT, UPCAST)
+                    onehot_y = tl.where((dgy + cy)[:, None] == bins[None, :], 1.0, 0.0).to(tl.bfloat16)
+                    onehot_x = tl.where((dgx + cx)[:, None] == bins[None, :], 1.0, 0.0).to(tl.bfloat16)
+                    per_x = _mm_split_lhs(ds2, onehot_y, tl.zeros([OX * IX, RB], tl.float32), NSPLIT, UPCAST)
+                    drpb = _mm_split_rhs(tl.trans(onehot_x), per_x, drpb, NSPLIT, UPCAST)
 
         tl.store(DQ + o_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
         if RPB_GRAD:
@@ -376,10 +400,10 @@ if triton is not None:
         OX: tl.constexpr, OY: tl.constexpr, IX: tl.constexpr, IY: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr, COUNT_WORK: tl.constexpr,
     ):
-        """dK, dV for one key tile. ``so*`` are the strides of dO, ``sg*`` those of dK and dV (one
-        layout for both)."""
+        """dK, dV of one key tile, over the box of queries whose windows hold its keys. ``so*`` are the
+        strides of dO, ``sg*`` those of dK and dV (one layout for both)."""
         BN: tl.constexpr = OX * OY  # this program's keys
-        BM: tl.constexpr = IX * IY  # a query tile of the box
+        BM: tl.constexpr = IX * IY  # one query tile of the box
         pid, b, h, rx, ry, Lx, Ly, kx0, ky0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX, OY)
         b64 = b.to(tl.int64)
 
@@ -390,44 +414,51 @@ if triton is not None:
         d = tl.arange(0, HDP)
         d_ok = d < HD
         km = k_ok[:, None] & d_ok[None, :]
-        k_off = b64 * skb + h * skh + rx * skx + ry * sky + (kx * dil * skx + ky * dil * sky)[:, None] + d[None, :] * skd
-        v_off = b64 * svb + h * svh + rx * svx + ry * svy + (kx * dil * svx + ky * dil * svy)[:, None] + d[None, :] * svd
-        k = tl.load(Kt + k_off, mask=km, other=0.0)
-        v = tl.load(V + v_off, mask=km, other=0.0)
+        lane = ((kx * skx + ky * sky) * dil)[:, None] + d[None, :] * skd
+        k = tl.load(Kt + (b64 * skb + h * skh + rx * skx + ry * sky) + lane, mask=km, other=0.0)
+        lane = ((kx * svx + ky * svy) * dil)[:, None] + d[None, :] * svd
+        v = tl.load(V + (b64 * svb + h * svh + rx * svx + ry * svy) + lane, mask=km, other=0.0)
+        kx_w = tl.where(k_ok, kx, -FAR)  # padded keys fall in no window
+        if HAS_RPB:
+            rpb_k = RPB + h * srh + (KS - 1 + kx) * sra + (KS - 1 + ky) * srb
 
         qbx0, qbx1 = _query_box(kx0, Lx, OX, KS)
         qby0, qby1 = _query_box(ky0, Ly, OY, KS)
-        tile_ok = (kx0 < Lx) & (ky0 < Ly)
-        n_qx = tl.where(tile_ok, (qbx1 - qbx0 + IX - 1) // IX, 0)
+        n_qx = tl.where((kx0 < Lx) & (ky0 < Ly), (qbx1 - qbx0 + IX - 1) // IX, 0)
         n_qy = (qby1 - qby0 + IY - 1) // IY
 
         m = tl.arange(0, BM)
+        mx = m // IY
+        my = m % IY
+        q_base = Q + (b64 * sqb + h * sqh + rx * sqx + ry * sqy)
+        o_base = DO + (b64 * sob + h * soh + rx * sox + ry * soy)
+        q_lane = ((mx * sqx + my * sqy) * dil)[:, None] + d[None, :] * sqd
+        o_lane = ((mx * sox + my * soy) * dil)[:, None] + d[None, :] * sod
+        stat_base = (b64 * H + h) * X * Y + rx * Y + ry
+        stat_lane = (mx * Y + my) * dil
         dk = tl.zeros([BN, HDP], tl.float32)
         dv = tl.zeros([BN, HDP], tl.float32)
-        q_base = Q + b64 * sqb + h * sqh + rx * sqx + ry * sqy
-        o_base = DO + b64 * sob + h * soh + rx * sox + ry * soy
-        stat_base = (b64 * H + h) * X * Y + rx * Y + ry
         for i in range(0, n_qx):
+            x0 = qbx0 + i * IX
+            qx = x0 + mx
             for j in range(0, n_qy):
-                qx = qbx0 + i * IX + m // IY
-                qy = qby0 + j * IY + m % IY
+                y0 = qby0 + j * IY
+                qy = y0 + my
                 q_ok = (qx < qbx1) & (qy < qby1)
                 qm = q_ok[:, None] & d_ok[None, :]
-                q = tl.load(q_base + (qx * dil * sqx + qy * dil * sqy)[:, None] + d[None, :] * sqd, mask=qm, other=0.0)
-                do = tl.load(o_base + (qx * dil * sox + qy * dil * soy)[:, None] + d[None, :] * sod, mask=qm, other=0.0)
-                stat = stat_base + qx * dil * Y + qy * dil
+                q = tl.load(q_base + (x0 * sqx + y0 * sqy) * dil + q_lane, mask=qm, other=0.0)
+                do = tl.load(o_base + (x0 * sox + y0 * soy) * dil + o_lane, mask=qm, other=0.0)
+                stat = stat_base + (x0 * Y + y0) * dil + stat_lane
                 lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
                 delta = tl.load(DELTA + stat, mask=q_ok, other=0.0)
-                wx = _window_start(qx, Lx, KS)
+                wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)
                 wy = _window_start(qy, Ly, KS)
                 s = _mm(k, tl.trans(q), tl.zeros([BN, BM], tl.float32), PREC, UPCAST) * qk_scale  # [keys, queries]
-                valid = ((kx[:, None] >= wx[None, :]) & (kx[:, None] < wx[None, :] + KS)
-                         & (ky[:, None] >= wy[None, :]) & (ky[:, None] < wy[None, :] + KS)
-                         & q_ok[None, :] & k_ok[:, None])
+                ox = kx_w[:, None] - wx[None, :]
+                oy = ky[:, None] - wy[None, :]
+                valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
                 if HAS_RPB:
-                    ia = kx[:, None] - qx[None, :] + (KS - 1)
-                    ib = ky[:, None] - qy[None, :] + (KS - 1)
-                    bias = tl.load(RPB + h * srh + ia * sra + ib * srb, mask=valid, other=0.0)
+                    bias = tl.load(rpb_k[:, None] - (qx * sra + qy * srb)[None, :], mask=valid, other=0.0)
                     s += bias.to(tl.float32) * 1.4426950408889634
                 p = tl.where(valid, tl.exp2(s - lse[None, :]), 0.0)
                 dv = _mm(p.to(do.dtype), do, dv, PREC, UPCAST)
@@ -435,9 +466,9 @@ if triton is not None:
                 ds = p * (dp - delta[None, :])
                 dk = _mm(ds.to(q.dtype), q, dk, PREC, UPCAST)
 
-        g_off = b64 * sgb + h * sgh + rx * sgx + ry * sgy + (kx * dil * sgx + ky * dil * sgy)[:, None] + d[None, :] * sgd
-        tl.store(DK + g_off, (dk * scale).to(DK.dtype.element_ty), mask=km)
-        tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=km)
+        g_ptr = (b64 * sgb + h * sgh + rx * sgx + ry * sgy) + ((kx * sgx + ky * sgy) * dil)[:, None] + d[None, :] * sgd
+        tl.store(DK + g_ptr, (dk * scale).to(DK.dtype.element_ty), mask=km)
+        tl.store(DV + g_ptr, dv.to(DV.dtype.element_ty), mask=km)
         if COUNT_WORK:
             tl.store(WORK + pid, n_qx * n_qy)
 

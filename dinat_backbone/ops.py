@@ -53,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("cpu", "torch", "flex", "natten")
+BACKENDS = ("cpu", "torch", "flex", "natten", "triton")
 BACKEND_ENV = "DINAT_NA_BACKEND"
 
 #: name of the backend used by the most recent :func:`na2d` call (for debugging / tests)
@@ -574,7 +574,8 @@ def na2d(query, key, value, kernel_size: int, dilation: int = 1, rpb: Optional[t
         kernel_size: odd int >= 3. dilation: int >= 1. Each of X, Y must be >= kernel_size * dilation.
         rpb: ``[heads, 2*kernel_size-1, 2*kernel_size-1]`` or None.
         scale: multiplies q.k; default ``head_dim ** -0.5``.
-        backend: None (fastest valid), or one of ``"cpu"``, ``"torch"``, ``"flex"``, ``"natten"``.
+        backend: None (fastest valid), or one of ``"cpu"``, ``"torch"``, ``"flex"``, ``"natten"``,
+            ``"triton"`` (fused Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``).
 
     Returns:
         ``[batch, X, Y, heads, head_dim]``, the dtype of the inputs.
@@ -593,6 +594,10 @@ def na2d(query, key, value, kernel_size: int, dilation: int = 1, rpb: Optional[t
         return na2d_flex(query, key, value, kernel_size, dilation, rpb, scale)
     if name == "natten":
         return na2d_natten(query, key, value, kernel_size, dilation, None, scale)
+    if name == "triton":  # explicit requests only; it raises, with the reasons, where it cannot serve the call
+        from .na2d_triton import na2d_triton
+
+        return na2d_triton(query, key, value, kernel_size, dilation, rpb, scale)
     return na2d_torch(query, key, value, kernel_size, dilation, rpb, scale)
 
 
