@@ -54,9 +54,7 @@ How the work is laid out
 """
 from __future__ import annotations
 
-import math
 import os
-from typing import List, Optional
 
 import torch
 
@@ -64,14 +62,24 @@ try:
     import triton
     import triton.language as tl
 
-    _TRITON_ERROR: Optional[BaseException] = None
-except Exception as exc:  # pragma: no cover - depends on the install
+    _TRITON_ERROR: BaseException | None = None
+except Exception as exc:  # noqa: BLE001 - any import failure means "no triton"
     triton = None
     tl = None
     _TRITON_ERROR = exc
 
-__all__ = ["na2d_triton", "reasons", "score_work", "score_work_ratio", "flex_block_mask_work_ratio",
-           "available", "interpreting", "compiled_variant_count", "TILES", "SUPPORTED_KERNEL_SIZES"]
+__all__ = [
+    "SUPPORTED_KERNEL_SIZES",
+    "TILES",
+    "available",
+    "compiled_variant_count",
+    "flex_block_mask_work_ratio",
+    "interpreting",
+    "na2d_triton",
+    "reasons",
+    "score_work",
+    "score_work_ratio",
+]
 
 SUPPORTED_KERNEL_SIZES = (3, 5, 7, 9, 11, 13)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -83,9 +91,9 @@ LOG2E = 1.4426950408889634
 #: >= 16: outer 4 x 8 = 32 rows, inner 4 x 16 = 64, and for the RPB-gradient regrouping 4 * 4 and
 #: 8 * 16. ``num_warps`` / ``num_stages`` are first guesses, to be tuned on a GPU.
 TILES = {
-    "fwd": dict(OX=4, OY=8, IX=4, IY=8, num_warps=4, num_stages=2),
-    "dq": dict(OX=4, OY=8, IX=4, IY=8, num_warps=4, num_stages=2),
-    "dkdv": dict(OX=4, OY=8, IX=4, IY=8, num_warps=4, num_stages=2),
+    "fwd": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
+    "dq": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
+    "dkdv": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
 }
 
 
@@ -250,10 +258,10 @@ if triton is not None:
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, HDP], tl.float32)
-        for i in range(0, n_kx):
+        for i in range(n_kx):
             x0 = bx0 + i * IX
             kx = x0 + nx
-            for j in range(0, n_ky):
+            for j in range(n_ky):
                 y0 = by0 + j * IY
                 ky = y0 + ny
                 k_ok = ((kx < bx1) & (ky < by1))[:, None] & d_ok[None, :]
@@ -351,10 +359,10 @@ if triton is not None:
             bins = tl.arange(0, RB)
             drpb = tl.zeros([RB, RB], tl.float32)
         dq = tl.zeros([BM, HDP], tl.float32)
-        for i in range(0, n_kx):
+        for i in range(n_kx):
             x0 = bx0 + i * IX
             kx = x0 + nx
-            for j in range(0, n_ky):
+            for j in range(n_ky):
                 y0 = by0 + j * IY
                 ky = y0 + ny
                 k_ok = ((kx < bx1) & (ky < by1))[:, None] & d_ok[None, :]
@@ -439,10 +447,10 @@ if triton is not None:
         stat_lane = (mx * Y + my) * dil
         dk = tl.zeros([BN, HDP], tl.float32)
         dv = tl.zeros([BN, HDP], tl.float32)
-        for i in range(0, n_qx):
+        for i in range(n_qx):
             x0 = qbx0 + i * IX
             qx = x0 + mx
-            for j in range(0, n_qy):
+            for j in range(n_qy):
                 y0 = qby0 + j * IY
                 qy = y0 + my
                 q_ok = (qx < qbx1) & (qy < qby1)
@@ -485,8 +493,8 @@ def interpreting() -> bool:
     return type(_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def reasons(query: torch.Tensor, rpb: Optional[torch.Tensor], kernel_size: int, dilation: int = 1,
-            needs_grad: bool = False, attn_dropout: float = 0.0, exporting: bool = False) -> List[str]:
+def reasons(query: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int, dilation: int = 1,
+            needs_grad: bool = False, attn_dropout: float = 0.0, exporting: bool = False) -> list[str]:
     """Why this backend cannot serve a call; an empty list means it can.
 
     ``needs_grad`` does not restrict anything (forward and backward cover the same calls); it is
@@ -518,7 +526,7 @@ def reasons(query: torch.Tensor, rpb: Optional[torch.Tensor], kernel_size: int, 
     return out
 
 
-def compiled_variant_count() -> Optional[int]:
+def compiled_variant_count() -> int | None:
     """Number of compiled kernels in Triton's in-memory caches (all three kernels, all devices), or
     None where this Triton keeps them elsewhere / in the interpreter."""
     if triton is None or interpreting():
@@ -555,7 +563,7 @@ def _flags(q):
     interp = interpreting()
     # the interpreter multiplies every dot in float32 (see _mm); on a GPU, float32 inputs use full
     # precision ("ieee", no TF32) and half inputs the tensor cores with float32 accumulation
-    return dict(PREC="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=interp)
+    return {"PREC": "ieee" if q.dtype == torch.float32 else "tf32", "UPCAST": interp}
 
 
 def _rpb_args(rpb, q):
@@ -677,8 +685,8 @@ def _check_call(query, key, value, kernel_size, dilation, rpb):
 
 
 @torch.compiler.disable
-def na2d_triton(query, key, value, kernel_size: int, dilation: int = 1, rpb: Optional[torch.Tensor] = None,
-                scale: Optional[float] = None) -> torch.Tensor:
+def na2d_triton(query, key, value, kernel_size: int, dilation: int = 1, rpb: torch.Tensor | None = None,
+                scale: float | None = None) -> torch.Tensor:
     """Neighbourhood attention through the fused Triton kernels, forward and backward.
 
     Same arguments and result as :func:`dinat_backbone.na2d`; any strides. float16 / bfloat16 are
@@ -703,7 +711,7 @@ def _axis_work(length, kernel_size, dilation, outer, inner, kind):
     """Sum over the residue classes of one axis of (per class) the inner tiles each outer tile loops
     over, exactly as the kernels compute them; the tile count comes from class 0 as in the grid."""
     ns = kernel_size // 2
-    start = lambda p, L: min(max(p - ns, 0), L - kernel_size)  # noqa: E731 - the clamp rule of the docstring
+    start = lambda p, L: min(max(p - ns, 0), L - kernel_size)
     lengths = _class_lengths(length, dilation)
     n_outer = -(-lengths[0] // outer)
     total = []

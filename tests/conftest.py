@@ -3,7 +3,6 @@ Triton kernels in Triton's interpreter where there is no GPU, and deselect GPU-o
 import os
 import sys
 
-import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

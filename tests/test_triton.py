@@ -31,7 +31,7 @@ from dinat_backbone import na2d_triton as tri
 from dinat_backbone.ops import na2d
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import na2d_reference_gathered  # noqa: E402
+from reference import na2d_reference_gathered
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -41,12 +41,12 @@ DEVICE = "cpu" if ON_CPU else "cuda"
 
 def _interpreter_builder():
     try:
-        import triton.runtime.interpreter as interpreter
+        from triton.runtime import interpreter
 
         builder = interpreter.interpreter_builder
         builder.options.sanitize_overflow  # noqa: B018 - present in this triton?
         return builder
-    except Exception:
+    except Exception:  # noqa: BLE001 - internals of another triton version: run with the checks on
         return None
 
 
@@ -90,7 +90,7 @@ def make_inputs(B, X, Y, H, D, K, use_rpb, dtype, device=DEVICE, seed=0):
     gen = torch.Generator().manual_seed(seed)
     q, k, v, g = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4))
     rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
-    cast = lambda t: None if t is None else t.to(dtype).to(torch.float64).to(device)  # noqa: E731
+    cast = lambda t: None if t is None else t.to(dtype).to(torch.float64).to(device)
     return cast(q), cast(k), cast(v), cast(rpb), cast(g)
 
 
@@ -207,15 +207,15 @@ def test_reasons():
     assert tri.reasons(q, None, 7, 2) == []
     assert tri.reasons(q, None, 13, 1, needs_grad=True) == []
     for kwargs, fragment in [
-        (dict(query=q.double()), "dtype torch.float64"),
-        (dict(kernel_size=15), "kernel_size 15"),
-        (dict(query=torch.zeros(1, 14, 14, 2, 8, device=DEVICE)), "head_dim 8"),
-        (dict(query=torch.zeros(1, 14, 14, 2, 256, device=DEVICE)), "head_dim 256"),
-        (dict(attn_dropout=0.1), "dropout"),
-        (dict(exporting=True), "export"),
-        (dict(query=torch.zeros(1, 14, 14, 2, 32, device="meta")), "meta"),
+        ({"query": q.double()}, "dtype torch.float64"),
+        ({"kernel_size": 15}, "kernel_size 15"),
+        ({"query": torch.zeros(1, 14, 14, 2, 8, device=DEVICE)}, "head_dim 8"),
+        ({"query": torch.zeros(1, 14, 14, 2, 256, device=DEVICE)}, "head_dim 256"),
+        ({"attn_dropout": 0.1}, "dropout"),
+        ({"exporting": True}, "export"),
+        ({"query": torch.zeros(1, 14, 14, 2, 32, device="meta")}, "meta"),
     ]:
-        args = dict(query=q, rpb=None, kernel_size=7, dilation=2)
+        args = {"query": q, "rpb": None, "kernel_size": 7, "dilation": 2}
         args.update(kwargs)
         found = tri.reasons(**args)
         assert any(fragment in r for r in found), (kwargs, found)
@@ -287,8 +287,8 @@ def test_model_forward_matches_cpu_kernel():
 
 def test_model_training_step_matches_cpu_kernel():
     """Forward and backward (the training path) of a small DiNAT: every parameter's gradient."""
-    cfg = dict(embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 4, 8), kernel_size=5,
-               dilations=[[2], [1, 2], [1], [1]])
+    cfg = {"embed_dim": 16, "depths": (1, 2, 1, 1), "num_heads": (1, 2, 4, 8), "kernel_size": 5,
+               "dilations": [[2], [1, 2], [1], [1]]}
     reference, model = _models(**cfg)
     x = torch.randn(1, 3, 48, 56, device=DEVICE)
     for m in (reference, model):
@@ -320,7 +320,7 @@ def test_cuda_parity_with_reference(case, dtype):
 @pytest.mark.cuda
 def test_cuda_torch_backend_parity():
     """The pure-PyTorch backend on the GPU against the same reference (it is the GPU's fallback)."""
-    q, k, v, rpb, g = make_inputs(2, 40, 57, 3, 32, 7, True, torch.float32)
+    q, k, v, rpb, _g = make_inputs(2, 40, 57, 3, 32, 7, True, torch.float32)
     ref = na2d_reference_gathered(q, k, v, 7, 3, rpb)
     out = na2d(q.float(), k.float(), v.float(), 7, 3, rpb.float(), backend="torch")
     assert rel_err(out, ref) <= 1e-4
@@ -378,6 +378,6 @@ def test_kernels_compile_for_hopper_and_ampere():
     tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "triton_compile_check.py")
     env = dict(os.environ, TRITON_INTERPRET="0")
     run = subprocess.run([sys.executable, tool, "--arch", "90", "80", "--dtype", "bf16", "fp32"],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count(": ok in") == 12, run.stdout
