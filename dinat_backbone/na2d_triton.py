@@ -16,7 +16,7 @@ How the work is laid out
   strides ``d * stride``): no permutation copy, any input strides.
 * **Forward** (one program = one 2-D query tile of ``4 x 8`` class positions): the tile's keys are
   the union of its queries' windows, a box of at most ``(4 + K - 1) x (8 + K - 1)`` positions
-  (shifted inward at the borders like the windows), loaded in ``4 x 16`` key tiles. Scores come from
+  (shifted inward at the borders like the windows), loaded in ``4 x 8`` key tiles. Scores come from
   ``tl.dot``, the RPB is gathered from the ``[heads, 2K-1, 2K-1]`` table at ``(K-1) + key - query``,
   each pair is masked to its query's own window, and an online softmax accumulates the output; the
   log-sum-exp (log2 domain, float32, ``[B, heads, X, Y]``) is the only thing saved besides q, k, v
@@ -25,32 +25,34 @@ How the work is laid out
   ``_dq_kernel`` (same query tiles and key boxes as the forward) computes ``delta = rowsum(dO * O)``,
   dQ and the RPB gradient; ``_dkdv_kernel`` takes a ``4 x 8`` key tile, whose queries (those whose
   windows contain one of its keys) again form a box, from the inverse of the clamp rule, and
-  accumulates dK and dV over ``4 x 16`` query tiles of that box. No atomics: dQ, dK, dV each have
-  one writer, and each dQ program writes its own float32 partial RPB gradient
-  ``[(2K-1)^2]``, summed afterwards in a fixed order (deterministic; NATTEN issue #97 was about
-  half-precision atomics on exactly this gradient).
+  accumulates dK and dV over ``4 x 8`` query tiles of that box. No atomics: dQ, dK, dV each have
+  one writer, and each dQ program writes its own float32 partial RPB gradient ``[(2K-1)^2]``,
+  summed afterwards in a fixed order (deterministic; NATTEN issue #97 was about half-precision
+  atomics on exactly this gradient).
 * **RPB gradient without scatters.** A score pair ``(query m, key n)`` adds its ``dS`` to the bin
   ``(K-1 + kx - qx, K-1 + ky - qy)``. With the query tile ``(mx, my)`` and key tile ``(nx, ny)``
   both 2-D, the x bin depends only on ``nx - mx`` and the y bin only on ``ny - my``, so after
-  regrouping the ``[32, 64]`` dS tile as ``[(mx, nx), (my, ny)]`` the binned sum is
-  ``A^T . dS . B`` with constant one-hot matrices ``A [(mx, nx), bin_x]`` and ``B [(my, ny), bin_y]``:
-  two small tensor-core dots (the float32 dS is split into bfloat16 parts, two for half inputs,
-  three, i.e. all of float32, for float32 inputs; the one-hots are exact). This is why the tile products ``4 * 4`` and ``8 * 16`` must be >= 16.
-* **Tile sizes.** The score entries computed per query are ``keys in the box / K^2``; the box grows
-  with the tile, so the tiles are as small as ``tl.dot`` allows (every dimension >= 16): a ``4 x 8``
-  query tile's box is ``10 x 14`` at K = 7, covered by three ``4 x 16`` key tiles (192 keys for 49
-  needed: 3.9x in the interior, less at the borders). :func:`score_work_ratio` gives the exact
-  figure for a shape (3.9x at 200x304 d = 1; 4.3x at the DiNAT dilated stage shapes, whose
-  ``7..8 x 10..11`` class maps fill 128-entry tiles only partly).
-* **No recompilation per image size.** Map sizes, dilation, batch / x strides and tile counts are
-  runtime arguments excluded from Triton's integer specialisation (``do_not_specialize``); only
-  the kernel size, the (padded) head dim, dtype, rpb on / off and the tiles are compile-time. The
-  y / head / channel strides stay specialised (they are fixed by the model's channel count, not the
-  image). A COCO schedule (one kernel size, one head_dim, one dtype per run, rpb on) therefore
-  compiles one forward, one dQ and one dK/dV kernel (+ a forward without the saved statistics
-  path is the same kernel): 3 compilations for any number of image sizes; DiNAT-T / S / B / L all
-  have a single head_dim (32), so even several models add nothing; bfloat16 and float32 runs
-  double it. See :func:`compiled_variant_count`.
+  regrouping the ``[32, 32]`` dS tile as ``[(mx, nx), (my, ny)]`` (a reshape / permute in
+  registers) the binned sum is ``A^T . dS . B`` with one-hot matrices ``A [(mx, nx), bin_x]`` and
+  ``B [(my, ny), bin_y]``: two small tensor-core dots (the float32 dS is split into bfloat16
+  parts, two for half inputs, three, i.e. all of float32, for float32 inputs; the one-hots are
+  exact). Hence the tile products ``4 * 4`` and ``8 * 8`` must be >= 16 (tl.dot's minimum).
+* **Tile sizes.** The score entries computed per query are ``keys in the box / K^2``, and the box
+  grows with the tile, so the tiles are as small as ``tl.dot`` allows (every dimension >= 16): a
+  ``4 x 8`` query tile's box at K = 7 is ``10 x 14``, six ``4 x 8`` key tiles, 192 keys for 49
+  needed: 3.9x in the interior, less at the borders. :func:`score_work_ratio` gives the exact
+  figure for a shape: 3.9x at 200x304 d = 1, 3.2x at the DiNAT dilated COCO shapes (whose
+  ``7..8 x 10..11`` class maps fill their tiles only partly), 2.2-5.1x for K = 5..13 (14x at K = 3,
+  where 32-query tiles are large against 9 neighbours). Key tiles of 32 rather than 64 also keep
+  the kernels within the register file (``tools/triton_compile_check.py`` prints the use).
+* **No recompilation per image size.** Map sizes, dilation and tile counts are runtime arguments
+  excluded from Triton's integer specialisation (``do_not_specialize``); only the kernel size,
+  the (padded) head dim, dtype, rpb on / off and the tiles are compile-time, plus the strides'
+  divisibility by 16 (fixed by the model's channel count, not by the image). A COCO schedule (one
+  kernel size, one head_dim, one dtype, rpb on) therefore compiles one forward, one dQ and one
+  dK/dV kernel: 3 compilations for any number of image sizes and dilations. DiNAT-T / S / B / L
+  all use head_dim 32, so several models share them; a float32 run or rpb-free calls add 3 each.
+  :func:`compiled_variant_count` counts them (the ``cuda`` test checks ten map sizes).
 """
 from __future__ import annotations
 
@@ -86,10 +88,11 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
 
-#: Tiles, in residue-class positions: ``outer`` is a program's own tile (queries for the forward
-#: and dQ, keys for dK/dV), ``inner`` the tiles its box is loaded in. Every tl.dot dimension must be
-#: >= 16: outer 4 x 8 = 32 rows, inner 4 x 16 = 64, and for the RPB-gradient regrouping 4 * 4 and
-#: 8 * 16. ``num_warps`` / ``num_stages`` are first guesses, to be tuned on a GPU.
+#: Tiles, in residue-class positions: ``O*`` is a program's own tile (queries for the forward and
+#: dQ, keys for dK/dV), ``I*`` the tiles its box is loaded in. Every tl.dot dimension must be >= 16:
+#: 4 x 8 = 32 rows either way, and for the RPB-gradient regrouping OX * IX = 16, OY * IY = 64.
+#: ``num_warps`` / ``num_stages`` are first guesses (no spills for sm_90 at head_dim 32), to be
+#: tuned on a GPU.
 TILES = {
     "fwd": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
     "dq": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
