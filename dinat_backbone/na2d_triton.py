@@ -91,13 +91,27 @@ LOG2E = 1.4426950408889634
 #: Tiles, in residue-class positions: ``O*`` is a program's own tile (queries for the forward and
 #: dQ, keys for dK/dV), ``I*`` the tiles its box is loaded in. Every tl.dot dimension must be >= 16:
 #: 4 x 8 = 32 rows either way, and for the RPB-gradient regrouping OX * IX = 16, OY * IY = 64.
-#: ``num_warps`` / ``num_stages`` are first guesses (no spills for sm_90 at head_dim 32), to be
-#: tuned on a GPU.
+#: ``num_warps`` None: chosen by :func:`num_warps`. Warps and stages are set from compiled register
+#: use, not yet from timings on a GPU.
 TILES = {
-    "fwd": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
-    "dq": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
-    "dkdv": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": 4, "num_stages": 2},
+    "fwd": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": None, "num_stages": 2},
+    "dq": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": None, "num_stages": 2},
+    "dkdv": {"OX": 4, "OY": 8, "IX": 4, "IY": 8, "num_warps": None, "num_stages": 2},
 }
+
+
+def num_warps(kind: str, dtype: torch.dtype, head_dim: int) -> int:
+    """Warps per program (``TILES[kind]['num_warps']`` when set). From the compiled register use for
+    sm_90 (tools/triton_compile_check.py): with 32-row tiles, half-precision dots use one warp per 16
+    rows, so 2 warps do all the work at head_dim <= 32 (4 would hold duplicate rows) and more warps
+    only spread the head_dim-wide tiles; float32 (full-precision dots on CUDA cores) needs 8 to stay
+    free of spills. The only spills left are the dQ kernel's at K = 13 or head_dim 128 (<= 120 B)."""
+    if TILES[kind]["num_warps"]:
+        return TILES[kind]["num_warps"]
+    if dtype == torch.float32:
+        return 8
+    hdp = max(16, _next_pow2(head_dim))
+    return 2 if hdp <= 32 else (4 if hdp <= 64 else 8)
 
 
 def available() -> bool:
@@ -209,6 +223,39 @@ if triton is not None:
         hi = tl.where(last >= L - KS, L, last + KS // 2 + 1)
         return lo, hi
 
+    @_device_function
+    def _class_view(ptr, b64, h, rx, ry, sb, sx, sy, sh):
+        """Batch b, head h, residue class (rx, ry) of a tensor: class position (px, py) is map position
+        (rx + px * dil, ry + py * dil), so the class is a strided view of the original tensor."""
+        return ptr + (b64 * sb + h * sh + rx * sx + ry * sy)
+
+    @_device_function
+    def _tile_offsets(px, py, sx, sy, sd, dil, d):
+        """Offsets of a ``[positions, head_dim]`` tile at class positions (px, py) of a class view."""
+        return ((px * sx + py * sy) * dil)[:, None] + d[None, :] * sd
+
+    @_device_function
+    def _stat_offsets(b64, h, H, X, Y, rx, ry, px, py, dil):
+        """Offsets into the per-query float32 statistics (log-sum-exp, delta), laid out [B, heads, X, Y]."""
+        return (b64 * H + h) * X * Y + (rx + px * dil) * Y + (ry + py * dil)
+
+    @_device_function
+    def _tile_scores(a, b, kx, ky, wx, wy, rpb_ptrs, qk_scale, HAS_RPB: tl.constexpr, KS: tl.constexpr,
+                     PREC: tl.constexpr, UPCAST: tl.constexpr):
+        """Scores ``a @ b^T`` (log2 domain, + RPB) of one tile pair and the mask of neighbour pairs.
+
+        ``kx, ky`` are the pairs' key positions and ``wx, wy`` their queries' window starts, shaped to
+        broadcast over the tile (queries along rows in the forward / dQ, along columns in dK/dV). The
+        box holds the union of a tile's windows; a pair counts only inside its own query's window,
+        which also excludes padded keys, keys outside the class and padded queries (window FAR)."""
+        s = _mm(a, tl.trans(b), tl.zeros([a.shape[0], b.shape[0]], tl.float32), PREC, UPCAST) * qk_scale
+        ox = kx - wx
+        oy = ky - wy
+        valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
+        if HAS_RPB:  # rpb[h, K-1 + kx - qx, K-1 + ky - qy], gathered from the small table
+            s += tl.load(rpb_ptrs, mask=valid, other=0.0).to(tl.float32) * 1.4426950408889634
+        return s, valid
+
     # A padded query (beyond its class) gets this as its window start, so that no key is ever inside
     # its window and the window test alone masks it (and likewise -FAR for padded keys).
     FAR = tl.constexpr(1 << 28)
@@ -237,12 +284,12 @@ if triton is not None:
         qy = qy0 + m % OY
         q_ok = (qx < Lx) & (qy < Ly)
         d = tl.arange(0, HDP)
-        d_ok = d < HD
-        # class position p on an axis is map position r + p * dil: a strided view of the input
-        q = tl.load(Q + (b64 * sqb + h * sqh + rx * sqx + ry * sqy) + ((qx * sqx + qy * sqy) * dil)[:, None]
-                    + d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)  # each query's own window, for the pair mask
-        wy = _window_start(qy, Ly, KS)
+        qm = q_ok[:, None] & (d < HD)[None, :]
+        q = tl.load(_class_view(Q, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
+                    mask=qm, other=0.0)
+        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)[:, None]  # each query's own window
+        wy = _window_start(qy, Ly, KS)[:, None]
+        rpb_q = (RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb)[:, None]
 
         bx0, bx1 = _key_box(qx0, Lx, OX, KS)
         by0, by1 = _key_box(qy0, Ly, OY, KS)
@@ -250,35 +297,20 @@ if triton is not None:
         n_ky = (by1 - by0 + IY - 1) // IY
 
         n = tl.arange(0, BN)
-        nx = n // IY
-        ny = n % IY
-        k_base = Kt + (b64 * skb + h * skh + rx * skx + ry * sky)
-        v_base = V + (b64 * svb + h * svh + rx * svx + ry * svy)
-        k_lane = ((nx * skx + ny * sky) * dil)[:, None] + d[None, :] * skd  # loop-invariant address parts
-        v_lane = ((nx * svx + ny * svy) * dil)[:, None] + d[None, :] * svd
-        if HAS_RPB:  # bias of pair (q, k): rpb[h, K-1 + kx - qx, K-1 + ky - qy]
-            rpb_q = RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb
+        k_base = _class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh)
+        v_base = _class_view(V, b64, h, rx, ry, svb, svx, svy, svh)
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, HDP], tl.float32)
         for i in range(n_kx):
-            x0 = bx0 + i * IX
-            kx = x0 + nx
+            kx = bx0 + i * IX + n // IY
             for j in range(n_ky):
-                y0 = by0 + j * IY
-                ky = y0 + ny
-                k_ok = ((kx < bx1) & (ky < by1))[:, None] & d_ok[None, :]
-                k = tl.load(k_base + (x0 * skx + y0 * sky) * dil + k_lane, mask=k_ok, other=0.0)
-                v = tl.load(v_base + (x0 * svx + y0 * svy) * dil + v_lane, mask=k_ok, other=0.0)
-                s = _mm(q, tl.trans(k), tl.zeros([BM, BN], tl.float32), PREC, UPCAST) * qk_scale
-                # the box holds the union of the tile's windows; each pair counts only inside its own
-                # query's window (which also excludes padded keys, keys outside the class, padded queries)
-                ox = kx[None, :] - wx[:, None]
-                oy = ky[None, :] - wy[:, None]
-                valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
-                if HAS_RPB:
-                    bias = tl.load(rpb_q[:, None] + (kx * sra + ky * srb)[None, :], mask=valid, other=0.0)
-                    s += bias.to(tl.float32) * 1.4426950408889634  # scores are in the log2 domain
+                ky = by0 + j * IY + n % IY
+                km = ((kx < bx1) & (ky < by1))[:, None] & (d < HD)[None, :]
+                k = tl.load(k_base + _tile_offsets(kx, ky, skx, sky, skd, dil, d), mask=km, other=0.0)
+                v = tl.load(v_base + _tile_offsets(kx, ky, svx, svy, svd, dil, d), mask=km, other=0.0)
+                s, valid = _tile_scores(q, k, kx[None, :], ky[None, :], wx, wy, rpb_q + (kx * sra + ky * srb)[None, :],
+                                        qk_scale, HAS_RPB, KS, PREC, UPCAST)
                 s = tl.where(valid, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 # rows with no valid pair yet (or padded rows) keep -inf: subtract 0 there, not -inf
@@ -291,10 +323,10 @@ if triton is not None:
 
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        o_ptr = O + (b64 * sob + h * soh + rx * sox + ry * soy) + ((qx * sox + qy * soy) * dil)[:, None] + d[None, :] * sod
-        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
-        lse_ptr = LSE + (b64 * H + h) * X * Y + (rx + qx * dil) * Y + (ry + qy * dil)
-        tl.store(lse_ptr, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(l_safe), mask=q_ok)
+        tl.store(_class_view(O, b64, h, rx, ry, sob, sox, soy, soh) + _tile_offsets(qx, qy, sox, soy, sod, dil, d),
+                 out.to(O.dtype.element_ty), mask=qm)
+        tl.store(LSE + _stat_offsets(b64, h, H, X, Y, rx, ry, qx, qy, dil),
+                 tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(l_safe), mask=q_ok)
         if COUNT_WORK:
             tl.store(WORK + pid, n_kx * n_ky)
 
@@ -324,19 +356,19 @@ if triton is not None:
         qy = qy0 + m % OY
         q_ok = (qx < Lx) & (qy < Ly)
         d = tl.arange(0, HDP)
-        d_ok = d < HD
-        qm = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + (b64 * sqb + h * sqh + rx * sqx + ry * sqy) + ((qx * sqx + qy * sqy) * dil)[:, None]
-                    + d[None, :] * sqd, mask=qm, other=0.0)
-        o_off = (b64 * sob + h * soh + rx * sox + ry * soy) + ((qx * sox + qy * soy) * dil)[:, None] + d[None, :] * sod
-        do = tl.load(DO + o_off, mask=qm, other=0.0)
-        o = tl.load(O + o_off, mask=qm, other=0.0)
-        stat_off = (b64 * H + h) * X * Y + (rx + qx * dil) * Y + (ry + qy * dil)
+        qm = q_ok[:, None] & (d < HD)[None, :]
+        q = tl.load(_class_view(Q, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
+                    mask=qm, other=0.0)
+        o_off = _tile_offsets(qx, qy, sox, soy, sod, dil, d)
+        do = tl.load(_class_view(DO, b64, h, rx, ry, sob, sox, soy, soh) + o_off, mask=qm, other=0.0)
+        o = tl.load(_class_view(O, b64, h, rx, ry, sob, sox, soy, soh) + o_off, mask=qm, other=0.0)
+        stat = _stat_offsets(b64, h, H, X, Y, rx, ry, qx, qy, dil)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-        tl.store(DELTA + stat_off, delta, mask=q_ok)
-        lse = tl.load(LSE + stat_off, mask=q_ok, other=0.0)
-        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)
-        wy = _window_start(qy, Ly, KS)
+        tl.store(DELTA + stat, delta, mask=q_ok)
+        lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
+        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)[:, None]
+        wy = _window_start(qy, Ly, KS)[:, None]
+        rpb_q = (RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb)[:, None]
 
         bx0, bx1 = _key_box(qx0, Lx, OX, KS)
         by0, by1 = _key_box(qy0, Ly, OY, KS)
@@ -344,14 +376,8 @@ if triton is not None:
         n_ky = (by1 - by0 + IY - 1) // IY
 
         n = tl.arange(0, BN)
-        nx = n // IY
-        ny = n % IY
-        k_base = Kt + (b64 * skb + h * skh + rx * skx + ry * sky)
-        v_base = V + (b64 * svb + h * svh + rx * svx + ry * svy)
-        k_lane = ((nx * skx + ny * sky) * dil)[:, None] + d[None, :] * skd
-        v_lane = ((nx * svx + ny * svy) * dil)[:, None] + d[None, :] * svd
-        if HAS_RPB:
-            rpb_q = RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb
+        k_base = _class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh)
+        v_base = _class_view(V, b64, h, rx, ry, svb, svx, svy, svh)
         if RPB_GRAD:
             # the dS tile regrouped as [(mx, nx), (my, ny)] (module docstring): the pair's x bin is
             # cx + nx - mx, its y bin cy + ny - my, with cx, cy fixed per key tile
@@ -364,20 +390,15 @@ if triton is not None:
         dq = tl.zeros([BM, HDP], tl.float32)
         for i in range(n_kx):
             x0 = bx0 + i * IX
-            kx = x0 + nx
+            kx = x0 + n // IY
             for j in range(n_ky):
                 y0 = by0 + j * IY
-                ky = y0 + ny
-                k_ok = ((kx < bx1) & (ky < by1))[:, None] & d_ok[None, :]
-                k = tl.load(k_base + (x0 * skx + y0 * sky) * dil + k_lane, mask=k_ok, other=0.0)
-                v = tl.load(v_base + (x0 * svx + y0 * svy) * dil + v_lane, mask=k_ok, other=0.0)
-                s = _mm(q, tl.trans(k), tl.zeros([BM, BN], tl.float32), PREC, UPCAST) * qk_scale
-                ox = kx[None, :] - wx[:, None]
-                oy = ky[None, :] - wy[:, None]
-                valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
-                if HAS_RPB:
-                    bias = tl.load(rpb_q[:, None] + (kx * sra + ky * srb)[None, :], mask=valid, other=0.0)
-                    s += bias.to(tl.float32) * 1.4426950408889634
+                ky = y0 + n % IY
+                km = ((kx < bx1) & (ky < by1))[:, None] & (d < HD)[None, :]
+                k = tl.load(k_base + _tile_offsets(kx, ky, skx, sky, skd, dil, d), mask=km, other=0.0)
+                v = tl.load(v_base + _tile_offsets(kx, ky, svx, svy, svd, dil, d), mask=km, other=0.0)
+                s, valid = _tile_scores(q, k, kx[None, :], ky[None, :], wx, wy, rpb_q + (kx * sra + ky * srb)[None, :],
+                                        qk_scale, HAS_RPB, KS, PREC, UPCAST)
                 p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)  # P recomputed from the saved LSE
                 dp = _mm(do, tl.trans(v), tl.zeros([BM, BN], tl.float32), PREC, UPCAST)
                 ds = p * (dp - delta[:, None])
@@ -392,7 +413,8 @@ if triton is not None:
                     per_x = _mm_split_lhs(ds2, onehot_y, tl.zeros([OX * IX, RB], tl.float32), NSPLIT, UPCAST)
                     drpb = _mm_split_rhs(tl.trans(onehot_x), per_x, drpb, NSPLIT, UPCAST)
 
-        tl.store(DQ + o_off, (dq * scale).to(DQ.dtype.element_ty), mask=qm)
+        tl.store(_class_view(DQ, b64, h, rx, ry, sob, sox, soy, soh) + o_off, (dq * scale).to(DQ.dtype.element_ty),
+                 mask=qm)
         if RPB_GRAD:
             NB: tl.constexpr = 2 * KS - 1
             tl.store(DRPB + pid.to(tl.int64) * NB * NB + bins[:, None] * NB + bins[None, :], drpb,
@@ -424,15 +446,13 @@ if triton is not None:
         ky = ky0 + n % OY
         k_ok = (kx < Lx) & (ky < Ly)
         d = tl.arange(0, HDP)
-        d_ok = d < HD
-        km = k_ok[:, None] & d_ok[None, :]
-        lane = ((kx * skx + ky * sky) * dil)[:, None] + d[None, :] * skd
-        k = tl.load(Kt + (b64 * skb + h * skh + rx * skx + ry * sky) + lane, mask=km, other=0.0)
-        lane = ((kx * svx + ky * svy) * dil)[:, None] + d[None, :] * svd
-        v = tl.load(V + (b64 * svb + h * svh + rx * svx + ry * svy) + lane, mask=km, other=0.0)
-        kx_w = tl.where(k_ok, kx, -FAR)  # padded keys fall in no window
-        if HAS_RPB:
-            rpb_k = RPB + h * srh + (KS - 1 + kx) * sra + (KS - 1 + ky) * srb
+        km = k_ok[:, None] & (d < HD)[None, :]
+        k = tl.load(_class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh) + _tile_offsets(kx, ky, skx, sky, skd, dil, d),
+                    mask=km, other=0.0)
+        v = tl.load(_class_view(V, b64, h, rx, ry, svb, svx, svy, svh) + _tile_offsets(kx, ky, svx, svy, svd, dil, d),
+                    mask=km, other=0.0)
+        kx_w = tl.where(k_ok, kx, -FAR)[:, None]  # padded keys fall in no window
+        rpb_k = (RPB + h * srh + (KS - 1 + kx) * sra + (KS - 1 + ky) * srb)[:, None]
 
         qbx0, qbx1 = _query_box(kx0, Lx, OX, KS)
         qby0, qby1 = _query_box(ky0, Ly, OY, KS)
@@ -440,47 +460,35 @@ if triton is not None:
         n_qy = (qby1 - qby0 + IY - 1) // IY
 
         m = tl.arange(0, BM)
-        mx = m // IY
-        my = m % IY
-        q_base = Q + (b64 * sqb + h * sqh + rx * sqx + ry * sqy)
-        o_base = DO + (b64 * sob + h * soh + rx * sox + ry * soy)
-        q_lane = ((mx * sqx + my * sqy) * dil)[:, None] + d[None, :] * sqd
-        o_lane = ((mx * sox + my * soy) * dil)[:, None] + d[None, :] * sod
-        stat_base = (b64 * H + h) * X * Y + rx * Y + ry
-        stat_lane = (mx * Y + my) * dil
+        q_base = _class_view(Q, b64, h, rx, ry, sqb, sqx, sqy, sqh)
+        o_base = _class_view(DO, b64, h, rx, ry, sob, sox, soy, soh)
         dk = tl.zeros([BN, HDP], tl.float32)
         dv = tl.zeros([BN, HDP], tl.float32)
         for i in range(n_qx):
-            x0 = qbx0 + i * IX
-            qx = x0 + mx
+            qx = qbx0 + i * IX + m // IY
             for j in range(n_qy):
-                y0 = qby0 + j * IY
-                qy = y0 + my
+                qy = qby0 + j * IY + m % IY
                 q_ok = (qx < qbx1) & (qy < qby1)
-                qm = q_ok[:, None] & d_ok[None, :]
-                q = tl.load(q_base + (x0 * sqx + y0 * sqy) * dil + q_lane, mask=qm, other=0.0)
-                do = tl.load(o_base + (x0 * sox + y0 * soy) * dil + o_lane, mask=qm, other=0.0)
-                stat = stat_base + (x0 * Y + y0) * dil + stat_lane
+                qm = q_ok[:, None] & (d < HD)[None, :]
+                q = tl.load(q_base + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d), mask=qm, other=0.0)
+                do = tl.load(o_base + _tile_offsets(qx, qy, sox, soy, sod, dil, d), mask=qm, other=0.0)
+                stat = _stat_offsets(b64, h, H, X, Y, rx, ry, qx, qy, dil)
                 lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
                 delta = tl.load(DELTA + stat, mask=q_ok, other=0.0)
-                wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)
-                wy = _window_start(qy, Ly, KS)
-                s = _mm(k, tl.trans(q), tl.zeros([BN, BM], tl.float32), PREC, UPCAST) * qk_scale  # [keys, queries]
-                ox = kx_w[:, None] - wx[None, :]
-                oy = ky[:, None] - wy[None, :]
-                valid = (ox >= 0) & (ox < KS) & (oy >= 0) & (oy < KS)
-                if HAS_RPB:
-                    bias = tl.load(rpb_k[:, None] - (qx * sra + qy * srb)[None, :], mask=valid, other=0.0)
-                    s += bias.to(tl.float32) * 1.4426950408889634
+                wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)[None, :]
+                wy = _window_start(qy, Ly, KS)[None, :]
+                # scores transposed: [keys, queries]
+                s, valid = _tile_scores(k, q, kx_w, ky[:, None], wx, wy, rpb_k - (qx * sra + qy * srb)[None, :],
+                                        qk_scale, HAS_RPB, KS, PREC, UPCAST)
                 p = tl.where(valid, tl.exp2(s - lse[None, :]), 0.0)
                 dv = _mm(p.to(do.dtype), do, dv, PREC, UPCAST)
                 dp = _mm(v, tl.trans(do), tl.zeros([BN, BM], tl.float32), PREC, UPCAST)
                 ds = p * (dp - delta[None, :])
                 dk = _mm(ds.to(q.dtype), q, dk, PREC, UPCAST)
 
-        g_ptr = (b64 * sgb + h * sgh + rx * sgx + ry * sgy) + ((kx * sgx + ky * sgy) * dil)[:, None] + d[None, :] * sgd
-        tl.store(DK + g_ptr, (dk * scale).to(DK.dtype.element_ty), mask=km)
-        tl.store(DV + g_ptr, dv.to(DV.dtype.element_ty), mask=km)
+        g_off = (b64 * sgb + h * sgh + rx * sgx + ry * sgy) + _tile_offsets(kx, ky, sgx, sgy, sgd, dil, d)
+        tl.store(DK + g_off, (dk * scale).to(DK.dtype.element_ty), mask=km)
+        tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=km)
         if COUNT_WORK:
             tl.store(WORK + pid, n_qx * n_qy)
 
@@ -590,7 +598,7 @@ def _forward(q, k, v, rpb, kernel_size, dilation, scale, count_work=False):
         X, Y, H, dilation, n_tiles, n_tiles_y, float(scale) * LOG2E,
         KS=kernel_size, HD=D, HDP=max(16, _next_pow2(D)), HAS_RPB=rpb is not None,
         OX=cfg["OX"], OY=cfg["OY"], IX=cfg["IX"], IY=cfg["IY"], COUNT_WORK=count_work,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **_flags(q),
+        num_warps=num_warps("fwd", q.dtype, D), num_stages=cfg["num_stages"], **_flags(q),
     )
     return out, lse, (work if count_work else None)
 
@@ -618,7 +626,7 @@ def _backward(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale, ne
         X, Y, H, dilation, n_tiles, n_tiles_y, qk_scale, float(scale),
         RPB_GRAD=rpb_grad, RB=max(16, _next_pow2(nb)), NSPLIT=3 if q.dtype == torch.float32 else 2,
         OX=cfg["OX"], OY=cfg["OY"], IX=cfg["IX"], IY=cfg["IY"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common,
+        num_warps=num_warps("dq", q.dtype, D), num_stages=cfg["num_stages"], **common,
     )
     drpb = None
     if rpb_grad:
@@ -638,7 +646,7 @@ def _backward(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale, ne
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *rpb_s,
             X, Y, H, dilation, n_tiles, n_tiles_y, qk_scale, float(scale),
             OX=cfg["OX"], OY=cfg["OY"], IX=cfg["IX"], IY=cfg["IY"], COUNT_WORK=count_work,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **common,
+            num_warps=num_warps("dkdv", q.dtype, D), num_stages=cfg["num_stages"], **common,
         )
     return dq, dk, dv, drpb, (work if count_work else None)
 

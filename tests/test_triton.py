@@ -12,11 +12,12 @@ The interpreter runs each program in Python (~10 ms per inner tile), so maps sta
 residue classes of a few tiles each.
 
 Tolerances, max |error| / max |reference| per tensor:
-  float32: the interpreter multiplies in float32 (numpy); errors are ~1e-6. On a GPU (``cuda``
-    tests) float32 uses full-precision (no TF32) dots: <= 1e-4 required.
+  float32: the interpreter multiplies in float32 (numpy): measured <= 7.2e-7 over the grid, bound
+    1e-5. On a GPU (``cuda`` tests) float32 uses full-precision (no TF32) dots: bound 1e-4.
   bfloat16 / float16: inputs rounded to the dtype (the reference gets the same rounded inputs in
     float64); the kernel rounds P and dS to the input dtype before their matmuls, as FlashAttention
-    does, and the result to the dtype: 8 (bf16) / 11 (fp16) mantissa bits. Bounds below.
+    does, and the result to the dtype: 8 (bf16) / 11 (fp16) mantissa bits. Measured <= 9.3e-3 (bf16)
+    and <= 5.2e-4 (fp16), bounds 2e-2 / 2e-3; on a GPU, with larger maps, 3e-2 / 5e-3.
 
 GPU-only tests carry ``@pytest.mark.cuda``: deselected without a GPU, run with ``pytest -m cuda``.
 """
@@ -33,7 +34,7 @@ from dinat_backbone.ops import na2d
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import na2d_reference_gathered
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 ON_CPU = not torch.cuda.is_available()
 DEVICE = "cpu" if ON_CPU else "cuda"

@@ -24,6 +24,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels must be real JIT fu
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # (silences triton 3.9's default-change warning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -95,7 +96,7 @@ def main(argv=None):
     p.add_argument("--kernel-size", type=int, nargs="+", default=[7])
     p.add_argument("--head-dim", type=int, nargs="+", default=[32])
     p.add_argument("--no-rpb", action="store_true")
-    p.add_argument("--num-warps", type=int, default=None, help="override TILES' num_warps")
+    p.add_argument("--num-warps", type=int, default=None, help="override na2d_triton.num_warps()")
     p.add_argument("--num-stages", type=int, default=None, help="override TILES' num_stages")
     p.add_argument("--dump", default=None, help="write each kernel's TTGIR and PTX into this folder")
     args = p.parse_args(argv)
@@ -106,7 +107,8 @@ def main(argv=None):
             for K in args.kernel_size:
                 for D in args.head_dim:
                     for name, fn, cx in kernel_specs(dtype, K, D, not args.no_rpb):
-                        nw = args.num_warps or tri.TILES[name]["num_warps"]
+                        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+                        nw = args.num_warps or tri.num_warps(name, torch_dtype, D)
                         ns = args.num_stages or tri.TILES[name]["num_stages"]
                         label = f"sm_{arch} {dtype} K={K} head_dim={D} {name:4s} warps={nw} stages={ns}"
                         t0 = time.perf_counter()
