@@ -214,6 +214,16 @@ if triton is not None:
         return _window_start(x0, L, KS), _window_start(last, L, KS) + KS
 
     @_device_function
+    def _key_tiles(qx0, qy0, Lx, Ly, OX: tl.constexpr, OY: tl.constexpr, IX: tl.constexpr, IY: tl.constexpr,
+                   KS: tl.constexpr):
+        """Key box ``[bx0, bx1) x [by0, by1)`` of the query tile at (qx0, qy0) and how many ``IX x IY``
+        key tiles cover it (none for a tile beyond its class)."""
+        bx0, bx1 = _key_box(qx0, Lx, OX, KS)
+        by0, by1 = _key_box(qy0, Ly, OY, KS)
+        n_kx = tl.where((qx0 < Lx) & (qy0 < Ly), (bx1 - bx0 + IX - 1) // IX, 0)
+        return bx0, bx1, by0, by1, n_kx, (by1 - by0 + IY - 1) // IY
+
+    @_device_function
     def _query_box(x0, L, OX: tl.constexpr, KS: tl.constexpr):
         """Queries whose windows hold one of the key rows ``[x0, x0 + OX)``: the inverse of the clamp
         rule. Key k is held by queries ``k - K//2 .. k + K//2``, except that keys ``< K`` are also held
@@ -222,6 +232,10 @@ if triton is not None:
         lo = tl.where(x0 <= KS - 1, 0, x0 - KS // 2)
         hi = tl.where(last >= L - KS, L, last + KS // 2 + 1)
         return lo, hi
+
+    # The window start of padded queries (and, negated, the position of padded keys in dK/dV): far
+    # enough that no pair with them passes the window test.
+    FAR = tl.constexpr(1 << 28)
 
     @_device_function
     def _class_view(ptr, b64, h, rx, ry, sb, sx, sy, sh):
@@ -233,6 +247,29 @@ if triton is not None:
     def _tile_offsets(px, py, sx, sy, sd, dil, d):
         """Offsets of a ``[positions, head_dim]`` tile at class positions (px, py) of a class view."""
         return ((px * sx + py * sy) * dil)[:, None] + d[None, :] * sd
+
+    @_device_function
+    def _tile_positions(x0, y0, Lx, Ly, TX: tl.constexpr, TY: tl.constexpr):
+        """Class positions of the ``TX x TY`` tile at (x0, y0), flattened row-major (y fastest), and
+        which of them lie below (Lx, Ly) (the class, or a box)."""
+        t = tl.arange(0, TX * TY)
+        px = x0 + t // TY
+        py = y0 + t % TY
+        return px, py, (px < Lx) & (py < Ly)
+
+    @_device_function
+    def _windows(qx, qy, q_ok, Lx, Ly, KS: tl.constexpr):
+        """Window starts of the queries at (qx, qy); a padded query gets FAR, so that no key is in its
+        window and the window test alone masks it."""
+        return tl.where(q_ok, _window_start(qx, Lx, KS), FAR), _window_start(qy, Ly, KS)
+
+    @_device_function
+    def _load_kv(k_base, v_base, kx, ky, ok, skx, sky, skd, svx, svy, svd, dil, d, HD: tl.constexpr):
+        """Key and value tiles at class positions (kx, ky); positions not ``ok`` and padded channels read 0."""
+        mask = ok[:, None] & (d < HD)[None, :]
+        k = tl.load(k_base + _tile_offsets(kx, ky, skx, sky, skd, dil, d), mask=mask, other=0.0)
+        v = tl.load(v_base + _tile_offsets(kx, ky, svx, svy, svd, dil, d), mask=mask, other=0.0)
+        return k, v
 
     @_device_function
     def _stat_offsets(b64, h, H, X, Y, rx, ry, px, py, dil):
@@ -256,10 +293,6 @@ if triton is not None:
             s += tl.load(rpb_ptrs, mask=valid, other=0.0).to(tl.float32) * 1.4426950408889634
         return s, valid
 
-    # A padded query (beyond its class) gets this as its window start, so that no key is ever inside
-    # its window and the window test alone masks it (and likewise -FAR for padded keys).
-    FAR = tl.constexpr(1 << 28)
-
     @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _fwd_kernel(
         Q, Kt, V, O, LSE, RPB, WORK,
@@ -275,42 +308,30 @@ if triton is not None:
     ):
         """Output and log-sum-exp of one query tile (see the module docstring)."""
         BM: tl.constexpr = OX * OY
-        BN: tl.constexpr = IX * IY
         pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX, OY)
         b64 = b.to(tl.int64)
 
-        m = tl.arange(0, BM)
-        qx = qx0 + m // OY
-        qy = qy0 + m % OY
-        q_ok = (qx < Lx) & (qy < Ly)
+        qx, qy, q_ok = _tile_positions(qx0, qy0, Lx, Ly, OX, OY)
         d = tl.arange(0, HDP)
         qm = q_ok[:, None] & (d < HD)[None, :]
         q = tl.load(_class_view(Q, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
                     mask=qm, other=0.0)
-        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)[:, None]  # each query's own window
-        wy = _window_start(qy, Ly, KS)[:, None]
+        wx, wy = _windows(qx, qy, q_ok, Lx, Ly, KS)  # each query's own window, for the pair mask
         rpb_q = (RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb)[:, None]
 
-        bx0, bx1 = _key_box(qx0, Lx, OX, KS)
-        by0, by1 = _key_box(qy0, Ly, OY, KS)
-        n_kx = tl.where((qx0 < Lx) & (qy0 < Ly), (bx1 - bx0 + IX - 1) // IX, 0)
-        n_ky = (by1 - by0 + IY - 1) // IY
+        bx0, bx1, by0, by1, n_kx, n_ky = _key_tiles(qx0, qy0, Lx, Ly, OX, OY, IX, IY, KS)
 
-        n = tl.arange(0, BN)
         k_base = _class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh)
         v_base = _class_view(V, b64, h, rx, ry, svb, svx, svy, svh)
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         acc = tl.zeros([BM, HDP], tl.float32)
         for i in range(n_kx):
-            kx = bx0 + i * IX + n // IY
             for j in range(n_ky):
-                ky = by0 + j * IY + n % IY
-                km = ((kx < bx1) & (ky < by1))[:, None] & (d < HD)[None, :]
-                k = tl.load(k_base + _tile_offsets(kx, ky, skx, sky, skd, dil, d), mask=km, other=0.0)
-                v = tl.load(v_base + _tile_offsets(kx, ky, svx, svy, svd, dil, d), mask=km, other=0.0)
-                s, valid = _tile_scores(q, k, kx[None, :], ky[None, :], wx, wy, rpb_q + (kx * sra + ky * srb)[None, :],
-                                        qk_scale, HAS_RPB, KS, PREC, UPCAST)
+                kx, ky, k_in = _tile_positions(bx0 + i * IX, by0 + j * IY, bx1, by1, IX, IY)
+                k, v = _load_kv(k_base, v_base, kx, ky, k_in, skx, sky, skd, svx, svy, svd, dil, d, HD)
+                s, valid = _tile_scores(q, k, kx[None, :], ky[None, :], wx[:, None], wy[:, None],
+                                        rpb_q + (kx * sra + ky * srb)[None, :], qk_scale, HAS_RPB, KS, PREC, UPCAST)
                 s = tl.where(valid, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 # rows with no valid pair yet (or padded rows) keep -inf: subtract 0 there, not -inf
@@ -351,10 +372,7 @@ if triton is not None:
         pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX, OY)
         b64 = b.to(tl.int64)
 
-        m = tl.arange(0, BM)
-        qx = qx0 + m // OY
-        qy = qy0 + m % OY
-        q_ok = (qx < Lx) & (qy < Ly)
+        qx, qy, q_ok = _tile_positions(qx0, qy0, Lx, Ly, OX, OY)
         d = tl.arange(0, HDP)
         qm = q_ok[:, None] & (d < HD)[None, :]
         q = tl.load(_class_view(Q, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
@@ -366,16 +384,11 @@ if triton is not None:
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + stat, delta, mask=q_ok)
         lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
-        wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)[:, None]
-        wy = _window_start(qy, Ly, KS)[:, None]
+        wx, wy = _windows(qx, qy, q_ok, Lx, Ly, KS)
         rpb_q = (RPB + h * srh + (KS - 1 - qx) * sra + (KS - 1 - qy) * srb)[:, None]
 
-        bx0, bx1 = _key_box(qx0, Lx, OX, KS)
-        by0, by1 = _key_box(qy0, Ly, OY, KS)
-        n_kx = tl.where((qx0 < Lx) & (qy0 < Ly), (bx1 - bx0 + IX - 1) // IX, 0)
-        n_ky = (by1 - by0 + IY - 1) // IY
+        bx0, bx1, by0, by1, n_kx, n_ky = _key_tiles(qx0, qy0, Lx, Ly, OX, OY, IX, IY, KS)
 
-        n = tl.arange(0, BN)
         k_base = _class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh)
         v_base = _class_view(V, b64, h, rx, ry, svb, svx, svy, svh)
         if RPB_GRAD:
@@ -390,15 +403,12 @@ if triton is not None:
         dq = tl.zeros([BM, HDP], tl.float32)
         for i in range(n_kx):
             x0 = bx0 + i * IX
-            kx = x0 + n // IY
             for j in range(n_ky):
                 y0 = by0 + j * IY
-                ky = y0 + n % IY
-                km = ((kx < bx1) & (ky < by1))[:, None] & (d < HD)[None, :]
-                k = tl.load(k_base + _tile_offsets(kx, ky, skx, sky, skd, dil, d), mask=km, other=0.0)
-                v = tl.load(v_base + _tile_offsets(kx, ky, svx, svy, svd, dil, d), mask=km, other=0.0)
-                s, valid = _tile_scores(q, k, kx[None, :], ky[None, :], wx, wy, rpb_q + (kx * sra + ky * srb)[None, :],
-                                        qk_scale, HAS_RPB, KS, PREC, UPCAST)
+                kx, ky, k_in = _tile_positions(x0, y0, bx1, by1, IX, IY)
+                k, v = _load_kv(k_base, v_base, kx, ky, k_in, skx, sky, skd, svx, svy, svd, dil, d, HD)
+                s, valid = _tile_scores(q, k, kx[None, :], ky[None, :], wx[:, None], wy[:, None],
+                                        rpb_q + (kx * sra + ky * srb)[None, :], qk_scale, HAS_RPB, KS, PREC, UPCAST)
                 p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)  # P recomputed from the saved LSE
                 dp = _mm(do, tl.trans(v), tl.zeros([BM, BN], tl.float32), PREC, UPCAST)
                 ds = p * (dp - delta[:, None])
@@ -441,16 +451,10 @@ if triton is not None:
         pid, b, h, rx, ry, Lx, Ly, kx0, ky0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, OX, OY)
         b64 = b.to(tl.int64)
 
-        n = tl.arange(0, BN)
-        kx = kx0 + n // OY
-        ky = ky0 + n % OY
-        k_ok = (kx < Lx) & (ky < Ly)
+        kx, ky, k_ok = _tile_positions(kx0, ky0, Lx, Ly, OX, OY)
         d = tl.arange(0, HDP)
-        km = k_ok[:, None] & (d < HD)[None, :]
-        k = tl.load(_class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh) + _tile_offsets(kx, ky, skx, sky, skd, dil, d),
-                    mask=km, other=0.0)
-        v = tl.load(_class_view(V, b64, h, rx, ry, svb, svx, svy, svh) + _tile_offsets(kx, ky, svx, svy, svd, dil, d),
-                    mask=km, other=0.0)
+        k, v = _load_kv(_class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh), _class_view(V, b64, h, rx, ry, svb, svx, svy, svh),
+                        kx, ky, k_ok, skx, sky, skd, svx, svy, svd, dil, d, HD)
         kx_w = tl.where(k_ok, kx, -FAR)[:, None]  # padded keys fall in no window
         rpb_k = (RPB + h * srh + (KS - 1 + kx) * sra + (KS - 1 + ky) * srb)[:, None]
 
@@ -459,27 +463,23 @@ if triton is not None:
         n_qx = tl.where((kx0 < Lx) & (ky0 < Ly), (qbx1 - qbx0 + IX - 1) // IX, 0)
         n_qy = (qby1 - qby0 + IY - 1) // IY
 
-        m = tl.arange(0, BM)
         q_base = _class_view(Q, b64, h, rx, ry, sqb, sqx, sqy, sqh)
         o_base = _class_view(DO, b64, h, rx, ry, sob, sox, soy, soh)
         dk = tl.zeros([BN, HDP], tl.float32)
         dv = tl.zeros([BN, HDP], tl.float32)
         for i in range(n_qx):
-            qx = qbx0 + i * IX + m // IY
             for j in range(n_qy):
-                qy = qby0 + j * IY + m % IY
-                q_ok = (qx < qbx1) & (qy < qby1)
+                qx, qy, q_ok = _tile_positions(qbx0 + i * IX, qby0 + j * IY, qbx1, qby1, IX, IY)
                 qm = q_ok[:, None] & (d < HD)[None, :]
                 q = tl.load(q_base + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d), mask=qm, other=0.0)
                 do = tl.load(o_base + _tile_offsets(qx, qy, sox, soy, sod, dil, d), mask=qm, other=0.0)
                 stat = _stat_offsets(b64, h, H, X, Y, rx, ry, qx, qy, dil)
                 lse = tl.load(LSE + stat, mask=q_ok, other=0.0)
                 delta = tl.load(DELTA + stat, mask=q_ok, other=0.0)
-                wx = tl.where(q_ok, _window_start(qx, Lx, KS), FAR)[None, :]
-                wy = _window_start(qy, Ly, KS)[None, :]
+                wx, wy = _windows(qx, qy, q_ok, Lx, Ly, KS)
                 # scores transposed: [keys, queries]
-                s, valid = _tile_scores(k, q, kx_w, ky[:, None], wx, wy, rpb_k - (qx * sra + qy * srb)[None, :],
-                                        qk_scale, HAS_RPB, KS, PREC, UPCAST)
+                s, valid = _tile_scores(k, q, kx_w, ky[:, None], wx[None, :], wy[None, :],
+                                        rpb_k - (qx * sra + qy * srb)[None, :], qk_scale, HAS_RPB, KS, PREC, UPCAST)
                 p = tl.where(valid, tl.exp2(s - lse[None, :]), 0.0)
                 dv = _mm(p.to(do.dtype), do, dv, PREC, UPCAST)
                 dp = _mm(v, tl.trans(do), tl.zeros([BN, BM], tl.float32), PREC, UPCAST)
@@ -487,6 +487,7 @@ if triton is not None:
                 dk = _mm(ds.to(q.dtype), q, dk, PREC, UPCAST)
 
         g_off = (b64 * sgb + h * sgh + rx * sgx + ry * sgy) + _tile_offsets(kx, ky, sgx, sgy, sgd, dil, d)
+        km = k_ok[:, None] & (d < HD)[None, :]
         tl.store(DK + g_off, (dk * scale).to(DK.dtype.element_ty), mask=km)
         tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=km)
         if COUNT_WORK:

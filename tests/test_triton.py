@@ -21,6 +21,8 @@ Tolerances, max |error| / max |reference| per tensor:
 
 GPU-only tests carry ``@pytest.mark.cuda``: deselected without a GPU, run with ``pytest -m cuda``.
 """
+import contextlib
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -40,45 +42,36 @@ ON_CPU = not torch.cuda.is_available()
 DEVICE = "cpu" if ON_CPU else "cuda"
 
 
-def _interpreter_builder():
+@contextlib.contextmanager
+def _interpreter_overflow_checks(enabled):
+    """Triton's interpreter checks every int32 add / mul for overflow, in Python: half of its time.
+    Sets that option for the block (a no-op on a GPU, or where this triton has no such option)."""
     try:
         from triton.runtime import interpreter
 
         builder = interpreter.interpreter_builder
-        builder.options.sanitize_overflow  # noqa: B018 - present in this triton?
-        return builder
-    except Exception:  # noqa: BLE001 - internals of another triton version: run with the checks on
-        return None
+        saved = builder.options
+        builder.options = dataclasses.replace(saved, sanitize_overflow=enabled)
+    except Exception:  # noqa: BLE001 - another triton's internals: leave its defaults
+        builder = None
+    try:
+        yield
+    finally:
+        if builder is not None:
+            builder.options = saved
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter_without_overflow_checks():
-    """Triton's interpreter checks every int32 add / mul for overflow, in Python: half of its time.
-    Off for this module, except in the tests that take the ``overflow_checked`` fixture."""
-    import dataclasses
-
-    builder = _interpreter_builder() if tri.interpreting() else None
-    if builder is None:
+    """Off for this module, except in the tests that take the ``overflow_checked`` fixture."""
+    with _interpreter_overflow_checks(False):
         yield
-        return
-    saved = builder.options
-    builder.options = dataclasses.replace(saved, sanitize_overflow=False)
-    yield
-    builder.options = saved
 
 
 @pytest.fixture
 def overflow_checked():
-    import dataclasses
-
-    builder = _interpreter_builder() if tri.interpreting() else None
-    if builder is None:
+    with _interpreter_overflow_checks(True):
         yield
-        return
-    saved = builder.options
-    builder.options = dataclasses.replace(saved, sanitize_overflow=True)
-    yield
-    builder.options = saved
 
 
 def rel_err(actual, expected):
