@@ -45,7 +45,7 @@ How the work is laid out
   ``7..8 x 10..11`` class maps fill their tiles only partly), 2.2-5.1x for K = 5..13 (14x at K = 3,
   where 32-query tiles are large against 9 neighbours). Key tiles of 32 rather than 64 also keep
   the kernels within the register file (``tools/triton_compile_check.py`` prints the use).
-* **No recompilation per image size.** Map sizes, dilation and tile counts are runtime arguments
+* **No recompilation per image size.** Map sizes, heads, dilation and tile counts are runtime arguments
   excluded from Triton's integer specialisation (``do_not_specialize``); only the kernel size,
   the (padded) head dim, dtype, rpb on / off and the tiles are compile-time, plus the strides'
   divisibility by 16 (fixed by the model's channel count, not by the image). A COCO schedule (one
@@ -126,13 +126,13 @@ def _next_pow2(n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
-# Integer arguments that change with the image: excluded from Triton's specialisation on "== 1" and
-# "divisible by 16", which would otherwise compile new variants as map sizes change (and dilation 1
-# vs 16 vs others). The strides stay specialised: the compiler needs their divisibility to prove
+# Integer arguments that change with the image (or the stage): excluded from Triton's specialisation
+# on "== 1" and "divisible by 16", which would otherwise compile new variants as map sizes change
+# (and dilation 1 vs 16 vs others, 16 heads vs 8). The strides stay specialised: the compiler needs their divisibility to prove
 # 16-byte alignment of each position's channel vector (vector loads), and in a model call they are
 # multiples of the channel count (3C from the qkv projection, C for the output), so they are
 # divisible by 16 for every image size: one variant per model.
-_RUNTIME_INTS = ["X", "Y", "dil", "n_tiles", "n_tiles_y"]
+_RUNTIME_INTS = ["X", "Y", "H", "dil", "n_tiles", "n_tiles_y"]
 
 def _device_function(fn):
     """``@triton.jit`` for a device function called by the kernels. Under the interpreter it stays a

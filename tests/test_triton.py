@@ -348,23 +348,23 @@ def test_cuda_detection_scale_against_torch_backend():
 
 @pytest.mark.cuda
 def test_cuda_no_recompilation_over_map_sizes():
-    """Ten map sizes (as mmdet's multi-scale training gives) at dilations 1 and 7, forward and
-    backward each: one variant (K = 9, float16: used by no other test) compiles the three kernels
-    (forward, dQ, dK/dV) at the first size and nothing after."""
+    """Ten map sizes (as mmdet's multi-scale training gives) at dilations 1 and 7 and 2 / 16 heads,
+    forward and backward each: one variant (K = 9, float16: used by no other test) compiles the
+    three kernels (forward, dQ, dK/dV) at the first size and nothing after."""
     before = tri.compiled_variant_count()
     assert before is not None, "this triton keeps its kernel cache where compiled_variant_count cannot see it"
     sizes = [(200, 304), (168, 248), (192, 336), (176, 264), (208, 320), (184, 280), (160, 240), (216, 296),
              (200, 288), (171, 253)]
     counts = []
     for X, Y in sizes:
-        for d in (1, 7):
-            q, k, v = (torch.randn(1, X, Y, 2, 32, device="cuda", dtype=torch.float16, requires_grad=True)
-                       for _ in range(3))
-            rpb = torch.randn(2, 17, 17, device="cuda", requires_grad=True)
+        for d, heads in ((1, 2), (7, 16)):  # 16 heads: an int that Triton would specialise (divisible by 16)
+            qkv = torch.randn(1, X, Y, 3, heads, 32, device="cuda", dtype=torch.float16)
+            q, k, v = (t.requires_grad_() for t in qkv.unbind(3))  # strided like the model's
+            rpb = torch.randn(heads, 17, 17, device="cuda", requires_grad=True)
             tri.na2d_triton(q, k, v, 9, d, rpb).float().sum().backward()
         torch.cuda.synchronize()
         counts.append(tri.compiled_variant_count() - before)
-    print(f"\n[gpu compile count] kernels compiled after each of {len(sizes)} map sizes (d = 1 and 7): {counts}")
+    print(f"\n[gpu compile count] kernels compiled after each of {len(sizes)} map sizes: {counts}")
     assert counts == [3] * len(sizes), counts
 
 

@@ -111,20 +111,28 @@ PYEOF
 step "kernel compilations over ten image sizes" 45 "$PY" - <<'PYEOF'
 import torch
 from dinat_backbone import na2d_triton as tri
+# q, k, v as DiNAT makes them (views of one qkv projection), heads and dilation as in its stages
 sizes = [(200, 304), (168, 248), (192, 336), (176, 264), (208, 320), (184, 280), (160, 240), (216, 296), (200, 288), (171, 253)]
+stages = [(1, 2, (1, 28)), (2, 4, (1, 7, 14)), (4, 8, (1, 3, 5, 7)), (8, 16, (1, 3))]  # (stride, heads, dilations)
 counts = []
 for X, Y in sizes:
-    for d in (1, 7, 28 if min(X, Y) >= 196 else 14):
-        q, k, v = (torch.randn(2, X, Y, 2, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        rpb = torch.randn(2, 13, 13, device="cuda", requires_grad=True)
-        tri.na2d_triton(q, k, v, 7, d, rpb).float().sum().backward()
-        with torch.no_grad():
-            tri.na2d_triton(q, k, v, 7, d, rpb)
+    for stride, heads, dilations in stages:
+        x, y = X // stride, Y // stride
+        for d in dilations:
+            if min(x, y) < 7 * d:
+                continue
+            qkv = torch.randn(2, x, y, 3, heads, 32, device="cuda", dtype=torch.bfloat16)
+            q, k, v = (t.requires_grad_() for t in qkv.unbind(3))
+            rpb = torch.randn(heads, 13, 13, device="cuda", requires_grad=True)
+            tri.na2d_triton(q, k, v, 7, d, rpb).float().sum().backward()
+            with torch.no_grad():
+                tri.na2d_triton(q, k, v, 7, d, rpb)
     torch.cuda.synchronize()
     counts.append(tri.compiled_variant_count())
-print("image sizes (map X x Y):", sizes)
-print("compiled kernels in Triton's cache after each size (bf16, K=7, head_dim 32, rpb; fwd+bwd and no-grad fwd; "
-      "dilations 1, 7, 14/28):", counts)
+print("image maps at stride 4 (X x Y):", sizes)
+print("per map: DiNAT-T's four stages (heads 2 / 4 / 8 / 16, its COCO dilations where they fit), bf16, K=7, "
+      "head_dim 32, rpb; forward+backward and a no-grad forward each")
+print("compiled kernels in Triton's cache after each map size:", counts)
 print("RESULT: kernel compilations over ten image sizes:", counts[-1], "(constant after the first size: "
       f"{all(c == counts[0] for c in counts)})")
 PYEOF
