@@ -45,14 +45,15 @@ How the work is laid out
   ``7..8 x 10..11`` class maps fill their tiles only partly), 2.2-5.1x for K = 5..13 (14x at K = 3,
   where 32-query tiles are large against 9 neighbours). Key tiles of 32 rather than 64 also keep
   the kernels within the register file (``tools/triton_compile_check.py`` prints the use).
-* **No recompilation per image size.** Map sizes, heads, dilation and tile counts are runtime arguments
-  excluded from Triton's integer specialisation (``do_not_specialize``); only the kernel size,
-  the (padded) head dim, dtype, rpb on / off and the tiles are compile-time, plus the strides'
+* **No recompilation per image size.** Map sizes, heads, dilation and tile counts are runtime
+  arguments excluded from Triton's integer specialisation (``do_not_specialize``); only the kernel
+  size, the (padded) head dim, dtype, rpb on / off and the tiles are compile-time, plus the strides'
   divisibility by 16 (fixed by the model's channel count, not by the image). A COCO schedule (one
   kernel size, one head_dim, one dtype, rpb on) therefore compiles one forward, one dQ and one
-  dK/dV kernel: 3 compilations for any number of image sizes and dilations. DiNAT-T / S / B / L
-  all use head_dim 32, so several models share them; a float32 run or rpb-free calls add 3 each.
-  :func:`compiled_variant_count` counts them (the ``cuda`` test checks ten map sizes).
+  dK/dV kernel: 3 compilations for any number of image sizes, stages and dilations. DiNAT-T / S /
+  B / L all use head_dim 32, so they share them; a float32 run adds 3, rpb-free calls 3, a frozen
+  rpb (no rpb gradient) one dQ kernel. :func:`compiled_variant_count` counts them (the ``cuda``
+  test and ``tools/gpu_check.sh`` check ten map sizes).
 """
 from __future__ import annotations
 
