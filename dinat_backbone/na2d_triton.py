@@ -57,6 +57,7 @@ How the work is laid out
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -72,6 +73,7 @@ except Exception as exc:  # noqa: BLE001 - any import failure means "no triton"
     _TRITON_ERROR = exc
 
 __all__ = [
+    "NAME",
     "SUPPORTED_KERNEL_SIZES",
     "TILES",
     "available",
@@ -80,10 +82,13 @@ __all__ = [
     "interpreting",
     "na2d_triton",
     "reasons",
+    "run",
     "score_work",
     "score_work_ratio",
 ]
 
+#: name in the backend table (``na2d(..., backend=NAME)``)
+NAME = "triton"
 SUPPORTED_KERNEL_SIZES = (3, 5, 7, 9, 11, 13)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -506,35 +511,39 @@ def interpreting() -> bool:
     return type(_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def reasons(query: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int, dilation: int = 1,
-            needs_grad: bool = False, attn_dropout: float = 0.0, exporting: bool = False) -> list[str]:
+def reasons(query, rpb, kernel_size: int, dilation: int = 1, needs_grad: bool = False, attn_dropout: float = 0.0,
+            exporting: bool = False) -> list[str]:
     """Why this backend cannot serve a call; an empty list means it can.
 
-    ``needs_grad`` does not restrict anything (forward and backward cover the same calls); it is
-    part of the signature every backend's ``reasons`` shares."""
+    ``query`` / ``rpb`` are tensors or anything with their ``shape``, ``dtype`` and ``device`` (the
+    dispatcher's ``TensorSpec``). ``needs_grad`` restricts nothing (forward and backward serve the
+    same calls); it is part of the signature every backend's ``reasons`` shares."""
     out = []
     if triton is None:
         out.append(f"triton is not importable ({_TRITON_ERROR!r}); `pip install triton`")
         return out
+    device = torch.device(query.device)
     if interpreting():
-        if query.device.type != "cpu":
-            out.append(f"TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, on CPU tensors only; got {query.device}")
-    elif query.device.type != "cuda":
-        out.append(f"the triton kernels run on CUDA tensors (got {query.device}); on CPU only under TRITON_INTERPRET=1")
-    elif query.dtype == torch.bfloat16 and torch.cuda.get_device_capability(query.device) < (8, 0):
+        if device.type != "cpu":
+            out.append(f"TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, on CPU tensors only; got {device}")
+    elif device.type != "cuda":
+        out.append(f"the triton kernels run on CUDA tensors (got {device}); on CPU only under TRITON_INTERPRET=1")
+    elif query.dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
         out.append("bfloat16 needs a GPU of compute capability >= 8.0; use float16 or float32")
     if query.dtype not in SUPPORTED_DTYPES:
         out.append(f"dtype {query.dtype} is not supported (float16, bfloat16, float32)")
     if kernel_size not in SUPPORTED_KERNEL_SIZES:
         out.append(f"kernel_size {kernel_size} is not supported (odd 3..13)")
-    head_dim = query.shape[-1] if query.dim() == 5 else -1
+    shape = tuple(query.shape)
+    head_dim = shape[-1] if len(shape) == 5 else -1
     if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
         out.append(f"head_dim {head_dim} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
     if attn_dropout > 0.0:
         out.append("attention dropout is not implemented in the fused kernel")
     if exporting:
         out.append("ONNX export / tracing needs decomposable ops, not a Triton kernel")
-    if query.dim() == 5 and max(query[0].numel(), 1) * 4 >= 2**31:
+    # offsets inside one batch item are 32-bit; 4x covers strided views such as q of a qkv projection
+    if len(shape) == 5 and 4 * math.prod(shape[1:]) >= 2**31:
         out.append("one batch item spans >= 2^29 elements; the kernel's in-item offsets are 32-bit")
     return out
 
@@ -711,6 +720,13 @@ def na2d_triton(query, key, value, kernel_size: int, dilation: int = 1, rpb: tor
     if scale is None:
         scale = query.shape[-1] ** -0.5
     return _NA2DTritonFunction.apply(query, key, value, rpb, int(kernel_size), int(dilation), float(scale))
+
+
+def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop=0.0):
+    """The backend-table entry point (what the dispatcher calls once :func:`reasons` is empty)."""
+    if attn_drop > 0.0:
+        raise ValueError("na2d (triton): attention dropout is not implemented in the fused kernel")
+    return na2d_triton(query, key, value, kernel_size, dilation, rpb, scale)
 
 
 # ----------------------------------------------------------------------------------------------

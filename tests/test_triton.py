@@ -21,6 +21,7 @@ Tolerances, max |error| / max |reference| per tensor:
 
 GPU-only tests carry ``@pytest.mark.cuda``: deselected without a GPU, run with ``pytest -m cuda``.
 """
+import collections
 import contextlib
 import dataclasses
 import importlib.util
@@ -189,6 +190,7 @@ def test_na2d_dispatches_to_triton_on_request():
     q, k, v, rpb = q.float(), k.float(), v.float(), rpb.float()
     out = na2d(q, k, v, 3, 2, rpb, backend="triton")
     assert rel_err(out, na2d_reference_gathered(q.double(), k.double(), v.double(), 3, 2, rpb.double())) <= 1e-5
+    assert torch.equal(tri.run(q, k, v, 3, 2, rpb, 16 ** -0.5, 0.0), out)  # the backend-table entry point
     with pytest.raises(RuntimeError, match="cannot serve.*float64"):
         na2d(q.double(), k.double(), v.double(), 3, 2, rpb.double(), backend="triton")
 
@@ -200,6 +202,10 @@ def test_reasons():
     q = torch.zeros(1, 14, 14, 2, 32, device=DEVICE)
     assert tri.reasons(q, None, 7, 2) == []
     assert tri.reasons(q, None, 13, 1, needs_grad=True) == []
+    spec = collections.namedtuple("TensorSpec", "shape dtype device requires_grad")  # what the dispatcher passes
+    assert tri.reasons(spec((1, 14, 14, 2, 32), torch.float32, torch.device(DEVICE), True), None, 7, 2) == []
+    assert any("head_dim 8" in r for r in tri.reasons(spec((1, 14, 14, 2, 8), torch.float32, torch.device(DEVICE),
+                                                           False), None, 7, 2))
     for kwargs, fragment in [
         ({"query": q.double()}, "dtype torch.float64"),
         ({"kernel_size": 15}, "kernel_size 15"),
