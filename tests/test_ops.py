@@ -298,7 +298,7 @@ def test_default_cpu_backend(monkeypatch):
     monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
     selection = ops.select_backend(_qkv()[0], None, 3)
     assert selection.name == ("cpu" if HAVE_KERNEL else "torch")
-    assert [name for name, _ in selection.skipped] == ["export", "natten"]
+    assert [name for name, _ in selection.skipped] == ["export", "triton", "natten"]
     assert ops.available_backends("cpu")[-1] == "torch"
     assert ops.available_backends("cpu") == (["cpu", "torch"] if HAVE_KERNEL else ["torch"])
 

@@ -3,11 +3,12 @@
 
     python tools/benchmark.py                      # full run (CPU, float32), ~15-25 min on 2 cores
     python tools/benchmark.py --quick              # smoke test: small inputs, 1 repetition
-    python tools/benchmark.py --device cuda        # GPU, bfloat16 autocast
+    python tools/benchmark.py --device cuda        # GPU, bfloat16 autocast, DiNAT on the triton backend
     python tools/benchmark.py --shape coco 1 800 1216 coco --reps 7 --models mini tiny swin
 
-One process builds DiNAT-mini and DiNAT-T (``dinat_backbone.DiNAT``) and mmdet's
-``SwinTransformer`` (Swin-T: embed 96, depths 2/2/6/2, heads 3/6/12/24, window 7, mlp 4) and,
+One process builds DiNAT-mini and DiNAT-T (``dinat_backbone.DiNAT``; ``--attn-backend``, default
+``triton`` on CUDA) and mmdet's ``SwinTransformer`` (timm's ``swin_tiny_patch4_window7_224`` where
+mmdet is not installed; Swin-T: embed 96, depths 2/2/6/2, heads 3/6/12/24, window 7, mlp 4) and,
 for each shape (default: 1x3x800x1216 with the 'coco' dilations, 2x3x512x512 with
 'ade20k-512'), alternates the models over the repetitions (the order rotates every repetition,
 so slow drifts of the machine hit every model alike) and reports medians of
@@ -78,24 +79,47 @@ def log(msg: str = ""):
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-def build_dinat(arch: str, dilations: Optional[str], with_cp: bool = False) -> nn.Module:
+def build_dinat(arch: str, dilations: Optional[str], with_cp: bool = False, attn_backend: Optional[str] = None) -> nn.Module:
     from dinat_backbone.dinat import DiNAT
 
-    return DiNAT(arch=arch, dilations=dilations, drop_path_rate=0.0, with_cp=with_cp, out_indices=(0, 1, 2, 3))
+    return DiNAT(arch=arch, dilations=dilations, drop_path_rate=0.0, with_cp=with_cp, out_indices=(0, 1, 2, 3),
+                 attn_backend=attn_backend)
+
+
+#: which implementation build_swin() used (for the report)
+SWIN_SOURCE = None
 
 
 def build_swin() -> nn.Module:
+    """Swin-T: mmdet's SwinTransformer where mmdet is installed, else timm's (same architecture:
+    embed 96, depths 2/2/6/2, heads 3/6/12/24, window 7, mlp 4; features at strides 4-32, any input
+    size), e.g. on a GPU machine without the mm stack."""
+    global SWIN_SOURCE
     try:
         from mmdet.models.backbones.swin import SwinTransformer
-    except Exception as exc:  # pragma: no cover - depends on the install
-        raise SystemExit(
-            f"benchmark: mmdet's SwinTransformer is not importable ({exc!r}); install the OpenMMLab stack "
-            "(bash tools/install.sh) or leave Swin out with --models mini tiny") from exc
+    except Exception as mm_exc:  # pragma: no cover - depends on the install
+        return _build_timm_swin(mm_exc)
     model = SwinTransformer(
         embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4,
         qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, patch_norm=True,
         out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=False)
     model.init_weights()
+    SWIN_SOURCE = "mmdet SwinTransformer"
+    return model
+
+
+def _build_timm_swin(mm_exc) -> nn.Module:
+    global SWIN_SOURCE
+    try:
+        import timm
+    except Exception as exc:  # pragma: no cover - depends on the install
+        raise SystemExit(
+            f"benchmark: neither mmdet's SwinTransformer ({mm_exc!r}) nor timm ({exc!r}) is importable; install the "
+            "OpenMMLab stack (bash tools/install.sh) or timm, or leave Swin out with --models mini tiny") from exc
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, features_only=True,
+                              out_indices=(0, 1, 2, 3), drop_rate=0.0, drop_path_rate=0.0,
+                              dynamic_img_size=True, strict_img_size=False)
+    SWIN_SOURCE = f"timm {timm.__version__} swin_tiny_patch4_window7_224 (features_only, NHWC outputs)"
     return model
 
 
@@ -308,9 +332,9 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
         if key == "swin":
             models[key] = swin
         else:
-            models[key] = build_dinat(key, dil).to(dev.device)
+            models[key] = build_dinat(key, dil, attn_backend=args.attn_backend).to(dev.device)
     if args.cp and "tiny" in models:
-        models["tiny_cp"] = build_dinat("tiny", dil, with_cp=True).to(dev.device)
+        models["tiny_cp"] = build_dinat("tiny", dil, with_cp=True, attn_backend=args.attn_backend).to(dev.device)
         models["tiny_cp"].load_state_dict(models["tiny"].state_dict())
     x = torch.randn(B, 3, H, W, device=dev.device)
     res: Dict[str, Dict] = {k: {"fwd": [], "fwdbwd": []} for k in models}
@@ -508,6 +532,20 @@ def targets(shapes, results) -> List[str]:
     return out
 
 
+def gpu_targets(shapes, results, dtype) -> List[str]:
+    """Issue 11: DiNAT-T forward+backward at most 1.0x Swin-T in bf16 autocast on a GPU (the DiNAT
+    paper's claim that it is faster than Swin at equal size)."""
+    out = []
+    for shape, res in zip(shapes, results):
+        if "swin" in res and "tiny" in res:
+            ratio = res["tiny"]["fwdbwd_med"] / res["swin"]["fwdbwd_med"]
+            ok = ratio <= 1.0 and dtype == torch.bfloat16
+            note = "" if dtype == torch.bfloat16 else " (not bf16 autocast: the target is for bf16)"
+            out.append(f"  [{'PASS' if ok else 'FAIL'}] DiNAT-T/Swin-T fwd+bwd at {shape[1]}×3×{shape[2]}×{shape[3]}: "
+                       f"{ratio:.2f} (≤ 1.0){note}")
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bfloat16 autocast)")
@@ -528,7 +566,11 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory passes")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    p.add_argument("--attn-backend", default=None,
+                   help="na2d backend for DiNAT's attention (default: 'triton' on CUDA, automatic on CPU)")
     args = p.parse_args(argv)
+    if args.attn_backend is None and args.device.startswith("cuda"):
+        args.attn_backend = "triton"
     if args.reps is None:
         args.reps = 1 if args.quick else 5
     if args.warmup is None:
@@ -559,7 +601,7 @@ def main(argv=None):
     kernel = ops.cpu_kernel_available()
     if dev.is_cuda:
         hw = torch.cuda.get_device_name(dev.device)
-        attn = ops.available_backends(dev.device)[0]
+        attn = args.attn_backend or ops.available_backends(dev.device)[0]
     else:
         hw = f"{cpu_name}, {torch.get_num_threads()} threads"
         attn = "compiled CPU kernel" if kernel else "pure-PyTorch fallback (kernel not built)"
@@ -576,6 +618,9 @@ def main(argv=None):
         f"warm-up {args.warmup}, compile {args.compile or 'off'}, with_cp {'on' if args.cp else 'off'}")
     t_start = time.perf_counter()
     swin = build_swin().to(dev.device) if "swin" in args.models else None
+    if swin is not None:
+        log(f"[benchmark] Swin-T: {SWIN_SOURCE}")
+        env += f", Swin-T: {SWIN_SOURCE}"
     results = []
     for i, shape in enumerate(args.shapes):
         results.append(run_shape(args, dev, shape, swin, first_shape=(i == 0)))
@@ -586,6 +631,12 @@ def main(argv=None):
         log("\nTargets (issue 5):")
         for line in checks:
             log(line)
+    if dev.is_cuda:
+        gpu_checks = gpu_targets(args.shapes, results, dtype)
+        if gpu_checks:
+            log("\nGPU target (issue 11):")
+            for line in gpu_checks:
+                log(line)
     log(f"\n[benchmark] done in {time.perf_counter() - t_start:.0f} s")
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -16,7 +16,12 @@ forward, 15 % forward + backward) and its minimum (10 % / 5 %) are printed besid
 
     python tools/benchmark_na.py             # CPU: compiled kernel and pure-PyTorch backends
     python tools/benchmark_na.py --quick     # smoke run: 1 repeat (fast calls: 1 s), small GEMM, no torch backend
-    python tools/benchmark_na.py --device cuda   # + natten (no rpb) and dense SDPA
+    python tools/benchmark_na.py --device cuda   # + triton, natten (no rpb), dense SDPA, and
+                                                 # the GPU targets of issue 11 (DiNAT-L shapes, bf16)
+
+Every run first prints the score work of each backend on the issue's K = 7 shapes (score entries
+computed / the N * K^2 needed, from each backend's own tiling; for the removed flex backend, from
+its 128-token block mask), which needs no device.
 """
 import argparse
 import json
@@ -95,10 +100,12 @@ def natten_op():
 
 
 def sdpa_dense(q, k, v):
-    """Dense attention over the whole map: the upper bound of what a neighbourhood saves."""
+    """Dense attention over the whole map: the upper bound of what a neighbourhood saves. Returns
+    the map layout of q (so that backward takes the same grad_out as na2d)."""
     B, X, Y, H, D = q.shape
     flat = lambda t: t.reshape(B, X * Y, H, D).transpose(1, 2)  # noqa: E731
-    return torch.nn.functional.scaled_dot_product_attention(flat(q), flat(k), flat(v))
+    out = torch.nn.functional.scaled_dot_product_attention(flat(q), flat(k), flat(v))
+    return out.transpose(1, 2).reshape(B, X, Y, H, D)
 
 
 def measure(label, fwd_fn, inputs, device, repeats, with_backward=True):
@@ -134,6 +141,110 @@ def measure(label, fwd_fn, inputs, device, repeats, with_backward=True):
     return result
 
 
+# ----------------------------------------------------------------------------------------------
+# Score work per backend (no device needed)
+# ----------------------------------------------------------------------------------------------
+WORK_SHAPES = [(200, 304, 1), (200, 304, 28), (100, 152, 1), (100, 152, 14), (50, 76, 7)]  # (X, Y, d), K = 7
+WORK_TARGET = 4.5  # issue 11: the triton kernel computes <= 4.5x the needed scores at these shapes
+
+
+def print_work_ratios(kernel_size=KERNEL_SIZE):
+    """Score entries each backend computes / the X * Y * K^2 the op needs, on the issue's shapes:
+    cpu and torch compute exactly the K^2 neighbours (1.0); triton its query tiles x the key boxes
+    (forward / dQ, and the dK/dV kernel); flex its 128 x 128 blocks of row-major tokens that hold a
+    neighbour pair; dense attention N^2."""
+    from dinat_backbone.ops import triton as na2d_triton
+
+    print(f"Score work (K = {kernel_size}): entries computed / the N * K^2 needed; triton target <= {WORK_TARGET}x")
+    header = (f"{'map':>9} {'d':>3} {'cpu':>5} {'torch':>6} {'triton fwd/dQ':>14} {'triton dK/dV':>13} "
+              f"{'removed flex':>18} {'dense SDPA':>11}  triton target")
+    print(header)
+    print("-" * len(header))
+    for X, Y, d in WORK_SHAPES:
+        fwd = na2d_triton.score_work_ratio(X, Y, kernel_size, d, "fwd")
+        bwd = na2d_triton.score_work_ratio(X, Y, kernel_size, d, "dkdv")
+        flex = na2d_triton.flex_block_mask_work_ratio(X, Y, kernel_size, d)
+        dense = X * Y / kernel_size ** 2
+        verdict = "PASS" if max(fwd, bwd) <= WORK_TARGET else "FAIL"
+        print(f"{X:>4}x{Y:<4} {d:>3} {1.0:>5.1f} {1.0:>6.1f} {fwd:>13.2f}x {bwd:>12.2f}x {flex:>17.1f}x {dense:>10.0f}x  {verdict}")
+    print(flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU targets of issue 11 (CUDA only)
+# ----------------------------------------------------------------------------------------------
+#: DiNAT-L at batch 2 of 800 x 1216 (COCO): stage 1 (200 x 304, 6 heads of 32, d = 28) and stage 3
+#: (50 x 76, 24 heads of 32, d = 7); K = 7, rpb, bfloat16
+GPU_TARGET_SHAPES = [(2, 200, 304, 6, 32, 28), (2, 50, 76, 24, 32, 7)]
+GPU_TARGETS = {"floor_fwd": 4.0, "floor_fwd_bwd": 10.0, "vs_sdpa": 20.0, "vs_torch": 10.0}
+
+
+def copy_bandwidth(device, nbytes=2 * 2**30, tries=5):
+    """Device copy bandwidth in bytes/s: (read + write) bytes of a large device-to-device copy, best of ``tries``."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(tries):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    return 2 * nbytes / best
+
+
+def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES):
+    """Issue 11's GPU targets, measured in this run: the triton backend's forward within 4x and
+    forward + backward within 10x of the memory floor (q, k, v and out read / written once at the
+    measured copy bandwidth), >= 20x faster than dense scaled_dot_product_attention over the same
+    tokens, >= 10x faster than the torch backend; bfloat16, rpb, K = 7, at DiNAT-L's COCO shapes."""
+    device = torch.device(device)
+    K = KERNEL_SIZE
+    bw = copy_bandwidth(device)
+    print(f"\nGPU targets (issue 11): DiNAT-L COCO shapes, bfloat16, K = {K}, rpb; copy bandwidth {bw / 1e9:.0f} GB/s "
+          "(read + write of a 2 GiB device copy, best of 5)")
+    lines, records = [], []
+    for B, X, Y, H, D, d in shapes:
+        label = f"({B}, {X}, {Y}, {H}, {D}) d={d}"
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(B, X, Y, H, D, generator=gen).to(device, torch.bfloat16) for _ in range(3))
+        rpb = (0.02 * torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen)).to(device)
+        floor = 4 * q.numel() * q.element_size() / bw  # q, k, v, out once
+        progress(f"[benchmark_na] GPU targets {label}: memory floor {floor * 1e6:.0f} us")
+        res = {}
+        for name, fn, inputs in [
+            ("triton", lambda q, k, v, rpb, d=d: ops.na2d(q, k, v, K, d, rpb, backend="triton"), (q, k, v, rpb)),
+            ("torch", lambda q, k, v, rpb, d=d: ops.na2d(q, k, v, K, d, rpb, backend="torch"), (q, k, v, rpb)),
+            ("dense SDPA", lambda q, k, v, rpb: sdpa_dense(q, k, v), (q, k, v, None)),
+        ]:
+            res[name] = measure(f"{name} {label}", fn, inputs, device, repeats)
+        t = {name: {key: (val[0] if not isinstance(val, str) else None) for key, val in r.items()} for name, r in res.items()}
+        tri_f, tri_fb = t["triton"]["fwd"], t["triton"]["fwd+bwd"]
+        record = {"shape": label, "floor_us": floor * 1e6, **{f"{n}_{key}_ms": (None if v is None else v * 1e3)
+                                                              for n, r in t.items() for key, v in r.items()}}
+        records.append(record)
+
+        def check(what, value, limit, at_least=False, label=label):
+            if value is None:
+                lines.append(f"  [FAIL] {what} at {label}: not measured")
+                return
+            ok = value >= limit if at_least else value <= limit
+            lines.append(f"  [{'PASS' if ok else 'FAIL'}] {what} at {label}: {value:.1f}x ({'>=' if at_least else '<='} {limit:.0f}x)")
+
+        check("triton forward / memory floor", tri_f and tri_f / floor, GPU_TARGETS["floor_fwd"])
+        check("triton forward+backward / memory floor", tri_fb and tri_fb / floor, GPU_TARGETS["floor_fwd_bwd"])
+        for other, key in (("dense SDPA", "vs_sdpa"), ("torch", "vs_torch")):
+            for mode in ("fwd", "fwd+bwd"):
+                o, mine = t[other][mode], t["triton"][mode]
+                check(f"{other} / triton {mode}", (o / mine) if (o and mine) else None, GPU_TARGETS[key], at_least=True)
+        del q, k, v, rpb
+        torch.cuda.empty_cache()
+    print("\n".join(lines))
+    return records
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -143,6 +254,11 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat (fast calls: 1 s), 2048^2 GEMM, no pure-PyTorch backend")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="na2d backends to time (default: the device's: cpu, torch on CPU; triton, torch on "
+                        "CUDA); natten and dense SDPA are timed where available either way")
+    parser.add_argument("--no-targets", dest="targets", action="store_false",
+                        help="CUDA: skip the issue-11 GPU targets section (DiNAT-L shapes in bfloat16)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -154,6 +270,7 @@ def main():
     gemm_size, gemm_tries = (2048, 2) if args.quick else (4096, 5)
 
     progress(f"[benchmark_na] torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print_work_ratios()
     if device.type == "cpu":
         if ops.cpu_kernel_available():
             from dinat_backbone import _C
@@ -175,10 +292,15 @@ def main():
         flops = 4 * B * X * Y * H * K * K * D
 
         candidates = []
-        if device.type == "cpu" and ops.cpu_kernel_available():
-            candidates.append(("cpu", "na2d backend=cpu (compiled kernel)", True))
+        if device.type == "cpu":
+            if ops.cpu_kernel_available():
+                candidates.append(("cpu", "na2d backend=cpu (compiled kernel)", True))
+        else:
+            candidates.append(("triton", "na2d backend=triton (fused Triton kernels)", True))
         if not args.quick:
             candidates.append(("torch", "na2d backend=torch (pure PyTorch)", True))
+        if args.backends:
+            candidates = [c for c in candidates if c[0] in args.backends]
         for backend, label, with_bwd in candidates:
             fn = lambda q, k, v, rpb, backend=backend: ops.na2d(q, k, v, K, d, rpb, backend=backend)  # noqa: E731
             rows.append((shape_label, label, flops, gemm, measure(label, fn, (q, k, v, rpb), device, repeats, with_bwd)))
@@ -226,10 +348,11 @@ def main():
         print(f"{shape_label:<28} {label:<50} {gemm:>6.0f} {cells[0]:>16} {cells[1]:>8} {cells[2]:>20} {cells[3]:>8}  {verdict}")
         results.append(record)
     print("(goal = meets the 25/15 goal, min = meets the 10/5 minimum, below = neither)")
+    gpu_results = gpu_targets(repeats) if device.type == "cuda" and args.targets else None
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(device), "threads": torch.get_num_threads(),
-                       "repeats": repeats, "results": results}, f, indent=2)
+                       "repeats": repeats, "results": results, "gpu_targets": gpu_results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from . import cpu, export, natten, reference
+from . import cpu, export, natten, reference, triton
 from .inputs import check_inputs
 
 __all__ = ["na2d", "na2d_padded", "select_backend", "available_backends", "BackendSelection", "TensorSpec",
@@ -27,7 +27,9 @@ logger = logging.getLogger("dinat_backbone.ops")
 
 #: Backend modules in automatic-selection order, fastest first. ``export`` serves exactly the
 #: calls made while exporting (every other backend refuses those); ``torch`` serves everything else.
-BACKEND_ORDER = (export, natten, cpu, reference)
+#: A backend may also say why automatic selection passes it over although it could serve a call
+#: (``automatic_reasons``, same arguments): triton under Triton's interpreter, a test mode.
+BACKEND_ORDER = (export, triton, natten, cpu, reference)
 _TABLE = {b.NAME: b for b in BACKEND_ORDER}
 BACKENDS = tuple(_TABLE)
 BACKEND_ENV = "DINAT_NA_BACKEND"
@@ -85,6 +87,8 @@ def select_backend(query, rpb=None, kernel_size: int = 7, dilation: int = 1, *, 
     skipped = []
     for b in BACKEND_ORDER:
         why = b.reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, is_exporting)
+        if not why and hasattr(b, "automatic_reasons"):
+            why = b.automatic_reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, is_exporting)
         if not why:
             if b is reference and query.device.type == "cpu" and not cpu.kernel_available():
                 cpu.warn_missing_kernel_once()
@@ -100,7 +104,9 @@ def available_backends(device="cpu", with_rpb: bool = True, dtype: torch.dtype =
     spec = TensorSpec((1, kernel_size, kernel_size, 1, 32), dtype, torch.device(device), needs_grad)
     rpb = TensorSpec((1, 2 * kernel_size - 1, 2 * kernel_size - 1), dtype, torch.device(device)) if with_rpb else None
     return [b.NAME for b in BACKEND_ORDER
-            if not b.reasons(spec, rpb, kernel_size, 1, needs_grad, 0.0, export.exporting())]
+            if not b.reasons(spec, rpb, kernel_size, 1, needs_grad, 0.0, export.exporting())
+            and not (hasattr(b, "automatic_reasons")
+                     and b.automatic_reasons(spec, rpb, kernel_size, 1, needs_grad, 0.0, export.exporting()))]
 
 
 def _log(selection: BackendSelection, query, kernel_size, dilation, rpb):
