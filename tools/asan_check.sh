@@ -34,10 +34,11 @@ report() {
 trap report EXIT
 cd "$WORK"
 LD_PRELOAD="$LIBASAN" "$PY" -c "
-import dinat_backbone, dinat_backbone.ops as ops
+import dinat_backbone, dinat_backbone.ops as ops, dinat_backbone._C as kernel
 assert dinat_backbone.__file__.startswith('$WORK'), dinat_backbone.__file__
 assert ops.cpu_kernel_available(), 'the ASan build of the kernel did not load'
-print('[asan] kernel under test:', ops._C.__file__)
+assert kernel.__file__.startswith('$WORK'), kernel.__file__
+print('[asan] kernel under test:', kernel.__file__)
 "
 say "running the kernel sweep and the op tests under AddressSanitizer"
 LD_PRELOAD="$LIBASAN" "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_sweep.py tests/test_ops.py "$@"
