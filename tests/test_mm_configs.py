@@ -17,9 +17,9 @@ import mmseg  # noqa: F401
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from conftest import ROOT
 from dinat_backbone import MODEL_FAMILIES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 PAPER_CONFIGS = sorted(p for family in ("dinat", "nat", "dinat_s")
                        for p in glob.glob(os.path.join(CONFIG_DIR, family, "*.py")))
