@@ -79,14 +79,19 @@ def pca_rgb(feat: torch.Tensor) -> np.ndarray:
     return (out.reshape(h, w, 3) * 255).astype(np.uint8)
 
 
-def make_vis(img: Image.Image, feats, strides, path, panel=224):
-    # every label is C x H x W, the input's too (PIL's img.size is (W, H))
+def panel_labels(img: Image.Image, feats, strides):
+    """The picture's labels, every one C x H x W: the input (PIL's ``img.size`` is (W, H)), then
+    each stage map with its stride."""
     labels = [f"input: 3x{img.size[1]}x{img.size[0]}"]
-    tiles = [img]
     for f, s in zip(feats, strides):
         c, h, w = f.shape
-        tiles.append(Image.fromarray(pca_rgb(f)))
         labels.append(f"stride {s}: {c}x{h}x{w}")
+    return labels
+
+
+def make_vis(img: Image.Image, feats, strides, path, panel=224):
+    labels = panel_labels(img, feats, strides)
+    tiles = [img] + [Image.fromarray(pca_rgb(f)) for f in feats]
     scale = panel / max(img.size)
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     pad, text_h = 8, 22
