@@ -173,3 +173,67 @@ def test_readme_mmseg_config(tmp_path):
                 data_samples=[sample])
     log_vars = _train_step(model, optim_wrapper, data)
     assert {"decode.loss_ce", "aux.loss_ce"} <= set(log_vars)
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/run_toy.py: what the README says `make demo` prints
+# ----------------------------------------------------------------------------------------------
+def _demo_patterns():
+    """One regex per line of the README's "What `make demo` prints" block: numbers and paths vary,
+    the words do not; ``...`` (elided iteration lines) and trailing ``# comments`` are dropped."""
+    with open(README) as f:
+        text = f.read()
+    shown = re.search(r"### What `make demo` prints\n.*?```\n(.*?)\n```", text, re.S).group(1)
+    patterns = []
+    for line in shown.split("\n"):
+        line = re.sub(r"\s{2,}#.*$", "", line).rstrip()
+        if line in ("...", ""):
+            continue
+        words = [r"\S+" if "/" in word and not re.fullmatch(r"\d+/\d+", word) else  # paths vary
+                 re.sub(r"\d+(?:\\\.\d+)?", r"[0-9.]+", re.escape(word))           # and numbers
+                 for word in line.split()]
+        indent = re.match(r"\s*", line).group(0)
+        patterns.append(re.compile(re.escape(indent) + r"\s+".join(words) + r"$"))
+    return patterns
+
+
+def test_run_toy_prints_what_the_readme_shows(tmp_path, capsys):
+    """A short run of tools/run_toy.py: every line it prints is a line of the README's block (no
+    pycocotools or mmengine output, no warning from the tool itself), and every line of the block
+    is printed."""
+    import warnings
+
+    from conftest import load_tool
+
+    run_toy = load_tool("run_toy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_toy.main(["--iters", "20", "--work-dir", str(tmp_path / "toy")]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.split("\n") if line.strip()]
+    patterns = _demo_patterns()
+    for line in lines:
+        assert any(p.match(line) for p in patterns), f"printed but not in the README's block: {line!r}\n{out}"
+    for p in patterns:
+        if "toy-data" in p.pattern or "work_dirs" in p.pattern:
+            continue  # 'present' or 'generated'; the work dir is tmp_path here
+        assert any(p.match(line) for line in lines), f"README line not printed: {p.pattern}\n{out}"
+    tool_warnings = [w for w in caught if os.path.basename(w.filename) == "run_toy.py"]
+    assert not tool_warnings, [str(w.message) for w in tool_warnings]
+
+
+def test_run_toy_help_gives_the_configs_iterations(capsys):
+    from mmengine.config import Config
+
+    from conftest import load_tool
+
+    run_toy = load_tool("run_toy")
+    with pytest.raises(SystemExit):
+        run_toy.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    det = Config.fromfile(run_toy.DET_CONFIG).train_cfg.max_iters
+    seg = Config.fromfile(run_toy.SEG_CONFIG).train_cfg.max_iters
+    assert f"(default: the config's, {det};" in help_text and f"its config's {seg})" in help_text, help_text
+    with open(README) as f:
+        readme = f.read()
+    assert f"trains from scratch for {det} iterations" in readme and f"iter {det}/{det}" in readme
