@@ -399,3 +399,90 @@ def test_install_skip_mm_installs_the_core_only(tmp_path):
     for not_core in ("mmengine", "mmcv", "mmdet", "test and tooling", "pytest", "onnx", "triton"):
         assert not_core not in out and not_core not in pip_calls, (not_core, out, pip_calls)
     assert "done in" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/train.py and tools/test.py: paths checked first, --show-dir (these need mmengine / mmdet /
+# mmseg: the rest of this file does not)
+# ----------------------------------------------------------------------------------------------
+TOY_DET = os.path.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
+TOY_SEG = os.path.join(ROOT, "configs", "toy", "upernet_dinat-toy_toy-ade.py")
+COCO_CFG = os.path.join(ROOT, "configs", "dinat", "mask-rcnn_dinat-tiny_fpn_3x_coco.py")
+ADE_CFG = os.path.join(ROOT, "configs", "dinat", "upernet_dinat-tiny_512x512_160k_ade20k.py")
+
+
+def _exit_message(tool, argv):
+    with pytest.raises(SystemExit) as info:
+        tool.main(argv)
+    return str(info.value.code)
+
+
+def test_train_and_test_name_a_missing_config_or_checkpoint(tmp_path):
+    train, test = _tool("train"), _tool("test")
+    assert _exit_message(train, [str(tmp_path / "nope.py")]) == f"tools/train.py: config not found: {tmp_path}/nope.py"
+    assert "--resume checkpoint not found" in _exit_message(train, [TOY_DET, "--resume", str(tmp_path / "x.pth")])
+    assert _exit_message(test, [str(tmp_path / "nope.py"), "c.pth"]).startswith("tools/test.py: config not found")
+    assert _exit_message(test, [TOY_DET, str(tmp_path / "c.pth")]) == \
+        f"tools/test.py: checkpoint not found: {tmp_path}/c.pth"
+    assert "a folder: give the file inside it" in _exit_message(test, [TOY_DET, str(tmp_path)])
+
+
+def test_missing_dataset_is_named_with_the_keys_to_override(tmp_path, monkeypatch):
+    """The paper configs read data/coco and data/ade: without them (the working directory is an
+    empty folder here) the tools stop before building anything, naming the paths and the fix."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "c.pth"
+    ckpt.write_bytes(b"")  # only its existence is checked before the data paths
+    msg = _exit_message(_tool("test"), [COCO_CFG, str(ckpt)])
+    assert "missing test_dataloader.dataset.data_root: data/coco/" in msg, msg
+    assert "missing test_evaluator.ann_file: data/coco/annotations/instances_val2017.json" in msg
+    assert "ln -s /path/to/coco data/coco" in msg
+    assert "--cfg-options test_dataloader.dataset.data_root=/path/to/coco/ " \
+           "test_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json" in msg
+    msg = _exit_message(_tool("train"), [ADE_CFG])
+    assert "missing train_dataloader.dataset.data_root: data/ade/ADEChallengeData2016" in msg
+    assert "val_dataloader.dataset.data_root=/path/to/ADEChallengeData2016/" in msg
+    # with the data in place nothing is missing: a dataset laid out as the README says passes
+    for sub in ("annotations", "train2017", "val2017"):
+        (tmp_path / "data" / "coco" / sub).mkdir(parents=True)
+    for name in ("instances_train2017.json", "instances_val2017.json"):
+        (tmp_path / "data" / "coco" / "annotations" / name).write_text("{}")
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(COCO_CFG)
+    assert _tool("_common").missing_data_paths(cfg, ("train", "val", "test")) == []
+
+
+def _random_checkpoint(config, path):
+    """A checkpoint of the config's model at its random init, in mmengine's layout."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    registry = __import__(f"{cfg.default_scope}.registry", fromlist=["MODELS"]).MODELS
+    torch.manual_seed(0)
+    torch.save({"state_dict": registry.build(cfg.model).state_dict(), "meta": {}}, path)
+
+
+@pytest.mark.parametrize("config", [TOY_DET, TOY_SEG], ids=["mmdet", "mmseg"])
+def test_show_dir_keeps_the_libraries_layout_and_names(tmp_path, capsys, monkeypatch, config):
+    roots = _tool("make_toy_data").ensure(quiet=True)
+    ckpt = tmp_path / "random.pth"
+    _random_checkpoint(config, ckpt)
+    work = tmp_path / "work"
+    monkeypatch.chdir(tmp_path)  # --show-dir vis is relative: mmseg puts it under the working directory
+    _tool("test").main([config, str(ckpt), "--work-dir", str(work), "--show-dir", "vis",
+                        "--cfg-options", f"visualizer.name=vis_{os.path.basename(config)}"])
+    out = capsys.readouterr().out
+    if "mask-rcnn" in config:
+        sources = sorted(os.listdir(os.path.join(roots["coco"], "val")))
+        runs = [d for d in os.listdir(work) if d[:1].isdigit()]
+        folder = work / runs[0] / "vis"  # mmdet: WORK_DIR/TIMESTAMP/DIR/<source name>
+        assert sorted(os.listdir(folder)) == sources
+    else:
+        sources = sorted(os.listdir(os.path.join(roots["ade"], "images", "validation")))
+        folder = tmp_path / "vis" / "vis_data" / "vis_image"  # mmseg: DIR/vis_data/vis_image/test_<name>_0.png
+        assert sorted(os.listdir(folder)) == sorted(f"test_{name}_0.png" for name in sources)
+    assert f"[test] painted predictions: {len(sources)} images in " in out, out
+    assert os.path.samefile(out.split(f"{len(sources)} images in ")[1].split("\n")[0], folder)
