@@ -241,4 +241,4 @@ def test_run_toy_help_gives_the_configs_iterations(capsys):
     assert f"(default: the config's, {det};" in help_text and f"its config's {seg})" in help_text, help_text
     with open(README) as f:
         readme = f.read()
-    assert f"trains from scratch for {det} iterations" in readme and f"iter {det}/{det}" in readme
+    assert f"trains from scratch for {det} iterations" in readme and re.search(rf"iter\s+{det}/{det}\s", readme)
