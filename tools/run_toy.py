@@ -165,7 +165,8 @@ def main(argv=None) -> int:
         f"mAP_75 {det.get('coco/bbox_mAP_75', float('nan')):.3f}",
         f"segm mAP {segm:.3f}   mAP_50 {det.get('coco/segm_mAP_50', float('nan')):.3f}   "
         f"mAP_75 {det.get('coco/segm_mAP_75', float('nan')):.3f}",
-        f"train + eval {t_det:.0f} s; checkpoint and logs in {make_toy_data._shown(osp.join(args.work_dir, 'mask-rcnn'))}",
+        f"train + eval {t_det:.0f} s; checkpoint and logs in "
+        f"{make_toy_data._shown(osp.join(args.work_dir, 'mask-rcnn'))}",
     ]
     if args.seg:
         t2 = time.time()
