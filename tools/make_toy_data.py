@@ -155,6 +155,12 @@ def _stamp(path: str) -> str:
     return os.path.join(path, ".toy_version")
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it is below it (what the README shows)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None, quiet: bool = False) -> dict:
     """Generate whatever is missing (or everything with ``force``); returns the dataset roots."""
     roots = {"coco": os.path.join(out, "toy_coco"), "ade": os.path.join(out, "toy_ade")}
@@ -163,7 +169,7 @@ def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None
         root = roots[name]
         if not force and os.path.exists(_stamp(root)) and open(_stamp(root)).read().strip() == VERSION:
             if not quiet:
-                print(f"[toy-data] {root}: present (version {VERSION})")
+                print(f"[toy-data] {_shown(root)}: present (version {VERSION})")
             continue
         if os.path.exists(root):
             shutil.rmtree(root)
@@ -175,7 +181,7 @@ def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None
             f.write(VERSION + "\n")
         os.replace(tmp, root)
         if not quiet:
-            print(f"[toy-data] {root}: generated")
+            print(f"[toy-data] {_shown(root)}: generated")
     return roots
 
 
