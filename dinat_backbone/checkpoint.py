@@ -68,6 +68,8 @@ _NATIVE_ANCHOR = "patch_embed.proj.0.weight"  # DiNAT / NAT: two-convolution tok
 _NATIVE_S_ANCHOR = "patch_embed.proj.weight"  # DiNAT_s: Swin patch embedding
 _HF_ANCHOR = "embeddings.patch_embeddings.projection.0.weight"
 _WRAPPER_KEYS = ("state_dict", "model", "module")
+# mmengine saves {'state_dict': ...}, a DDP script {'model': {'module': ...}}: real files nest a few
+_MAX_WRAPPER_DEPTH = 8
 
 # HF transformers -> native, applied to the key after the model prefix
 _HF_RULES = [
@@ -98,12 +100,29 @@ _FAMILY_LAYOUTS = {
 }
 
 
-def _unwrap(obj) -> Mapping:
-    """Strip mmengine / training-script wrappers: ``{'state_dict': ...}``, ``{'model': ...}``, ..."""
+def _unwrap(obj, source: str = "the checkpoint", caller: str = "convert_checkpoint") -> Mapping:
+    """Strip mmengine / training-script wrappers: ``{'state_dict': ...}``, ``{'model': ...}``, ...
+
+    Terminates on any input: a wrapper seen before (``d['state_dict'] = d`` pickles and loads fine)
+    or more than :data:`_MAX_WRAPPER_DEPTH` nested wrappers is a ValueError naming the key path.
+    """
+    path, seen = [], set()
     while isinstance(obj, Mapping):
+        seen.add(id(obj))
         for key in _WRAPPER_KEYS:
             inner = obj.get(key)
             if isinstance(inner, Mapping) and not isinstance(inner, torch.Tensor):
+                path.append(key)
+                if id(inner) in seen:
+                    raise ValueError(
+                        f"{caller}: {source} is malformed: the wrapper at {'.'.join(path)} is one that "
+                        f"encloses it (a cycle), so it holds no state dict; write the weights again, e.g. "
+                        f"torch.save(model.state_dict(), path)")
+                if len(path) > _MAX_WRAPPER_DEPTH:
+                    raise ValueError(
+                        f"{caller}: {source} nests more than {_MAX_WRAPPER_DEPTH} wrappers "
+                        f"({'.'.join(path[:4])}...); a checkpoint has at most a few ('state_dict', 'model', "
+                        f"'module'); pass the state dict itself")
                 obj = inner
                 break
         else:
@@ -250,29 +269,94 @@ def resize_rpb(rpb: torch.Tensor, size: int) -> torch.Tensor:
     return resized[0].to(rpb.dtype)
 
 
+# what torch.save writes: a zip archive (torch >= 1.6) or a pickle (the legacy format, protocol 2)
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _describe(source) -> str:
+    return "the checkpoint (a dict)" if isinstance(source, Mapping) else str(source)
+
+
+def _file_head(path: str) -> Optional[bytes]:
+    """The first bytes of a local file (None for a URL or a path that is not a file)."""
+    import os
+
+    if not os.path.isfile(path):
+        return None  # torch.load's FileNotFoundError / IsADirectoryError already name the path
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
+def _check_not_empty(path: str):
+    """A zero-byte file (an interrupted download or save) fails inside torch.load with an
+    ``EOFError`` without a message."""
+    if _file_head(path) == b"":
+        raise ValueError(f"load_pretrained: {path} is empty (0 bytes), not a checkpoint; the download or the "
+                         "save that wrote it was probably interrupted: fetch or write it again")
+
+
+def _unreadable(source: str, exc: BaseException) -> RuntimeError:
+    """The error for a file torch.load cannot parse: a foreign file (text, an HTML error page saved
+    instead of the checkpoint) fails in the unpickler with an ``IndexError`` / ``KeyError`` /
+    ``UnpicklingError``, a cut-off one in the zip reader."""
+    head = _file_head(source)
+    if head is not None and not head.startswith(_TORCH_SAVE_MAGIC):
+        what = (f"is not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; the file starts "
+                f"with {head!r}): check the path")
+    else:
+        what = "is not a readable checkpoint (truncated or corrupted?): fetch or write it again"
+    return RuntimeError(f"load_pretrained: {source} {what}; torch.load raised {type(exc).__name__}: {exc}")
+
+
 def _load_object(source, map_location="cpu"):
     if isinstance(source, Mapping):
         return source
     source = str(source)
+    is_url = source.startswith(("http://", "https://"))
+    if not is_url:
+        _check_not_empty(source)
     if source.endswith(".safetensors"):  # HF hub files
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
             raise RuntimeError(f"load_pretrained: reading {source} needs `pip install safetensors`") from exc
-        if source.startswith(("http://", "https://")):
+        if is_url:
             raise ValueError(f"load_pretrained: download {source} first and pass the local path")
         return load_file(source, device=str(map_location))
     try:
-        if source.startswith(("http://", "https://")):
+        if is_url:
             return torch.hub.load_state_dict_from_url(source, map_location=map_location, progress=False,
                                                       check_hash=False, weights_only=True)
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        head = _file_head(source)
+        if head is not None and not head.startswith(_TORCH_SAVE_MAGIC):
+            # a text file is a "pickle" of unknown opcodes, which weights_only refuses first
+            raise _unreadable(source, exc) from exc
         raise RuntimeError(
             f"load_pretrained: {source} holds objects other than tensors and plain containers, which "
             f"torch.load(weights_only=True) refuses ({exc}). If you trust the file, load it yourself with "
             "torch.load(path, map_location='cpu', weights_only=False) and pass the resulting dict."
         ) from exc
+    except (EOFError, IndexError, KeyError) as exc:  # the unpickler on a truncated / foreign file
+        raise _unreadable(source, exc) from exc
+    except RuntimeError as exc:
+        if "PytorchStreamReader" in str(exc) or "unexpected EOF" in str(exc):  # cut off or damaged
+            raise _unreadable(source, exc) from exc
+        raise
+
+
+def _check_finite(state: Mapping, own: Mapping, source: str):
+    """NaN / Inf weights (a diverged run, a bad conversion) would load silently and make every output
+    NaN: refuse them, naming the first bad key."""
+    for key, value in state.items():
+        if (key in own and isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f"load_pretrained: {source} has non-finite weights: {key} holds {bad} NaN / Inf value(s) of "
+                f"{value.numel()}; the run that saved it diverged or the file is damaged: load an earlier "
+                "checkpoint")
 
 
 def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: bool = False,
@@ -286,10 +370,11 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     not needed, the layout is detected. Returns ``(missing_keys, unexpected_keys)``.
     """
     logger = logger or _logger
-    obj = _load_object(checkpoint, map_location)
+    source = _describe(checkpoint)
+    obj = _unwrap(_load_object(checkpoint, map_location), source, "load_pretrained")
     if prefix:
         prefix = prefix if prefix.endswith(".") else prefix + "."  # mmengine accepts 'backbone' too
-        state = _strip_module_prefix(_unwrap(obj))
+        state = _strip_module_prefix(obj)
         obj = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
         if not obj:
             raise ValueError(f"load_pretrained: no key of the checkpoint starts with prefix {prefix!r}")
@@ -297,6 +382,10 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     _check_family(model, state)
 
     own = model.state_dict()
+    if not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"load_pretrained: {source} holds no tensors (keys {sorted(map(str, state))[:8]}), "
+                         "so it is not a state dict of a model")
+    _check_finite(state, own, source)
     for key, value in list(state.items()):
         if key not in own or not isinstance(value, torch.Tensor) or value.shape == own[key].shape:
             continue

@@ -23,6 +23,9 @@ What importing this module does:
   the decode heads') ``in_channels`` do not match them (``tools/train.py`` / ``tools/test.py``
   add the hook to every config; mmdet itself only fails later, with a bare assertion or a
   convolution shape error);
+* registers :class:`DiNATRNGStateHook` in ``HOOKS``: it saves the random generators' states
+  into checkpoints and restores them on ``--resume`` (``tools/train.py`` adds it too), so that a
+  resumed run follows the uninterrupted one;
 * registers :class:`CPUDistributedDataParallel` in mmengine's ``MODEL_WRAPPERS``: mmengine 0.10.7
   always passes ``device_ids=[LOCAL_RANK]`` to DDP, which torch rejects for CPU modules; this
   wrapper drops it for CPU modules (``tools/train.py`` selects it for gloo runs on CPU);
@@ -54,7 +57,10 @@ __all__ = [
     "DiNAT_s",
     "DiNATLayerDecayOptimizerConstructor",
     "DiNATChannelCheckHook",
+    "DiNATRNGStateHook",
     "check_neck_channels",
+    "rng_state",
+    "set_rng_state",
     "CPUDistributedDataParallel",
     "get_layer_id",
     "mm_safe_globals",
@@ -254,6 +260,141 @@ class DiNATChannelCheckHook(Hook):
     def before_run(self, runner) -> None:
         model = runner.model
         check_neck_channels(getattr(model, "module", model))  # under a DDP wrapper: the model inside
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproducible resume: the random number generators' states in the checkpoint
+# ----------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """This process's python / numpy / torch (and CUDA, once initialised) generator states, as
+    plain containers and tensors (what ``torch.load(weights_only=True)`` reads without an
+    allow-list entry)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian)),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"].cpu())  # resume maps the checkpoint to the GPU
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+class _RestoreBeforeNextBatch:
+    """Wraps an ``IterBasedTrainLoop``'s dataloader iterator on resume: mmengine first re-reads the
+    ``skip`` batches already trained on (so that the sampler and the data workers' random
+    augmentations reach the same place); with ``num_workers=0`` that runs the pipeline, and its
+    random transforms, in this process. The saved states are therefore installed only right
+    before the first new batch is read, then the loop gets its own iterator back."""
+
+    def __init__(self, loop, skip: int, state: dict):
+        self._loop, self._inner, self._skip, self._state = loop, loop.dataloader_iterator, skip, state
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._skip > 0:
+            self._skip -= 1
+            return next(self._inner)
+        set_rng_state(self._state)
+        self._loop.dataloader_iterator = self._inner
+        return next(self._inner)
+
+
+@HOOKS.register_module(force=True)
+class DiNATRNGStateHook(Hook):
+    """Makes ``--resume`` continue the random streams of the interrupted run.
+
+    mmengine's resume restores the weights, optimizer, schedulers, counters and the seed, and
+    replays the sampler (``InfiniteSampler`` / ``DefaultSampler`` are seeded, and an iteration
+    -based loop re-reads the batches already trained on), but not the generators' states: the
+    resumed run draws new drop-path masks, RPN / RoI samples and flips, and its losses drift from
+    the uninterrupted run's. This hook saves every rank's python / numpy / torch / CUDA states
+    into ``checkpoint['meta']['rng_states']`` (gathered to the saving rank under DDP; mmengine
+    calls ``before_save_checkpoint`` on every rank) and, on resume, puts them back right before
+    the first new batch is read. Validation inside training is made neutral for the generators
+    (their states are put back after it), so that a run resumed from a checkpoint written just
+    before a validation follows the uninterrupted one too.
+
+    Restored only when resuming (the loop's counters equal the checkpoint's); loading weights with
+    ``load_from`` starts the streams from the seed as usual. A checkpoint written by another number
+    of processes is resumed without them, with a warning. ``tools/train.py`` adds the hook to every
+    config; with mmdet's own tools add ``custom_hooks=[dict(type='DiNATRNGStateHook')]``. Together
+    with ``randomness=dict(seed=0, deterministic=True)`` (deterministic CUDA kernels) a resumed
+    run reproduces the uninterrupted one as far as the kernels are deterministic.
+    """
+
+    META_KEY = "rng_states"
+
+    def __init__(self):
+        self._pending: Optional[tuple] = None  # (epoch, iter, per-rank states or None) of a loaded checkpoint
+        self._outside_val: Optional[dict] = None  # the training streams while a validation runs
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        from mmengine.dist import all_gather_object, get_world_size
+
+        # a best-checkpoint saved during validation: the training streams from before it
+        state = self._outside_val if self._outside_val is not None else rng_state()
+        states = all_gather_object(state) if get_world_size() > 1 else [state]
+        checkpoint.setdefault("meta", {})[self.META_KEY] = states
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.get("meta", {})
+        self._pending = (meta.get("epoch"), meta.get("iter"), meta.get(self.META_KEY))
+
+    def before_train(self, runner) -> None:
+        if self._pending is None:
+            return
+        epoch, iteration, states = self._pending
+        self._pending = None
+        loop = runner.train_loop
+        if (epoch, iteration) != (loop.epoch, loop.iter):
+            return  # load_from (weights only), not a resume
+        if states is None:
+            runner.logger.warning("DiNATRNGStateHook: the checkpoint holds no random generator states (written "
+                                  "without this hook); the resumed run draws other random numbers than the "
+                                  "interrupted one would have")
+            return
+        from mmengine.dist import get_rank, get_world_size
+
+        if len(states) != get_world_size():
+            runner.logger.warning(
+                f"DiNATRNGStateHook: the checkpoint holds the random generator states of {len(states)} "
+                f"process(es), this run has {get_world_size()}; resuming without them (the run will not "
+                "follow the interrupted one exactly)")
+            return
+        state = states[get_rank()]
+        if hasattr(loop, "dataloader_iterator") and loop.iter > 0:  # IterBasedTrainLoop: replays batches
+            loop.dataloader_iterator = _RestoreBeforeNextBatch(loop, loop.iter, state)
+        else:
+            set_rng_state(state)
+        runner.logger.info(f"DiNATRNGStateHook: random generator states of iteration {iteration} restored")
+
+    def before_val(self, runner) -> None:
+        self._outside_val = rng_state()
+
+    def after_val(self, runner) -> None:
+        if self._outside_val is not None:
+            set_rng_state(self._outside_val)
+            self._outside_val = None
 
 
 # ----------------------------------------------------------------------------------------------

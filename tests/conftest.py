@@ -1,6 +1,6 @@
 """Shared test setup: make the package importable from a plain checkout (no install needed), run the
-Triton kernels in Triton's interpreter where there is no GPU, deselect GPU-only tests there, and
-helpers the test files share."""
+Triton kernels in Triton's interpreter where there is no GPU, deselect GPU-only tests there, fail
+every skipped test, and helpers the test files share."""
 import os
 import sys
 import warnings
@@ -32,6 +32,36 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+_NO_SKIPS = ("this suite allows no skipped tests: install what it needs (bash tools/install.sh) or, for a "
+             "GPU-only test, mark it @pytest.mark.cuda")
+
+
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skipped test is a failed one: a missing dependency or an unbuilt kernel must fail CI, not
+    pass it as "2 skipped" (GPU-only tests are deselected by their ``cuda`` marker above instead).
+    Covers ``pytest.skip``, ``importorskip``, ``skipif`` / ``skip`` markers; ``xfail`` is left alone."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} was skipped ({_skip_reason(report)}); {_NO_SKIPS}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while it is collected (``importorskip`` at the top)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"{collector.nodeid} was skipped ({_skip_reason(report)}); {_NO_SKIPS}"
 
 
 def load_tool(name: str):

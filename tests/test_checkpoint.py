@@ -204,8 +204,7 @@ def test_checkpoint_urls():
 @pytest.fixture(scope="module")
 def hf_dinat():
     """transformers' modeling_dinat with natten_mps's natten2dqkrpb / natten2dav in place of natten <= 0.17."""
-    pytest.importorskip("transformers")
-    v014 = pytest.importorskip("natten_mps.compat.v014")
+    import natten_mps.compat.v014 as v014
     import transformers.models.dinat.modeling_dinat as md
 
     saved = {n: getattr(md, n) for n in ("natten2dqkrpb", "natten2dav", "requires_backends")}
@@ -286,7 +285,7 @@ def test_hf_classification_models_convert(hf_dinat, cls, caplog, tmp_path):
     hsd = hf.state_dict()
     if cls == "DinatForImageClassification":  # as on the HF hub: model.safetensors
         assert any(k.startswith("dinat.") for k in hsd) and any(k.startswith("classifier.") for k in hsd)
-        safetensors_torch = pytest.importorskip("safetensors.torch")
+        import safetensors.torch as safetensors_torch
         path = tmp_path / "model.safetensors"
         safetensors_torch.save_file({k: v.contiguous() for k, v in hsd.items()}, str(path))
         hsd = str(path)

@@ -248,8 +248,6 @@ def _export_tool():
 
 
 def test_onnx_round_trip_fixed(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     import onnx
 
     tool = _export_tool()
@@ -267,8 +265,6 @@ def test_export_onnx_cli_dynamic(tmp_path, capsys, monkeypatch):
     """The command line with --dynamic: one graph, checked by the tool on the export size (every
     stage pads) and on another batch and size (only some stages / axes pad); exit code 0 means
     max abs error <= 1e-4. The tiny model stands in for --arch to keep the test fast."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     import onnx
 
     tool = _export_tool()

@@ -22,8 +22,6 @@ from dinat_backbone import ops
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import na2d_reference_gathered  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not ops.cpu_kernel_available(), reason="compiled CPU kernel not built")
-
 KERNEL_SIZES = (3, 5, 7, 9, 11, 13)
 DILATIONS = (1, 2, 3)
 # (heads, head_dim): odd head_dims leave a remainder after the vector-wide channel loops, and

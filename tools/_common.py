@@ -79,7 +79,7 @@ def default_work_dir(config_path: str) -> str:
 def load_config(args):
     """Config from ``args.config`` with the launcher, ``--cfg-options`` and work dir applied (the
     part tools/train.py and tools/test.py share); imports the config's mm scope and adds
-    ``DiNATChannelCheckHook``. Returns ``(cfg, scope)``."""
+    ``DiNATChannelCheckHook`` and ``DiNATRNGStateHook``. Returns ``(cfg, scope)``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
@@ -88,10 +88,13 @@ def load_config(args):
         cfg.merge_from_dict(args.cfg_options)
     scope = scope_of(cfg)
     import_scope(scope)
-    # a neck / head built for another backbone width fails before the run, naming the channels
+    # a neck / head built for another backbone width fails before the run, naming the channels;
+    # checkpoints carry the random generators' states, so that --resume continues them
     hooks = list(cfg.get("custom_hooks", None) or [])
-    if not any(h.get("type") == "DiNATChannelCheckHook" for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type="DiNATChannelCheckHook")]
+    for hook in ("DiNATChannelCheckHook", "DiNATRNGStateHook"):
+        if not any(h.get("type") == hook for h in hooks):
+            hooks.append(dict(type=hook))
+    cfg.custom_hooks = hooks
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:

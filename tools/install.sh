@@ -78,8 +78,9 @@ if [ "${SKIP_MM:-0}" != "1" ]; then
 fi
 
 if [ "${SKIP_MM:-0}" != "1" ]; then
-# triton: the fused GPU backend's kernels, run by the CPU tests in Triton's interpreter
-ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime "triton>=3.0"
+  # triton: the fused GPU backend's kernels, run by the CPU tests in Triton's interpreter;
+  # onnxscript: torch 2.13's ONNX exporter (tools/export_onnx.py) imports it and torch does not declare it
+  ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime onnxscript "triton>=3.0"
 fi
 
 # this package, editable, with its compiled CPU kernel; rebuilt only when the kernel sources,
