@@ -75,6 +75,9 @@ if [ "${SKIP_MM:-0}" != "1" ]; then
   fi
   ensure "mmdet 3.3.0, mmsegmentation 1.2.2 (+ ftfy, regex it does not declare), pycocotools" \
     mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools
+  # mmdet's CocoPanopticMetric imports panopticapi (not on PyPI under that name); panopticapi-lite
+  # ships the same panopticapi.evaluation / panopticapi.utils modules
+  ensure "panopticapi (panopticapi-lite) for mmdet's CocoPanopticMetric" panopticapi-lite
 fi
 
 if [ "${SKIP_MM:-0}" != "1" ]; then
