@@ -9,8 +9,8 @@
     python tools/run_toy.py [--iters N] [--work-dir DIR] [--seg]
 
 ``--seg`` also trains and evaluates the toy UPerNet (mmseg IoUMetric, mIoU). Only the ``[toy]``
-lines are printed: pycocotools' and mmengine's console output is kept back (shown with ``--verbose``,
-or when a run fails).
+lines are printed: pycocotools' and mmengine's console output and the OpenMMLab libraries'
+UserWarnings are kept back (shown with ``--verbose``; the console output also when a run fails).
 """
 import argparse
 import os
@@ -126,10 +126,14 @@ def run(config, work_dir, iters=None, quiet=True):
         runner.train()
         return runner.test()
     import contextlib
+    import warnings
 
     filtered = _ToyLinesOnly(sys.stdout)
     try:
-        with contextlib.redirect_stdout(filtered):
+        with contextlib.redirect_stdout(filtered), warnings.catch_warnings():
+            # the OpenMMLab libraries' deprecation notices (mmseg prints five per run); this package's
+            # own warnings (e.g. a missing compiled kernel) still show
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(mmcv|mmdet|mmengine|mmseg)(\.|$)")
             runner = Runner.from_cfg(cfg)
             runner.train()
             return runner.test()
@@ -167,7 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--seg", action="store_true", help="also train + evaluate the toy UPerNet")
     p.add_argument("--panoptic", action="store_true",
                    help="also train + evaluate the toy Mask2Former (panoptic: PQ / SQ / RQ)")
-    p.add_argument("--verbose", action="store_true", help="show mmengine's training log and pycocotools' output")
+    p.add_argument("--verbose", action="store_true",
+                   help="show mmengine's training log, pycocotools' output and the OpenMMLab libraries' warnings")
     args = p.parse_args(argv)
 
     import make_toy_data
