@@ -354,7 +354,7 @@ def _bash(script, *args, env=None):
 def test_launch_scripts_print_usage(script, needs):
     for flag in ("--help", "-h"):
         proc = _bash(script, flag)
-        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: ") and script in proc.stdout, proc
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: ") and script in proc.stdout, proc
     proc = _bash(script)
     assert proc.returncode == 2 and f"needs {needs}" in proc.stderr and "usage:" in proc.stderr, proc
     assert "unbound variable" not in proc.stderr

@@ -49,7 +49,6 @@ The closing markdown table (also written to ``--markdown FILE``) is what the REA
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import gc
 import math
@@ -79,7 +78,8 @@ def log(msg: str = ""):
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-def build_dinat(arch: str, dilations: Optional[str], with_cp: bool = False, attn_backend: Optional[str] = None) -> nn.Module:
+def build_dinat(arch: str, dilations: Optional[str], with_cp: bool = False,
+                attn_backend: Optional[str] = None) -> nn.Module:
     from dinat_backbone.dinat import DiNAT
 
     return DiNAT(arch=arch, dilations=dilations, drop_path_rate=0.0, with_cp=with_cp, out_indices=(0, 1, 2, 3),
@@ -447,7 +447,8 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
 
 
 def fmt_ratio(a, b) -> str:
-    if b is None or not (isinstance(a, (int, float)) and isinstance(b, (int, float))) or b == 0 or math.isnan(a) or math.isnan(b):
+    numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+    if b is None or not numbers or b == 0 or math.isnan(a) or math.isnan(b):
         return "–"
     return f"{a / b:.2f}"
 
@@ -482,13 +483,15 @@ def markdown(args, dev: Device, shapes, results, env: str) -> str:
                 f"{mem_f} | {mem_f_x} | {mem_b} | {mem_b_x} |")
     comp = [(shape, key, c) for shape, res in zip(shapes, results) for key, c in res.get("compile", {}).items()]
     if comp:
-        lines += ["", "| input | model | eager forward (s) | torch.compile forward (s) | speed-up | first call (s) | max abs diff |",
+        lines += ["", "| input | model | eager forward (s) | torch.compile forward (s) | speed-up | first call (s) "
+                      "| max abs diff |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for shape, key, c in comp:
             name, B, H, W, dil = shape
             lines.append(f"| {B}×3×{H}×{W} ({dil}) | {MODEL_LABELS[key]} | {c['eager']:.3f} | {c['fwd']:.3f} | "
                          f"{c['eager'] / c['fwd']:.2f}× | {c['compile_s']:.0f} | {c['diff']:.1e} |")
-    cps = [(shape, res["tiny_cp"]) for shape, res in zip(shapes, results) if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]]
+    cps = [(shape, res["tiny_cp"]) for shape, res in zip(shapes, results)
+           if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]]
     if cps:
         lines.append("")
         for shape, r in cps:
@@ -582,7 +585,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
                    help="fp32, or bf16 autocast (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: small inputs (1x3x224x320 coco, 2x3x128x128 ade20k-512), 1 repetition, no warm-up, "
+                   help="smoke test: small inputs (1x3x224x320 coco, 2x3x128x128 ade20k-512), 1 repetition, "
+                        "no warm-up, "
                         "torch.compile of DiNAT-T only (Swin-T's compile alone takes minutes); prints the targets' "
                         "measurements without judging them")
     p.add_argument("--shape", action="append", nargs=5, metavar=("NAME", "B", "H", "W", "DILATIONS"),
@@ -611,7 +615,8 @@ def parse_args(argv=None):
         # Swin-T's first compiled call alone took 217 s on 2 cores: not in a smoke run
         args.compile = ["tiny"] if args.quick else ["tiny", "swin"]
     if args.shape:
-        args.shapes = [(n, int(b), int(h), int(w), None if d.lower() in ("none", "1") else d) for n, b, h, w, d in args.shape]
+        args.shapes = [(n, int(b), int(h), int(w), None if d.lower() in ("none", "1") else d)
+                       for n, b, h, w, d in args.shape]
     else:
         args.shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     return args

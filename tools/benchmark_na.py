@@ -167,7 +167,8 @@ def print_work_ratios(kernel_size=KERNEL_SIZE):
         flex = na2d_triton.flex_block_mask_work_ratio(X, Y, kernel_size, d)
         dense = X * Y / kernel_size ** 2
         verdict = "PASS" if max(fwd, bwd) <= WORK_TARGET else "FAIL"
-        print(f"{X:>4}x{Y:<4} {d:>3} {1.0:>5.1f} {1.0:>6.1f} {fwd:>13.2f}x {bwd:>12.2f}x {flex:>17.1f}x {dense:>10.0f}x  {verdict}")
+        print(f"{X:>4}x{Y:<4} {d:>3} {1.0:>5.1f} {1.0:>6.1f} {fwd:>13.2f}x {bwd:>12.2f}x {flex:>17.1f}x "
+              f"{dense:>10.0f}x  {verdict}")
     print(flush=True)
 
 
@@ -221,7 +222,8 @@ def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES):
             ("dense SDPA", lambda q, k, v, rpb: sdpa_dense(q, k, v), (q, k, v, None)),
         ]:
             res[name] = measure(f"{name} {label}", fn, inputs, device, repeats)
-        t = {name: {key: (val[0] if not isinstance(val, str) else None) for key, val in r.items()} for name, r in res.items()}
+        t = {name: {key: (val[0] if not isinstance(val, str) else None) for key, val in r.items()}
+             for name, r in res.items()}
         tri_f, tri_fb = t["triton"]["fwd"], t["triton"]["fwd+bwd"]
         record = {"shape": label, "floor_us": floor * 1e6, **{f"{n}_{key}_ms": (None if v is None else v * 1e3)
                                                               for n, r in t.items() for key, v in r.items()}}
@@ -233,7 +235,8 @@ def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES):
                 return
             shown = round(value, 1)  # judged on the figure printed, so the two always agree
             ok = shown >= limit if at_least else shown <= limit
-            lines.append(f"  [{'PASS' if ok else 'FAIL'}] {what} at {label}: {value:.1f}x ({'>=' if at_least else '<='} {limit:.0f}x)")
+            relation = ">=" if at_least else "<="
+            lines.append(f"  [{'PASS' if ok else 'FAIL'}] {what} at {label}: {value:.1f}x ({relation} {limit:.0f}x)")
 
         check("triton forward / memory floor", tri_f and tri_f / floor, GPU_TARGETS["floor_fwd"])
         check("triton forward+backward / memory floor", tri_fb and tri_fb / floor, GPU_TARGETS["floor_fwd_bwd"])
@@ -313,7 +316,8 @@ def main(argv=None):
             candidates = [c for c in candidates if c[0] in args.backends]
         for backend, label, with_bwd in candidates:
             fn = lambda q, k, v, rpb, backend=backend: ops.na2d(q, k, v, K, d, rpb, backend=backend)  # noqa: E731
-            rows.append((shape_label, label, flops, gemm, measure(label, fn, (q, k, v, rpb), device, repeats, with_bwd)))
+            timing = measure(label, fn, (q, k, v, rpb), device, repeats, with_bwd)
+            rows.append((shape_label, label, flops, gemm, timing))
 
         natten_label = "natten.functional.na2d (natten's own op, no rpb)"
         if natten_fn is None:
@@ -321,7 +325,8 @@ def main(argv=None):
             progress(f"    {natten_label}: not installed")
         else:
             fn = lambda q, k, v, rpb: natten_fn(q, k, v, kernel_size=K, dilation=d)  # noqa: E731
-            rows.append((shape_label, natten_label, flops, gemm, measure(natten_label, fn, (q, k, v, None), device, repeats)))
+            timing = measure(natten_label, fn, (q, k, v, None), device, repeats)
+            rows.append((shape_label, natten_label, flops, gemm, timing))
         if device.type == "cuda":
             fn = lambda q, k, v, rpb: sdpa_dense(q, k, v)  # noqa: E731
             label = "dense SDPA over the whole map (reference point)"
@@ -329,9 +334,11 @@ def main(argv=None):
         del q, k, v, rpb
 
     print()
-    print(f"device {device}, {torch.get_num_threads()} threads; K={KERNEL_SIZE}, rpb; times: best (median) of >= {repeats} runs "
-          f"(fast calls: >= 1 s of runs); GEMM: float32 {gemm_size}^2 matmul, best of {gemm_tries}, timed just before each shape")
-    print(f"efficiency = useful FLOPs / best time / GEMM; goal: fwd >= {GOAL['fwd']:.0f} %, fwd+bwd >= {GOAL['fwd+bwd']:.0f} % "
+    print(f"device {device}, {torch.get_num_threads()} threads; K={KERNEL_SIZE}, rpb; times: best (median) of "
+          f">= {repeats} runs (fast calls: >= 1 s of runs); GEMM: float32 {gemm_size}^2 matmul, best of "
+          f"{gemm_tries}, timed just before each shape")
+    print(f"efficiency = useful FLOPs / best time / GEMM; goal: fwd >= {GOAL['fwd']:.0f} %, "
+          f"fwd+bwd >= {GOAL['fwd+bwd']:.0f} % "
           f"(issue minimum {MINIMUM['fwd']:.0f} % / {MINIMUM['fwd+bwd']:.0f} %)")
     if args.quick:
         print(QUICK_NOTE)
@@ -357,7 +364,8 @@ def main(argv=None):
                 record[key + "_efficiency_pct"] = eff
                 verdicts.append("goal" if eff >= GOAL[key] else ("min" if eff >= MINIMUM[key] else "below"))
         verdict = "/".join(verdicts) if not args.quick else "-"
-        print(f"{shape_label:<28} {label:<50} {gemm:>6.0f} {cells[0]:>16} {cells[1]:>8} {cells[2]:>20} {cells[3]:>8}  {verdict}")
+        print(f"{shape_label:<28} {label:<50} {gemm:>6.0f} {cells[0]:>16} {cells[1]:>8} {cells[2]:>20} "
+              f"{cells[3]:>8}  {verdict}")
         results.append(record)
     if args.quick:
         print("(not judged: see the --quick note above the table)")

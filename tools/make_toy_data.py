@@ -58,7 +58,8 @@ def _background(rng: np.random.RandomState, size: int) -> np.ndarray:
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float):
     if kind == "square":
-        pts = [(math.cos(angle + k * math.pi / 2 + math.pi / 4), math.sin(angle + k * math.pi / 2 + math.pi / 4)) for k in range(4)]
+        corners = [angle + k * math.pi / 2 + math.pi / 4 for k in range(4)]
+        pts = [(math.cos(a), math.sin(a)) for a in corners]
     elif kind == "triangle":
         pts = [(math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
     else:

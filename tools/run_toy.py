@@ -13,7 +13,6 @@ lines are printed: pycocotools' and mmengine's console output and the OpenMMLab 
 UserWarnings are kept back (shown with ``--verbose``; the console output also when a run fails).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import time
@@ -147,7 +146,8 @@ def panoptic_table(metrics: dict) -> list:
     rows = [("all", ""), ("things", "_th"), ("stuff", "_st")]
     lines = [f"{'':8s}{'PQ':>7s}{'SQ':>7s}{'RQ':>7s}"]
     for name, suffix in rows:
-        lines.append(f"{name:8s}" + "".join(f"{metrics[f'coco_panoptic/{m}{suffix}']:7.1f}" for m in ("PQ", "SQ", "RQ")))
+        values = (metrics[f"coco_panoptic/{m}{suffix}"] for m in ("PQ", "SQ", "RQ"))
+        lines.append(f"{name:8s}" + "".join(f"{value:7.1f}" for value in values))
     return lines
 
 
