@@ -305,12 +305,12 @@ def test_toy_mask2former_trains_and_pq_rises(tmp_path, toy_panoptic):
     torch.manual_seed(0)
     untrained = _toy_runner(tmp_path, "untrained", 1).test()
     assert set(untrained) >= {f"coco_panoptic/{m}{s}" for m in ("PQ", "SQ", "RQ") for s in ("", "_th", "_st")}
-    runner = _toy_runner(tmp_path, "trained", 120)
+    runner = _toy_runner(tmp_path, "trained", 100)  # half the toy schedule (PQ ~60 after all 200)
     runner.train()
     trained = runner.test()
     print("untrained", untrained, "\ntrained", trained)
     assert untrained["coco_panoptic/PQ"] < 10
-    assert trained["coco_panoptic/PQ"] > untrained["coco_panoptic/PQ"] + 20
+    assert trained["coco_panoptic/PQ"] > untrained["coco_panoptic/PQ"] + 15
     assert trained["coco_panoptic/PQ_st"] > 30 and trained["coco_panoptic/PQ_th"] > untrained["coco_panoptic/PQ_th"]
 
 
