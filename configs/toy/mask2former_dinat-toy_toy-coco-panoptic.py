@@ -1,10 +1,10 @@
-# Toy Mask2Former (panoptic) with a small DiNAT (mini width, 6 blocks) on the embedded toy
+# Toy Mask2Former (panoptic) with a small DiNAT (width 32, 6 blocks) on the embedded toy
 # COCO-panoptic set (tools/make_toy_data.py: circles / squares / triangles as things, "stripes" /
-# "checker" background textures as stuff; 64 train / 24 val images of 128x128). Trains from scratch
-# on CPU in a few minutes (python tools/run_toy.py --panoptic) and is evaluated with mmdet's real
-# CocoPanopticMetric (panopticapi). Not a paper recipe: mmdet's Mask2Former with its modules, losses
-# and point sampling unchanged, at a smaller width (64 instead of 256), with fewer queries (16),
-# pixel-decoder layers (2 instead of 6) and decoder layers (3 instead of 9).
+# "checker" background textures as stuff; 64 train / 24 val images of 128x128, used at 96x96).
+# Trains from scratch on CPU in a few minutes (python tools/run_toy.py --panoptic) and is evaluated
+# with mmdet's real CocoPanopticMetric (panopticapi). Not a paper recipe: mmdet's Mask2Former with
+# its modules, losses and point sampling unchanged, at a smaller width (64 instead of 256), with
+# fewer queries (16), pixel-decoder layers (2 instead of 6) and decoder layers (3 instead of 9).
 _base_ = ['mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py']
 custom_imports = dict(imports=['dinat_backbone.mm'], allow_failed_imports=False)
 
