@@ -93,7 +93,8 @@ def panoptic_table(metrics: dict) -> list:
     rows = [("all", ""), ("things", "_th"), ("stuff", "_st")]
     lines = [f"{'':8s}{'PQ':>7s}{'SQ':>7s}{'RQ':>7s}"]
     for name, suffix in rows:
-        lines.append(f"{name:8s}" + "".join(f"{metrics[f'coco_panoptic/{m}{suffix}']:7.1f}" for m in ("PQ", "SQ", "RQ")))
+        values = [metrics[f"coco_panoptic/{m}{suffix}"] for m in ("PQ", "SQ", "RQ")]
+        lines.append(f"{name:8s}" + "".join(f"{v:7.1f}" for v in values))
     return lines
 
 
