@@ -323,3 +323,18 @@ def test_run_toy_panoptic_table():
     assert lines[1].split() == ["all", "50.0", "80.0", "60.0"]
     assert lines[2].split() == ["things", "40.0", "70.0", "50.0"]
     assert lines[3].split() == ["stuff", "60.0", "90.0", "70.0"]
+
+
+@pytest.mark.parametrize("path", [p for p in M2F_CONFIGS if "coco-panoptic" in p or "ade20k-640x640" in p], ids=_rel)
+def test_pixel_decoder_channel_mismatch_names_both_lists(path):
+    """A Mask2Former head built for another backbone width fails in DiNATChannelCheckHook's check
+    (tools/train.py / tools/test.py add it), naming what the backbone emits, instead of a
+    convolution shape error in the pixel decoder at the first iteration."""
+    from dinat_backbone.mm import check_neck_channels
+
+    cfg = _shrink(Config.fromfile(path))
+    models = _registry(cfg.default_scope)
+    check_neck_channels(models.build(cfg.model))  # matching: passes
+    _head(cfg.model).in_channels = [192, 384, 768, 1536]  # the DiNAT-L widths, backbone shrunk to 32
+    with pytest.raises(ValueError, match=r"emits \[32, 64, 128, 256\].*pixel decoder.*\[192, 384, 768, 1536\]"):
+        check_neck_channels(models.build(cfg.model))
