@@ -224,11 +224,22 @@ def _head_mismatch(head: nn.Module, emits: List[int]) -> Optional[str]:
     return None
 
 
+def _pixel_decoder_in_channels(head: nn.Module) -> Optional[List[int]]:
+    """The ``in_channels`` a Mask2Former / MaskFormer head's pixel decoder was built for (mmdet's
+    ``MSDeformAttnPixelDecoder``, also inside mmseg's head): its 1x1 input convolutions, coarsest
+    level first, then the FPN laterals, coarsest first. None for other heads."""
+    decoder = getattr(head, "pixel_decoder", None)
+    convs = list(getattr(decoder, "input_convs", [])) + list(getattr(decoder, "lateral_convs", []))
+    if not convs or not all(hasattr(getattr(c, "conv", None), "in_channels") for c in convs):
+        return None
+    return [c.conv.in_channels for c in convs][::-1]
+
+
 def check_neck_channels(model: nn.Module) -> None:
     """ValueError when the channels a DiNAT / NAT / DiNAT_s backbone of an mmdet / mmseg model
     emits (``backbone.out_channels``) are not the ``in_channels`` of its neck, or, without a
-    neck, of its decode / auxiliary heads (for their ``in_index``). Models without such a
-    backbone are left alone."""
+    neck, of its decode / auxiliary heads (for their ``in_index``) or its Mask2Former pixel
+    decoder. Models without such a backbone are left alone."""
     backbone = getattr(model, "backbone", None)
     if not isinstance(backbone, _core.DiNATBackboneBase):
         return
@@ -243,6 +254,11 @@ def check_neck_channels(model: nn.Module) -> None:
             raise ValueError(f"{what}, but the neck {type(first).__name__} has in_channels={list(expected)}; set "
                              f"neck.in_channels={emits} in the config (or the backbone's out_indices)")
         return
+    for attr in ("panoptic_head", "decode_head"):  # Mask2Former (mmdet / mmseg)
+        expected = _pixel_decoder_in_channels(getattr(model, attr, None))
+        if expected is not None and expected != emits:
+            raise ValueError(f"{what}, but the {attr}'s pixel decoder was built for in_channels={expected}; set "
+                             f"{attr}.in_channels={emits} in the config (or the backbone's out_indices)")
     for attr in ("decode_head", "auxiliary_head"):
         heads = getattr(model, attr, None)
         for head in heads if isinstance(heads, nn.ModuleList) else [heads]:

@@ -153,7 +153,7 @@ def panoptic_table(metrics: dict) -> list:
 
 def run_panoptic(work_dir: str, quiet: bool = True) -> list:
     """Train + evaluate the toy Mask2Former (panoptic); returns the report lines."""
-    print("[toy] training toy Mask2Former (DiNAT, 6 blocks, mini width) on CPU; evaluating with "
+    print("[toy] training toy Mask2Former (DiNAT, 6 blocks, width 32) on CPU; evaluating with "
           "CocoPanopticMetric", flush=True)
     t0 = time.time()
     out = osp.join(work_dir, "mask2former")
