@@ -187,7 +187,8 @@ def test_config_builds_and_runs_loss_and_predict(path):
     cfg = _shrink(Config.fromfile(path))
     scope = cfg.default_scope
     model = _registry(scope).build(cfg.model)
-    assert type(model.backbone).__name__ == "DiNAT" and model.backbone.kernel_size == 11
+    assert type(model.backbone).__name__ == "DiNAT"
+    assert model.backbone.kernel_size == 11
     dilations = [[b.attn.dilation for b in level.blocks] for level in model.backbone.levels]
     assert dilations == [[1, 14], [1, 4], [1, 2], [1]]
     head_cfg = _head(cfg.model)

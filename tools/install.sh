@@ -83,7 +83,9 @@ fi
 if [ "${SKIP_MM:-0}" != "1" ]; then
   # triton: the fused GPU backend's kernels, run by the CPU tests in Triton's interpreter;
   # onnxscript: torch 2.13's ONNX exporter (tools/export_onnx.py) imports it and torch does not declare it
-  ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime onnxscript "triton>=3.0"
+  # ruff: the lint step of .ci/run (pinned: new releases add rules)
+  ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime onnxscript "triton>=3.0" \
+    ruff==0.17.6
 fi
 
 # this package, editable, with its compiled CPU kernel; rebuilt only when the kernel sources,
