@@ -9,6 +9,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -68,7 +69,7 @@ def load_tool(name: str):
     """``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
     from importlib.util import module_from_spec, spec_from_file_location
 
-    spec = spec_from_file_location(f"dinat_tools_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    spec = spec_from_file_location(f"dinat_tools_{name}", os.path.join(TOOLS, f"{name}.py"))
     module = module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

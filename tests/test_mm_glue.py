@@ -267,16 +267,14 @@ def test_segmentor_head_channel_mismatch_is_named():
 def test_channel_check_hook_fails_the_run_before_training(tmp_path):
     """tools/train.py and tools/test.py add DiNATChannelCheckHook; the runner calls it before the
     first iteration, so a wrong neck fails at once with the channels instead of inside FPN."""
-    import importlib.util
     import os
 
     from mmengine.runner import Runner
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("dinat_tools_train", os.path.join(root, "tools", "train.py"))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    config = os.path.join(root, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
+    from conftest import ROOT, load_tool
+
+    train = load_tool("train")
+    config = os.path.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
     args = train.parse_args([config, "--work-dir", str(tmp_path), "--cfg-options",
                              "model.neck.in_channels=[96,192,384,768]"])
     cfg = train.build_cfg(args)

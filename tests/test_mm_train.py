@@ -26,25 +26,11 @@ import mmseg  # noqa: F401
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, "tools")
-sys.path.insert(0, TOOLS)
+from conftest import ROOT, TOOLS, load_tool
 
-import make_toy_data  # noqa: E402
-
-
-def _load_tool(name):
-    """tools/<name>.py as a module (tools/test.py would clash with the stdlib's ``test``)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"dinat_tools_{name}", os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mm_train_tool = _load_tool("train")
-mm_test_tool = _load_tool("test")
+make_toy_data = load_tool("make_toy_data")
+mm_train_tool = load_tool("train")  # loaded by path: tools/test.py would clash with the stdlib's ``test``
+mm_test_tool = load_tool("test")
 
 DET_CFG = os.path.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
 SEG_CFG = os.path.join(ROOT, "configs", "toy", "upernet_dinat-toy_toy-ade.py")

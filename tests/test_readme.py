@@ -18,7 +18,8 @@ import re
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 README = os.path.join(ROOT, "README.md")
 MARKER = re.compile(r"<!-- test_readme: (\S+) -->\n```(\w+)\n(.*?)\n```", re.S)
 

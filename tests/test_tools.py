@@ -12,17 +12,7 @@ from PIL import Image
 
 from dinat_backbone import DiNAT, DiNAT_s, convert_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, "tools")
-
-
-def _tool(name):
-    from importlib.util import module_from_spec, spec_from_file_location
-
-    spec = spec_from_file_location(f"dinat_tools_{name}", os.path.join(TOOLS, f"{name}.py"))
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, TOOLS, load_tool
 
 
 def _run(script, *args):
@@ -32,7 +22,7 @@ def _run(script, *args):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = _tool(os.path.splitext(os.path.basename(script))[0]).main(list(args))
+        rc = load_tool(os.path.splitext(os.path.basename(script))[0]).main(list(args))
     assert rc in (None, 0) or isinstance(rc, list), buf.getvalue()
     return buf.getvalue()
 
@@ -108,7 +98,7 @@ def test_extract_features_pt_npz_and_vis(tmp_path, image):
     shapes = [tuple(feats[f"stage{i}"].shape) for i in range(1, 5)]
     assert shapes == [(64, 18, 23), (128, 9, 12), (256, 5, 6), (512, 3, 3)]
     # the saved maps are the model's outputs for the normalised image
-    ef = _tool("extract_features")
+    ef = load_tool("extract_features")
     _, x = ef.load_image(str(image))
     m.eval()
     with torch.no_grad():
@@ -128,7 +118,7 @@ def test_extract_features_pt_npz_and_vis(tmp_path, image):
 
 
 def test_pca_rgb_is_deterministic_and_full_range():
-    ef = _tool("extract_features")
+    ef = load_tool("extract_features")
     f = torch.randn(32, 10, 12)
     a, b = ef.pca_rgb(f), ef.pca_rgb(f)
     assert a.shape == (10, 12, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
@@ -152,7 +142,7 @@ def test_extract_features_dinat_s(tmp_path, image):
     # 70x90: ceil(/4) = 18x23, then ceil halvings (Swin pads odd sizes)
     assert [tuple(feats[f"stage{i}"].shape) for i in range(1, 5)] == [(96, 18, 23), (192, 9, 12), (384, 5, 6),
                                                                       (768, 3, 3)]
-    _, x = _tool("extract_features").load_image(str(image))
+    _, x = load_tool("extract_features").load_image(str(image))
     m.eval()
     with torch.no_grad():
         ref = m.patch_embed(x)
@@ -166,7 +156,7 @@ def test_extract_features_dinat_s(tmp_path, image):
 def test_tool_choices_come_from_the_family_tables(capsys):
     from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, MODEL_FAMILIES
 
-    ef = _tool("extract_features")
+    ef = load_tool("extract_features")
     parser = ef.build_parser()
     actions = {a.dest: a for a in parser._actions}
     assert list(actions["model"].choices) == list(MODEL_FAMILIES)
@@ -178,7 +168,7 @@ def test_tool_choices_come_from_the_family_tables(capsys):
         with pytest.raises(SystemExit) as info:
             ef.main(["img.png", *argv])
         assert info.value.code == 2 and message in capsys.readouterr().err
-    eo = _tool("export_onnx")
+    eo = load_tool("export_onnx")
     args = eo.parse_args(["--model", "dinat_s", "--dilations", "coco"])
     assert args.model_cls is DiNAT_s and args.model_kwargs == {"arch": "tiny", "dilations": "coco"}
     with torch.device("meta"):
@@ -207,7 +197,7 @@ def test_convert_checkpoint_dinat_s_detects_the_family(tmp_path):
     import contextlib
     import io
 
-    tool = _tool("convert_checkpoint")
+    tool = load_tool("convert_checkpoint")
     for argv, text in [
             (["--arch", "tiny"], "does not match dinat_s-tiny"),
             (["--model", "dinat", "--arch", "mini"], "is a DiNAT_s checkpoint, not dinat: use --model dinat_s")]:
@@ -221,7 +211,7 @@ def test_convert_checkpoint_dinat_s_detects_the_family(tmp_path):
 # issue 15: the tools as a new user meets them
 # ----------------------------------------------------------------------------------------------
 def test_extract_features_warns_about_random_weights_and_checks_paths(tmp_path, image, capsys):
-    ef = _tool("extract_features")
+    ef = load_tool("extract_features")
     ef.main([str(image), "--arch", "mini", "--size", "40"])
     err = capsys.readouterr().err
     assert "no --checkpoint given: the backbone has RANDOM weights" in err, err
@@ -247,7 +237,7 @@ def test_extract_features_warns_about_random_weights_and_checks_paths(tmp_path, 
 
 
 def test_extract_features_labels_are_c_by_h_by_w():
-    ef = _tool("extract_features")
+    ef = load_tool("extract_features")
     img = Image.new("RGB", (90, 70))  # PIL size is (W, H): a 70-high, 90-wide image
     labels = ef.panel_labels(img, [torch.zeros(64, 18, 23), torch.zeros(128, 9, 12)], [4, 8])
     assert labels == ["input: 3x70x90", "stride 4: 64x18x23", "stride 8: 128x9x12"]
@@ -258,7 +248,7 @@ def test_export_progress_shows_the_exporter_phases(capsys):
     and the rest of its chatter does not."""
     import time as _time
 
-    eo = _tool("export_onnx")
+    eo = load_tool("export_onnx")
 
     def exporter():
         print("[torch.onnx] Translate the graph into ONNX...")
@@ -280,7 +270,7 @@ def test_export_progress_shows_the_exporter_phases(capsys):
 
 def test_export_prints_the_real_exporters_phases(tmp_path, capsys):
     """Against torch's own exporter: its phase lines (printed with verbose=True) reach the user."""
-    eo = _tool("export_onnx")
+    eo = load_tool("export_onnx")
     model = DiNAT(arch="mini", depths=(1, 1, 1, 1), dilations=[[4], [2], [1], [1]], drop_path_rate=0.0).eval()
     eo.export(model, torch.randn(1, 3, 64, 64), str(tmp_path / "m.onnx"))
     out = capsys.readouterr().out
@@ -298,7 +288,7 @@ def _benchmark_results(tiny_mem_cut=0.396):
 
 
 def test_benchmark_verdicts_agree_with_the_figures_shown():
-    bm = _tool("benchmark")
+    bm = load_tool("benchmark")
     # the figure printed is the one judged: 39.6 % prints as 40 % and meets >= 40 %
     assert bm.verdict("cut", 39.6, 40, "≥", digits=0, unit=" %") == "  [PASS] cut: 40 % (target ≥ 40 %)"
     assert bm.verdict("cut", 39.4, 40, "≥", digits=0, unit=" %") == "  [FAIL] cut: 39 % (target ≥ 40 %)"
@@ -317,7 +307,7 @@ def test_benchmark_verdicts_agree_with_the_figures_shown():
 
 
 def test_benchmark_quick_does_not_judge_and_skips_swin_compile():
-    bm = _tool("benchmark")
+    bm = load_tool("benchmark")
     args = bm.parse_args(["--quick"])
     assert args.compile == ["tiny"] and bm.parse_args([]).compile == ["tiny", "swin"]
     assert bm.parse_args(["--quick", "--compile", "tiny", "swin"]).compile == ["tiny", "swin"]
@@ -334,7 +324,7 @@ def test_benchmark_quick_does_not_judge_and_skips_swin_compile():
 
 
 def test_benchmark_na_quick_says_its_percentages_are_not_the_readmes(capsys):
-    bna = _tool("benchmark_na")
+    bna = load_tool("benchmark_na")
     bna.main(["--quick", "--backends", "none"])  # no op timed: the GEMM ceilings and the table only
     out = capsys.readouterr().out
     assert bna.QUICK_NOTE in out and "not comparable with its percentages" in out
@@ -418,7 +408,7 @@ def _exit_message(tool, argv):
 
 
 def test_train_and_test_name_a_missing_config_or_checkpoint(tmp_path):
-    train, test = _tool("train"), _tool("test")
+    train, test = load_tool("train"), load_tool("test")
     assert _exit_message(train, [str(tmp_path / "nope.py")]) == f"tools/train.py: config not found: {tmp_path}/nope.py"
     assert "--resume checkpoint not found" in _exit_message(train, [TOY_DET, "--resume", str(tmp_path / "x.pth")])
     assert _exit_message(test, [str(tmp_path / "nope.py"), "c.pth"]).startswith("tools/test.py: config not found")
@@ -433,13 +423,13 @@ def test_missing_dataset_is_named_with_the_keys_to_override(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     ckpt = tmp_path / "c.pth"
     ckpt.write_bytes(b"")  # only its existence is checked before the data paths
-    msg = _exit_message(_tool("test"), [COCO_CFG, str(ckpt)])
+    msg = _exit_message(load_tool("test"), [COCO_CFG, str(ckpt)])
     assert "missing test_dataloader.dataset.data_root: data/coco/" in msg, msg
     assert "missing test_evaluator.ann_file: data/coco/annotations/instances_val2017.json" in msg
     assert "ln -s /path/to/coco data/coco" in msg
     assert "--cfg-options test_dataloader.dataset.data_root=/path/to/coco/ " \
            "test_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json" in msg
-    msg = _exit_message(_tool("train"), [ADE_CFG])
+    msg = _exit_message(load_tool("train"), [ADE_CFG])
     assert "missing train_dataloader.dataset.data_root: data/ade/ADEChallengeData2016" in msg
     assert "val_dataloader.dataset.data_root=/path/to/ADEChallengeData2016/" in msg
     # with the data in place nothing is missing: a dataset laid out as the README says passes
@@ -450,7 +440,7 @@ def test_missing_dataset_is_named_with_the_keys_to_override(tmp_path, monkeypatc
     from mmengine.config import Config
 
     cfg = Config.fromfile(COCO_CFG)
-    assert _tool("_common").missing_data_paths(cfg, ("train", "val", "test")) == []
+    assert load_tool("_common").missing_data_paths(cfg, ("train", "val", "test")) == []
 
 
 def _random_checkpoint(config, path):
@@ -467,12 +457,12 @@ def _random_checkpoint(config, path):
 
 @pytest.mark.parametrize("config", [TOY_DET, TOY_SEG], ids=["mmdet", "mmseg"])
 def test_show_dir_keeps_the_libraries_layout_and_names(tmp_path, capsys, monkeypatch, config):
-    roots = _tool("make_toy_data").ensure(quiet=True)
+    roots = load_tool("make_toy_data").ensure(quiet=True)
     ckpt = tmp_path / "random.pth"
     _random_checkpoint(config, ckpt)
     work = tmp_path / "work"
     monkeypatch.chdir(tmp_path)  # --show-dir vis is relative: mmseg puts it under the working directory
-    _tool("test").main([config, str(ckpt), "--work-dir", str(work), "--show-dir", "vis",
+    load_tool("test").main([config, str(ckpt), "--work-dir", str(work), "--show-dir", "vis",
                         "--cfg-options", f"visualizer.name=vis_{os.path.basename(config)}"])
     out = capsys.readouterr().out
     if "mask-rcnn" in config:
