@@ -6,6 +6,7 @@
 * a cyclic checkpoint in a backbone ``init_cfg`` is an error, not a hang (the torch-only entry
   points are in tests/test_reliability.py).
 """
+import io
 import os
 import random
 import signal
@@ -82,8 +83,9 @@ def test_sigkill_and_resume_logs_the_losses_of_the_uninterrupted_run(tmp_path):
     resumed = _losses(killed)
     assert sorted(resumed) == list(range(KILL_AFTER + 1, ITERS + 1))
     print(f"uninterrupted {reference}, resumed after SIGKILL {resumed}")
-    for i in resumed:  # (without the generator states: 4.4373 against 4.4296 at iteration 5)
-        assert abs(resumed[i] - reference[i]) <= 1e-4 * abs(reference[i]), (i, resumed, reference)
+    # bit-identical on CPU; without the generator states: 4.4373 against 4.4296 at iteration 5
+    for i in resumed:
+        assert abs(resumed[i] - reference[i]) <= 1e-6 * abs(reference[i]), (i, resumed, reference)
 
     final_whole = torch.load(os.path.join(whole, f"iter_{ITERS}.pth"), map_location="cpu")["state_dict"]
     final_resumed = torch.load(os.path.join(killed, f"iter_{ITERS}.pth"), map_location="cpu")["state_dict"]
@@ -113,8 +115,10 @@ def test_two_process_ddp_resume_restores_every_ranks_generators(tmp_path):
     assert "random generator states of iteration 2 restored" in out, out[-6000:]
     reference, continued = _losses(str(whole)), _losses(str(resumed))
     assert sorted(continued) == [3, 4]
+    print(f"DDP uninterrupted {reference}, resumed {continued}")
+    # bit-identical on CPU; with rank 1 given rank 0's states: 1.60887 against 1.60916 at iteration 4
     for i in continued:
-        assert abs(continued[i] - reference[i]) <= 1e-4 * abs(reference[i]), (i, continued, reference)
+        assert abs(continued[i] - reference[i]) <= 1e-6 * abs(reference[i]), (i, continued, reference)
 
 
 def test_cyclic_checkpoint_in_a_backbone_init_cfg_is_an_error(tmp_path):
@@ -130,3 +134,31 @@ def test_cyclic_checkpoint_in_a_backbone_init_cfg_is_an_error(tmp_path):
     detector = MODELS.build(cfg.model)
     with time_limit(), pytest.raises(ValueError, match=r"is malformed: the wrapper at model\.module .*\(a cycle\)"):
         detector.init_weights()
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_rng_state_round_trip_and_validation_leaves_the_streams_alone():
+    from dinat_backbone.mm import DiNATRNGStateHook, rng_state, set_rng_state
+
+    saved = rng_state()
+    expected = _draws()
+    set_rng_state(saved)
+    assert _draws() == expected
+    # through torch.save / weights_only torch.load, as in a checkpoint
+    buffer = io.BytesIO()
+    set_rng_state(saved)
+    torch.save({"meta": {"rng_states": [rng_state()]}}, buffer)
+    _draws()
+    buffer.seek(0)
+    set_rng_state(torch.load(buffer, weights_only=True)["meta"]["rng_states"][0])
+    assert _draws() == expected
+
+    hook = DiNATRNGStateHook()
+    set_rng_state(saved)
+    hook.before_val(None)
+    _draws(), _draws()  # what a validation might consume
+    hook.after_val(None)
+    assert _draws() == expected
