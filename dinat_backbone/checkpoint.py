@@ -6,7 +6,8 @@
 * original ImageNet classification models of both families (raw state dict; ``head.*`` and the
   final ``norm.*`` are dropped, the output norms ``norm0..3`` are then missing and keep their init);
 * original COCO / ADE20K detector and segmentor checkpoints (``{'state_dict': ...}`` with
-  ``backbone.`` prefix; only the backbone is kept);
+  ``backbone.`` prefix; only the backbone is kept), and the authors' detectron2 Mask2Former models
+  (``{'model': {'backbone.…', 'sem_seg_head.…'}, 'iteration': …}``);
 * HF transformers ``DinatModel``, ``DinatForImageClassification`` (``dinat.`` prefix) and
   ``DinatBackbone`` (also inside e.g. a ``backbone.`` prefix);
 * mmengine wrappers (``state_dict`` / ``model``) and DDP ``module.`` prefixes, around any of the
@@ -34,6 +35,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Union
 
@@ -329,6 +331,14 @@ def _load_object(source, map_location="cpu"):
                                                       check_hash=False, weights_only=True)
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if source.endswith(".pkl") and not zipfile.is_zipfile(source):
+            # detectron2's .pkl weights (e.g. the authors' dinat_large_in22k_224.pkl for Mask2Former)
+            # are written with pickle.dump, not torch.save: torch.load cannot read them at all
+            raise RuntimeError(
+                f"load_pretrained: {source} is a plain pickle (detectron2's .pkl format, written with "
+                "pickle.dump), which torch.load cannot read safely. If you trust the file, load it yourself "
+                "with pickle.load(open(path, 'rb')) and pass the resulting dict, or pass the .pth file it "
+                "was made from.") from exc
         head = _file_head(source)
         if head is not None and not head.startswith(_TORCH_SAVE_MAGIC):
             # a text file is a "pickle" of unknown opcodes, which weights_only refuses first

@@ -67,6 +67,10 @@ DILATION_PRESETS: Dict[str, List[List[int]]] = {
     "coco": [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
     "ade20k-512": [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
     "ade20k-640": [[1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5, 1, 2, 1, 3, 1, 4, 1, 5, 1, 5], [1, 2, 1, 2, 1]],
+    # DiNAT-L in the authors' Mask2Former runs (mask2former/configs/*/dinat/*.yaml: COCO, ADE20K and
+    # Cityscapes alike), with kernel_size=11: an 11-wide window needs smaller dilations for the
+    # same receptive field (stage 4 is not dilated at all)
+    "mask2former-k11": [[1, 14, 1], [1, 4, 1, 7], [1, 2, 1, 3] * 4 + [1, 3], [1, 1, 1, 1, 1]],
 }
 
 #: Names accepted by ``out_features`` (HF ``BackboneMixin`` style), in network order.
@@ -351,7 +355,8 @@ class DiNATBackboneBase(nn.Module):
         mlp_ratio: MLP hidden width / C.
         kernel_size: neighbourhood size (odd).
         dilations: None (all 1), a per-stage list of per-block dilations, or a preset name from
-            ``dilation_presets`` (DiNAT: 'in1k-224', 'coco', 'ade20k-512', 'ade20k-640').
+            ``dilation_presets`` (DiNAT: 'in1k-224', 'coco', 'ade20k-512', 'ade20k-640',
+            'mask2former-k11' for kernel_size=11).
         layer_scale: initial value of the per-channel residual scales gamma1 / gamma2; None takes
             the arch's value, 0 switches them off.
         qkv_bias: bias in the qkv projection.

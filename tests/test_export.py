@@ -10,8 +10,6 @@ Documented tolerances:
   max abs error <= 3e-2 * max |y_fp32| (measured on the model below: about 0.5-1 % and 0.6-0.9 %).
 * ONNX (onnxruntime, float32) vs PyTorch: max abs error <= 1e-4.
 """
-import importlib.util
-import os
 import warnings
 
 import pytest
@@ -20,9 +18,8 @@ import torch
 from dinat_backbone import ops
 from dinat_backbone.export import axis_indices, export_mode, na2d_export
 
+from conftest import load_tool
 from reference import axis_neighbours, na2d_reference
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_model(**kw):
@@ -247,10 +244,7 @@ def test_bf16_autocast_backward_runs():
 # ONNX
 # ----------------------------------------------------------------------------------------------
 def _export_tool():
-    spec = importlib.util.spec_from_file_location("export_onnx", os.path.join(ROOT, "tools", "export_onnx.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("export_onnx")
 
 
 def test_onnx_round_trip_fixed(tmp_path):

@@ -85,7 +85,10 @@ def make_inputs(B, X, Y, H, D, K, use_rpb, dtype, device=DEVICE, seed=0):
     gen = torch.Generator().manual_seed(seed)
     q, k, v, g = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4))
     rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
-    cast = lambda t: None if t is None else t.to(dtype).to(torch.float64).to(device)
+
+    def cast(t):
+        return None if t is None else t.to(dtype).to(torch.float64).to(device)
+
     return cast(q), cast(k), cast(v), cast(rpb), cast(g)
 
 
@@ -346,7 +349,8 @@ def test_cuda_detection_scale_against_torch_backend():
     against the torch backend in float32: the full grid, int64 batch offsets, every class size."""
     B, X, Y, H, D, K, d = 2, 200, 304, 6, 32, 7, 28
     q, k, v, rpb, g = (t.float() for t in make_inputs(B, X, Y, H, D, K, True, torch.bfloat16))
-    ref, ref_grads = forward_and_grads(lambda *a: na2d(*a[:3], K, d, a[3], backend="torch"), q, k, v, rpb, g, torch.float32)
+    ref, ref_grads = forward_and_grads(lambda *a: na2d(*a[:3], K, d, a[3], backend="torch"), q, k, v, rpb, g,
+                                       torch.float32)
     out, grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), q, k, v, rpb, g, torch.bfloat16)
     for name, a, b in zip(("out", "dq", "dk", "dv", "drpb"), [out] + grads, [ref] + ref_grads):
         assert rel_err(a, b) <= GPU_TOL[torch.bfloat16], name

@@ -143,3 +143,102 @@ def model_choice(parser, args, need_arch: bool = True):
             parser.error(f"--dilations {dilations}: {args.model} has {', '.join(cls.dilation_presets)}")
         kwargs["dilations"] = dilations
     return cls, kwargs
+
+
+# ----------------------------------------------------------------------------------------------
+# paths checked before anything is built: a missing file is one line naming it and the fix,
+# not a traceback from deep inside mmengine after minutes of model building
+# ----------------------------------------------------------------------------------------------
+def _is_remote(path) -> bool:
+    return "://" in str(path)
+
+
+def check_file(path: str, what: str, tool: str) -> None:
+    """Exit with ``<tool>: <what> not found: <path>`` unless ``path`` is a file (URLs pass)."""
+    if path and not _is_remote(path) and not os.path.isfile(path):
+        hint = " (a folder: give the file inside it)" if os.path.isdir(path) else ""
+        raise SystemExit(f"{tool}: {what} not found: {path}{hint}")
+
+
+def _dataset_paths(dataset, key):
+    """``(config key, path)`` for every local path a dataset config reads, joined with its
+    ``data_root`` as mmengine's ``BaseDataset`` does; wrappers (``dataset`` / ``datasets``) are
+    followed."""
+    if not isinstance(dataset, dict):
+        return
+    if isinstance(dataset.get("dataset"), dict):
+        yield from _dataset_paths(dataset["dataset"], f"{key}.dataset")
+    for i, inner in enumerate(dataset.get("datasets", None) or []):
+        yield from _dataset_paths(inner, f"{key}.datasets.{i}")
+    root = dataset.get("data_root", None) or ""
+    if not isinstance(root, str) or _is_remote(root):
+        return
+    if root:
+        yield f"{key}.data_root", root
+    ann = dataset.get("ann_file", None)
+    if isinstance(ann, str) and ann:
+        yield f"{key}.ann_file", os.path.join(root, ann)
+    prefix = dataset.get("data_prefix", None) or {}
+    if isinstance(prefix, dict):
+        for name, sub in prefix.items():
+            if isinstance(sub, str) and sub:
+                yield f"{key}.data_prefix.{name}", os.path.join(root, sub)
+
+
+def _evaluator_paths(evaluator, key):
+    for i, metric in enumerate(evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]):
+        if isinstance(metric, dict) and isinstance(metric.get("ann_file", None), str) and metric["ann_file"] \
+                and not _is_remote(metric["ann_file"]):
+            yield (f"{key}.ann_file" if not isinstance(evaluator, (list, tuple)) else f"{key}.{i}.ann_file",
+                   metric["ann_file"])
+
+
+def missing_data_paths(cfg, phases=("test",)):
+    """``[(config key, path)]`` of the dataset files and folders ``phases`` ('train', 'val', 'test')
+    read that do not exist."""
+    missing = []
+    for phase in phases:
+        loader = cfg.get(f"{phase}_dataloader", None)
+        if loader:
+            missing += [(k, p) for k, p in _dataset_paths(loader.get("dataset", None), f"{phase}_dataloader.dataset")
+                        if not os.path.exists(p)]
+        evaluator = cfg.get(f"{phase}_evaluator", None) if phase != "train" else None
+        if evaluator:
+            missing += [(k, p) for k, p in _evaluator_paths(evaluator, f"{phase}_evaluator") if not os.path.exists(p)]
+    return missing
+
+
+def check_data_paths(cfg, phases, tool: str) -> None:
+    """Exit naming every missing dataset path of ``phases`` and the two ways to fix it (README,
+    Datasets): put / symlink the data where the config says, or override the config's paths."""
+    missing = missing_data_paths(cfg, phases)
+    if not missing:
+        return
+    roots = {k[: -len(".data_root")]: p for k, p in missing if k.endswith(".data_root")}
+
+    def elsewhere(path):  # the same file under a /path/to/<dataset> root
+        for root in roots.values():
+            if os.path.normpath(path).startswith(os.path.normpath(root)):
+                name = os.path.basename(os.path.normpath(root)) or "data"
+                rel = os.path.relpath(path, root)
+                return f"/path/to/{name}/" + ("" if rel == "." else rel)
+        return "..."
+
+    shown = []  # a file under a missing data_root is fixed with that root: only the root is named
+    for k, path in missing:
+        owner = k.split(".data_prefix.")[0] if ".data_prefix." in k else k.rsplit(".", 1)[0]
+        if k.endswith(".data_root") or owner not in roots:
+            shown.append((k, path))
+    lines = [f"{tool}: the dataset is not where the config says (paths relative to {os.getcwd()}):"]
+    lines += [f"  missing {k}: {path}" for k, path in shown]
+    if roots:
+        root = os.path.normpath(next(iter(roots.values())))
+        parent, name = os.path.dirname(root), os.path.basename(root)
+        link = (f"`mkdir -p {parent} && ln -s /path/to/{name} {root}`" if parent else
+                f"`ln -s /path/to/{name} {root}`")
+        lines.append(f"Put (or symlink) the dataset there, e.g. {link} (layouts: README, Datasets), or point "
+                     "the config at it:")
+    else:
+        lines.append("Put the missing files there (layouts: README, Datasets), or point the config at them:")
+    lines.append("  --cfg-options " + " ".join(f"{k}={elsewhere(path)}" for k, path in shown))
+    raise SystemExit("\n".join(lines))

@@ -10,8 +10,10 @@ preset choices are the families' ``arch_settings`` / ``dilation_presets``.
 The image is converted to RGB and normalised with the ImageNet mean / std (what the official
 checkpoints expect); ``--size`` resizes the short side first (default: keep the image size; any
 size >= 32 px works). ``--out`` saves ``{'stage1': [C, H, W], ..., 'strides': [...]}`` (torch for
-``.pt``, numpy for ``.npz``). ``--vis`` writes one picture: the input, then each stage map as its
-first three principal components in RGB, side by side, labelled with stride and shape.
+``.pt`` / ``.pth``, numpy for ``.npz``; another suffix is an error). ``--vis`` writes one picture:
+the input, then each stage map as its first three principal components in RGB, side by side,
+labelled C x H x W (the input 3 x H x W) with each stage's stride.
+Without ``--checkpoint`` the weights are random and the features mean nothing (a warning says so).
 Needs torch, numpy and Pillow only (no mm packages).
 """
 import argparse
@@ -38,7 +40,7 @@ def build_parser():
     p.add_argument("--kernel-size", type=int, default=7)
     p.add_argument("--checkpoint", help="weights (path or URL, any supported layout); random init if omitted")
     p.add_argument("--size", type=int, help="resize the short side to this many pixels first")
-    p.add_argument("--out", help="save the stage maps: .pt (torch) or .npz (numpy)")
+    p.add_argument("--out", help="save the stage maps: .pt / .pth (torch.save) or .npz (numpy)")
     p.add_argument("--vis", help="save a PNG with the PCA-to-RGB picture of every stage map")
     p.add_argument("--device", default="cpu")
     return p
@@ -77,13 +79,19 @@ def pca_rgb(feat: torch.Tensor) -> np.ndarray:
     return (out.reshape(h, w, 3) * 255).astype(np.uint8)
 
 
-def make_vis(img: Image.Image, feats, strides, path, panel=224):
-    labels = [f"input {img.size[0]}x{img.size[1]}"]
-    tiles = [img]
+def panel_labels(img: Image.Image, feats, strides):
+    """The picture's labels, every one C x H x W: the input (PIL's ``img.size`` is (W, H)), then
+    each stage map with its stride."""
+    labels = [f"input: 3x{img.size[1]}x{img.size[0]}"]
     for f, s in zip(feats, strides):
         c, h, w = f.shape
-        tiles.append(Image.fromarray(pca_rgb(f)))
         labels.append(f"stride {s}: {c}x{h}x{w}")
+    return labels
+
+
+def make_vis(img: Image.Image, feats, strides, path, panel=224):
+    labels = panel_labels(img, feats, strides)
+    tiles = [img] + [Image.fromarray(pca_rgb(f)) for f in feats]
     scale = panel / max(img.size)
     size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
     pad, text_h = 8, 22
@@ -97,13 +105,42 @@ def make_vis(img: Image.Image, feats, strides, path, panel=224):
     canvas.save(path)
 
 
+TORCH_SUFFIXES = (".pt", ".pth")
+NUMPY_SUFFIXES = (".npz",)
+
+
+def check_paths(parser, args):
+    """Usage errors for paths before any model is built: a missing image, an ``--out`` suffix that
+    names no format this tool writes, a ``--vis`` suffix Pillow cannot write."""
+    if not osp.isfile(args.image):
+        parser.error(f"image not found: {args.image}")
+    if args.out and not args.out.lower().endswith(TORCH_SUFFIXES + NUMPY_SUFFIXES):
+        parser.error(f"--out {args.out}: use a .pt / .pth file (torch.save of a dict of [C, H, W] tensors) "
+                     "or a .npz file (numpy arrays)")
+    if args.vis and osp.splitext(args.vis)[1].lower() not in Image.registered_extensions():
+        parser.error(f"--vis {args.vis}: give an image file name, e.g. stages.png")
+    if args.checkpoint and "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+
+
+def warn_random_weights(file=sys.stderr):
+    bar = "!" * 78
+    print(f"{bar}\n[features] WARNING: no --checkpoint given: the backbone has RANDOM weights, so these\n"
+          "[features] features (and the --vis picture) mean nothing. Pass --checkpoint PATH_OR_URL, e.g.\n"
+          "[features] https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth\n"
+          f"[features] (README, Checkpoints: every official file and format).\n{bar}", file=file, flush=True)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     cls, kwargs = _common.model_choice(parser, args)
+    check_paths(parser, args)
     kwargs.update(kernel_size=args.kernel_size, drop_path_rate=0.0)
     if args.checkpoint:
         kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=args.checkpoint)
+    else:
+        warn_random_weights()
     model = cls(**kwargs)
     model.init_weights()
     model.eval().to(args.device)
@@ -115,7 +152,7 @@ def main(argv=None):
         print(f"[features] {name}: stride {s}, shape {list(f.shape)}")
     if args.out:
         names = list(model.out_features)
-        if args.out.endswith(".npz"):
+        if args.out.lower().endswith(NUMPY_SUFFIXES):
             np.savez(args.out, strides=np.array(strides), **{n: f.numpy() for n, f in zip(names, feats)})
         else:
             torch.save({**dict(zip(names, feats)), "strides": strides}, args.out)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command, idempotent install of dinat-backbone and the OpenMMLab stack on current torch.
 #   bash tools/install.sh            # everything (mm stack, test deps, this package editable)
-#   SKIP_MM=1 bash tools/install.sh  # only torch + this package (core op/model, no mm glue)
+#   SKIP_MM=1 bash tools/install.sh  # the core only: torch, build tools, Pillow, this package + kernel
+#                                    # (no mm stack, no test / ONNX / Triton dependencies)
 # Re-runs are quick: each step checks the installed versions first and calls pip only when
 # something is missing; pip's wheel cache (~/.cache/pip/wheels) keeps the locally built mmcv wheel.
 # Every pip call uses tools/constraints.txt (numpy<2, opencv<4.12, setuptools>=77,<82).
@@ -51,6 +52,8 @@ fi
 # 2. build tools. mmcv 2.1.0's setup.py imports pkg_resources (removed in setuptools 82) and torch
 #    2.13's extension builder needs setuptools >= 77. numpy < 2: mmcv 2.1 / mmdet 3.3 predate numpy 2.
 ensure "build tools" "setuptools>=77,<82" wheel ninja "numpy<2"
+# Pillow: image I/O of tools/extract_features.py (torch does not depend on it)
+ensure "Pillow (tools/extract_features.py)" Pillow
 
 if [ "${SKIP_MM:-0}" != "1" ]; then
   # mmengine depends on (GUI) opencv-python; the headless build of the same version is
@@ -72,11 +75,16 @@ if [ "${SKIP_MM:-0}" != "1" ]; then
   fi
   ensure "mmdet 3.3.0, mmsegmentation 1.2.2 (+ ftfy, regex it does not declare), pycocotools" \
     mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools
+  # mmdet's CocoPanopticMetric imports panopticapi (not on PyPI under that name); panopticapi-lite
+  # ships the same panopticapi.evaluation / panopticapi.utils modules
+  ensure "panopticapi (panopticapi-lite) for mmdet's CocoPanopticMetric" panopticapi-lite
 fi
 
-# triton: the fused GPU backend's kernels, run by the CPU tests in Triton's interpreter;
-# onnxscript: torch 2.13's ONNX exporter (tools/export_onnx.py) imports it and torch does not declare it
-ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime onnxscript "triton>=3.0"
+if [ "${SKIP_MM:-0}" != "1" ]; then
+  # triton: the fused GPU backend's kernels, run by the CPU tests in Triton's interpreter;
+  # onnxscript: torch 2.13's ONNX exporter (tools/export_onnx.py) imports it and torch does not declare it
+  ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime onnxscript "triton>=3.0"
+fi
 
 # this package, editable, with its compiled CPU kernel; rebuilt only when the kernel sources,
 # setup.py / setup.cfg changed since the last build (or it is not installed).

@@ -10,8 +10,14 @@
   {training,validation}/*.jpg`` and ``annotations/{training,validation}/*.png`` label maps with
   ADE20K's convention: 0 = "other" (ignored via ``reduce_zero_label``), 1 = background,
   2 = circle, 3 = square, 4 = triangle.
+* ``<out>/toy_coco_panoptic``: COCO panoptic segmentation in the real format: the shapes are the
+  things, and the background is split into two stuff regions of distinct texture ("stripes",
+  "checker"). ``annotations/panoptic_{train,val}.json`` (``images``, ``annotations`` with
+  ``segments_info``, ``categories`` with ``isthing``), PNG segment maps in
+  ``annotations/panoptic_{train,val}/`` with the segment id RGB-encoded (id = R + 256 G + 256^2 B,
+  0 = unlabelled), images in ``{train,val}/*.jpg``.
 
-Usage: ``python tools/make_toy_data.py [--out data] [--force] [--only coco|ade]``.
+Usage: ``python tools/make_toy_data.py [--out data] [--force] [--only coco|ade|coco_panoptic]``.
 Re-running is a no-op when the data of the current generator version is already there.
 """
 from __future__ import annotations
@@ -33,6 +39,11 @@ CLASS_RGB = {"circle": (210, 60, 50), "square": (60, 170, 70), "triangle": (60, 
 IMG_SIZE = 128
 SPLITS_COCO = {"train": 96, "val": 24}
 SPLITS_ADE = {"training": 64, "validation": 16}
+SPLITS_PANOPTIC = {"train": 64, "val": 24}
+#: stuff classes of the panoptic set: background textures (category ids follow the things')
+STUFF_CLASSES = ("stripes", "checker")
+#: base tone (RGB) per stuff class; each image jitters it, the texture is what tells them apart
+STUFF_RGB = {"stripes": (150, 130, 95), "checker": (105, 120, 145)}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -55,9 +66,32 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float):
     return [(cx + r * x, cy + r * y) for x, y in pts]
 
 
-def _render(rng: np.random.RandomState, size: int = IMG_SIZE, max_objects: int = 3):
-    """One image: float RGB array, list of (class_name, bool mask, polygon or None)."""
-    img = _background(rng, size)
+def _stuff_background(rng: np.random.RandomState, size: int):
+    """Background of two stuff regions split by a random line (sometimes a single region):
+    float RGB image and the per-pixel stuff class index into STUFF_CLASSES."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle, offset = rng.uniform(0, math.pi), rng.uniform(0.3, 0.7) * size
+    side = (np.cos(angle) * (xx - size / 2) + np.sin(angle) * (yy - size / 2) + size / 2) > offset
+    first = rng.randint(len(STUFF_CLASSES))
+    stuff = np.where(side, first, 1 - first) if rng.rand() < 0.8 else np.full((size, size), first)
+    img = np.zeros((size, size, 3), np.float32)
+    for k, name in enumerate(STUFF_CLASSES):
+        tone = np.array(STUFF_RGB[name], np.float32) + rng.uniform(-20, 20, size=3)
+        if name == "stripes":  # sinusoidal stripes, random orientation and period
+            theta, period = rng.uniform(0, math.pi), rng.uniform(6, 10)
+            wave = np.sin(2 * math.pi * (np.cos(theta) * xx + np.sin(theta) * yy) / period)
+        else:  # checkerboard of random cell size
+            cell = rng.randint(6, 11)
+            wave = np.where(((xx // cell) + (yy // cell)) % 2 == 0, 1.0, -1.0)
+        texture = tone[None, None] + 30 * wave[..., None] + rng.normal(0, 6, size=(size, size, 3))
+        img = np.where((stuff == k)[..., None], texture, img)
+    return img, stuff
+
+
+def _render(rng: np.random.RandomState, size: int = IMG_SIZE, max_objects: int = 3, background=None):
+    """One image: float RGB array, list of (class_name, bool mask, polygon or None). ``background``:
+    a float RGB array to draw on instead of the default noisy gradient."""
+    img = _background(rng, size) if background is None else background.copy()
     n = rng.randint(1, max_objects + 1)
     placed = []  # (cx, cy, r)
     objects = []
@@ -151,19 +185,80 @@ def make_ade(out_dir: str, seed: int = 1) -> None:
             Image.fromarray(label).save(os.path.join(out_dir, "annotations", split, name + ".png"))
 
 
+def _rgb_encode(ids: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG encoding of a segment-id map: id = R + 256 G + 256^2 B."""
+    return np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
+
+
+def _segment_info(segment_id: int, category_id: int, mask: np.ndarray) -> dict:
+    ys, xs = np.nonzero(mask)
+    x, y = int(xs.min()), int(ys.min())
+    return dict(id=segment_id, category_id=category_id, iscrowd=0, area=int(mask.sum()),
+                bbox=[x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1])
+
+
+def make_coco_panoptic(out_dir: str, seed: int = 2) -> None:
+    """Things: the shapes (category ids 1..3), stuff: the two background textures (4, 5). One
+    segment per shape and per stuff region present; segment ids are category_id * 1000 + k."""
+    rng = np.random.RandomState(seed)
+    categories = [dict(id=k + 1, name=c, supercategory="shape", isthing=1, color=list(CLASS_RGB[c]))
+                  for k, c in enumerate(CLASSES)]
+    categories += [dict(id=len(CLASSES) + k + 1, name=c, supercategory="texture", isthing=0,
+                        color=list(STUFF_RGB[c])) for k, c in enumerate(STUFF_CLASSES)]
+    for split, count in SPLITS_PANOPTIC.items():
+        seg_dir = os.path.join(out_dir, "annotations", f"panoptic_{split}")
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        os.makedirs(seg_dir, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            background, stuff = _stuff_background(rng, IMG_SIZE)
+            img, objects = _render(rng, max_objects=4, background=background)
+            ids = np.zeros((IMG_SIZE, IMG_SIZE), np.int64)
+            segments = []
+            covered = np.zeros((IMG_SIZE, IMG_SIZE), bool)
+            for k, (kind, mask, _) in enumerate(objects):
+                category_id = CLASSES.index(kind) + 1
+                ids[mask] = category_id * 1000 + k
+                segments.append(_segment_info(category_id * 1000 + k, category_id, mask))
+                covered |= mask
+            for k in range(len(STUFF_CLASSES)):
+                region = (stuff == k) & ~covered
+                if region.sum() == 0:
+                    continue
+                category_id = len(CLASSES) + k + 1
+                ids[region] = category_id * 1000
+                segments.append(_segment_info(category_id * 1000, category_id, region))
+            image_id = i + 1
+            name = f"{split}_{i:04d}"
+            Image.fromarray(img).save(os.path.join(out_dir, split, name + ".jpg"), quality=95)
+            Image.fromarray(_rgb_encode(ids)).save(os.path.join(seg_dir, name + ".png"))
+            images.append(dict(id=image_id, file_name=name + ".jpg", height=IMG_SIZE, width=IMG_SIZE))
+            annotations.append(dict(image_id=image_id, file_name=name + ".png", segments_info=segments))
+        with open(os.path.join(out_dir, "annotations", f"panoptic_{split}.json"), "w") as f:
+            json.dump(dict(info=dict(description="dinat-backbone toy panoptic shapes (generated)",
+                                     version=VERSION),
+                           licenses=[], images=images, annotations=annotations, categories=categories), f)
+
+
 def _stamp(path: str) -> str:
     return os.path.join(path, ".toy_version")
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it is below it (what the README shows)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None, quiet: bool = False) -> dict:
     """Generate whatever is missing (or everything with ``force``); returns the dataset roots."""
-    roots = {"coco": os.path.join(out, "toy_coco"), "ade": os.path.join(out, "toy_ade")}
-    makers = {"coco": make_coco, "ade": make_ade}
-    for name in (only,) if only else ("coco", "ade"):
+    makers = {"coco": make_coco, "ade": make_ade, "coco_panoptic": make_coco_panoptic}
+    roots = {name: os.path.join(out, f"toy_{name}") for name in makers}
+    for name in (only,) if only else tuple(makers):
         root = roots[name]
         if not force and os.path.exists(_stamp(root)) and open(_stamp(root)).read().strip() == VERSION:
             if not quiet:
-                print(f"[toy-data] {root}: present (version {VERSION})")
+                print(f"[toy-data] {_shown(root)}: present (version {VERSION})")
             continue
         if os.path.exists(root):
             shutil.rmtree(root)
@@ -175,7 +270,7 @@ def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None
             f.write(VERSION + "\n")
         os.replace(tmp, root)
         if not quiet:
-            print(f"[toy-data] {root}: generated")
+            print(f"[toy-data] {_shown(root)}: generated")
     return roots
 
 
@@ -183,7 +278,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(ROOT, "data"), help="parent folder (default: <repo>/data)")
     p.add_argument("--force", action="store_true", help="regenerate even if present")
-    p.add_argument("--only", choices=["coco", "ade"], help="generate only one of the two sets")
+    p.add_argument("--only", choices=["coco", "ade", "coco_panoptic"], help="generate only one of the sets")
     args = p.parse_args(argv)
     ensure(args.out, args.force, args.only)
     return 0

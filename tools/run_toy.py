@@ -8,7 +8,9 @@
 
     python tools/run_toy.py [--iters N] [--work-dir DIR] [--seg]
 
-``--seg`` also trains and evaluates the toy UPerNet (mmseg IoUMetric, mIoU).
+``--seg`` also trains and evaluates the toy UPerNet (mmseg IoUMetric, mIoU). Only the ``[toy]``
+lines are printed: pycocotools' and mmengine's console output is kept back (shown with ``--verbose``,
+or when a run fails).
 """
 import argparse
 import os
@@ -23,6 +25,7 @@ sys.path.insert(0, ROOT)
 
 DET_CONFIG = osp.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
 SEG_CONFIG = osp.join(ROOT, "configs", "toy", "upernet_dinat-toy_toy-ade.py")
+PANOPTIC_CONFIG = osp.join(ROOT, "configs", "toy", "mask2former_dinat-toy_toy-coco-panoptic.py")
 
 
 def _progress_hook_type():
@@ -47,11 +50,47 @@ def _progress_hook_type():
                 it, total = runner.iter + 1, runner.max_iters
                 if it % self.interval == 0 or it == total:
                     el = time.time() - self.t0
-                    loss = float(outputs["loss"]) if outputs and "loss" in outputs else float("nan")
+                    # detached: float() of a tensor that requires grad warns on current torch
+                    loss = float(outputs["loss"].detach()) if outputs and "loss" in outputs else float("nan")
                     print(f"[toy]   iter {it:4d}/{total}  loss {loss:.3f}  {el:5.0f} s elapsed, "
                           f"~{el / it * (total - it):.0f} s to go", flush=True)
 
     return "ToyProgressHook"
+
+
+class _ToyLinesOnly:
+    """A stdout stand-in that passes the ``[toy]`` lines through and keeps everything else (the ~50
+    lines pycocotools prints per evaluation, dataset loading messages) for when a run fails."""
+
+    def __init__(self, out):
+        import io
+
+        self.out, self.kept, self.partial = out, io.StringIO(), ""
+
+    def write(self, text):
+        self.kept.write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if line.startswith("[toy]"):
+                self.out.write(line + "\n")
+                self.out.flush()
+        return len(text)
+
+    def flush(self):
+        self.out.flush()
+
+
+def config_max_iters(config):
+    """The ``max_iters = N`` a toy config sets (read from its source: --help must not need mmengine)."""
+    import ast
+
+    with open(config) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                and any(isinstance(t, ast.Name) and t.id == "max_iters" for t in node.targets)):
+            return node.value.value
+    return None
 
 
 def run(config, work_dir, iters=None, quiet=True):
@@ -82,17 +121,53 @@ def run(config, work_dir, iters=None, quiet=True):
         cfg.default_hooks.logger.interval = 10 ** 9
         cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type=_progress_hook_type(), interval=20)]
     _common.adapt_to_machine(cfg, "none")
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner.test()
+    if not quiet:
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        return runner.test()
+    import contextlib
+
+    filtered = _ToyLinesOnly(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(filtered):
+            runner = Runner.from_cfg(cfg)
+            runner.train()
+            return runner.test()
+    except BaseException:
+        sys.stdout.write(filtered.kept.getvalue())
+        raise
+
+
+def panoptic_table(metrics: dict) -> list:
+    """PQ / SQ / RQ of all classes, things and stuff from CocoPanopticMetric's results."""
+    rows = [("all", ""), ("things", "_th"), ("stuff", "_st")]
+    lines = [f"{'':8s}{'PQ':>7s}{'SQ':>7s}{'RQ':>7s}"]
+    for name, suffix in rows:
+        lines.append(f"{name:8s}" + "".join(f"{metrics[f'coco_panoptic/{m}{suffix}']:7.1f}" for m in ("PQ", "SQ", "RQ")))
+    return lines
+
+
+def run_panoptic(work_dir: str, quiet: bool = True) -> list:
+    """Train + evaluate the toy Mask2Former (panoptic); returns the report lines."""
+    print("[toy] training toy Mask2Former (DiNAT, 6 blocks, mini width) on CPU; evaluating with "
+          "CocoPanopticMetric", flush=True)
+    t0 = time.time()
+    out = osp.join(work_dir, "mask2former")
+    metrics = run(PANOPTIC_CONFIG, out, None, quiet=quiet)
+    return ["", "=== toy Mask2Former (DiNAT) on toy COCO-panoptic val (24 images, 3 things + 2 stuff) ===",
+            *panoptic_table(metrics), f"train + eval {time.time() - t0:.0f} s; checkpoint and logs in {out}"]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iters", type=int, help="training iterations (default: the config's, 600 det / 300 seg)")
+    p.add_argument("--iters", type=int,
+                   help=f"Mask R-CNN training iterations (default: the config's, {config_max_iters(DET_CONFIG)}; "
+                        f"--seg's UPerNet always trains its config's {config_max_iters(SEG_CONFIG)})")
     p.add_argument("--work-dir", default=osp.join(ROOT, "work_dirs", "toy"))
     p.add_argument("--seg", action="store_true", help="also train + evaluate the toy UPerNet")
-    p.add_argument("--verbose", action="store_true", help="show mmengine's training log")
+    p.add_argument("--panoptic", action="store_true",
+                   help="also train + evaluate the toy Mask2Former (panoptic: PQ / SQ / RQ)")
+    p.add_argument("--verbose", action="store_true", help="show mmengine's training log and pycocotools' output")
     args = p.parse_args(argv)
 
     import make_toy_data
@@ -113,7 +188,8 @@ def main(argv=None) -> int:
         f"mAP_75 {det.get('coco/bbox_mAP_75', float('nan')):.3f}",
         f"segm mAP {segm:.3f}   mAP_50 {det.get('coco/segm_mAP_50', float('nan')):.3f}   "
         f"mAP_75 {det.get('coco/segm_mAP_75', float('nan')):.3f}",
-        f"train + eval {t_det:.0f} s; checkpoint and logs in {osp.join(args.work_dir, 'mask-rcnn')}",
+        f"train + eval {t_det:.0f} s; checkpoint and logs in "
+        f"{make_toy_data._shown(osp.join(args.work_dir, 'mask-rcnn'))}",
     ]
     if args.seg:
         t2 = time.time()
@@ -122,6 +198,8 @@ def main(argv=None) -> int:
                   f"mIoU {seg.get('mIoU', float('nan')):.2f}   aAcc {seg.get('aAcc', float('nan')):.2f}   "
                   f"mAcc {seg.get('mAcc', float('nan')):.2f}",
                   f"train + eval {time.time() - t2:.0f} s"]
+    if args.panoptic:
+        lines += run_panoptic(args.work_dir, quiet=not args.verbose)
     lines.append(f"total {time.time() - t0:.0f} s")
     print("\n".join(lines), flush=True)
     return 0 if bbox is not None and segm is not None else 1

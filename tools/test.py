@@ -6,6 +6,10 @@ mmdet's tools/test.py. The task is picked from the config's ``default_scope``.
                          [--wait-time S] [--cfg-options k=v ...] [--launcher ...] [--tta]
 
 ``--out``: mmdet dumps predictions to a .pkl; mmseg writes prediction PNGs to that folder.
+``--show-dir DIR``: painted predictions, in each library's own layout (printed at the end): mmdet
+``WORK_DIR/TIMESTAMP/DIR/<image file name>`` (as mmdet's tools/test.py), mmseg
+``DIR/vis_data/vis_image/test_<image file name>_0.png`` (as mmseg's tools/test.py).
+The config, the checkpoint and the dataset's files are checked first; a missing one is named.
 ``--tta``: mmdet flip TTA / the config's ``tta_model``; mmseg the config's multi-scale + flip
 ``tta_pipeline`` (the ADE20K "multi-scale" numbers).
 """
@@ -31,7 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=str,
                         help="mmdet: dump predictions to a pickle file; mmseg: folder for prediction PNGs")
     parser.add_argument("--show", action="store_true", help="show prediction results")
-    parser.add_argument("--show-dir", help="directory where painted images will be saved")
+    parser.add_argument("--show-dir", help="directory where painted images will be saved (mmdet: under "
+                        "WORK_DIR/TIMESTAMP/ unless absolute, as mmdet's tools/test.py; the folder is printed)")
     parser.add_argument("--wait-time", type=float, default=2, help="the interval of show (s)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings in the config, xxx=yyy format")
@@ -45,18 +50,41 @@ def parse_args(argv=None):
     return args
 
 
-def trigger_visualization_hook(cfg, args):
+def trigger_visualization_hook(cfg, args, scope):
+    """What mmdet's / mmseg's own tools/test.py do: mmdet gives the hook ``test_out_dir`` (one file
+    per image, named as the source image), mmseg the visualizer's ``save_dir`` (and, here, interval 1,
+    so that every test image is painted, not every 50th)."""
     default_hooks = cfg.default_hooks
     if "visualization" not in default_hooks:
-        raise RuntimeError("VisualizationHook must be included in default_hooks")
+        raise SystemExit("tools/test.py: --show / --show-dir need a visualization hook in the config's "
+                         "default_hooks (mmdet's DetVisualizationHook / mmseg's SegVisualizationHook)")
     hook = default_hooks["visualization"]
     hook["draw"] = True
     if args.show:
         hook["show"] = True
         hook["wait_time"] = args.wait_time
     if args.show_dir:
-        cfg.visualizer["save_dir"] = args.show_dir
+        if scope == "mmdet":
+            hook["test_out_dir"] = args.show_dir
+        else:
+            cfg.visualizer["save_dir"] = args.show_dir
+            hook["interval"] = 1
     return cfg
+
+
+def painted_dir(runner, args, scope):
+    """The folder ``--show-dir`` images land in. For mmdet the hook's ``test_out_dir`` is made
+    absolute here (``WORK_DIR/TIMESTAMP/DIR``, mmdet's layout): mmdet 3.3's hook joins
+    work_dir / timestamp onto it again at every test iteration, which nests a relative path."""
+    if scope == "mmseg":
+        return osp.join(args.show_dir, "vis_data", "vis_image")
+    from mmdet.engine.hooks import DetVisualizationHook
+
+    folder = osp.abspath(osp.join(runner.work_dir, runner.timestamp, args.show_dir))
+    for hook in runner.hooks:
+        if isinstance(hook, DetVisualizationHook):
+            hook.test_out_dir = folder
+    return folder
 
 
 def _det_tta(cfg):
@@ -91,7 +119,7 @@ def build_cfg(args):
     cfg, scope = _common.load_config(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
-        cfg = trigger_visualization_hook(cfg, args)
+        cfg = trigger_visualization_hook(cfg, args, scope)
     if args.tta:
         (_det_tta if scope == "mmdet" else _seg_tta)(cfg)
     if args.out is not None and scope == "mmseg":
@@ -103,18 +131,29 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # paths first: a missing file is one line, not a traceback after the model is built
+    _common.check_file(args.config, "config", "tools/test.py")
+    _common.check_file(args.checkpoint, "checkpoint", "tools/test.py")
     cfg, scope = build_cfg(args)
+    _common.check_data_paths(cfg, ("test",), "tools/test.py")
+    if args.out is not None and scope == "mmdet" and not args.out.endswith((".pkl", ".pickle")):
+        raise SystemExit(f"tools/test.py: --out {args.out}: mmdet configs dump predictions to a .pkl file")
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     if args.out is not None and scope == "mmdet":
-        if not args.out.endswith((".pkl", ".pickle")):
-            raise SystemExit("--out must be a .pkl file for mmdet configs")
         from mmdet.evaluation import DumpDetResults
 
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    folder = painted_dir(runner, args, scope) if args.show_dir else None
+    if folder:
+        print(f"[test] painted predictions will be written to {folder}", flush=True)
+    metrics = runner.test()
+    if folder:
+        count = len(os.listdir(folder)) if osp.isdir(folder) else 0
+        print(f"[test] painted predictions: {count} images in {folder}", flush=True)
+    return metrics
 
 
 if __name__ == "__main__":

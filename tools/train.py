@@ -6,7 +6,8 @@ mmdet's tools/train.py. The task is picked from the config's ``default_scope``.
                           [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Distributed: tools/dist_train.sh (torchrun) or tools/slurm_train.sh. On machines without CUDA
-the run uses gloo and fp32 (see tools/_common.py).
+the run uses gloo and fp32 (see tools/_common.py). The config, a ``--resume`` checkpoint and the
+dataset's files are checked first; a missing one is named with the way to fix it.
 """
 import argparse
 import os
@@ -70,7 +71,12 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # paths first: a missing file is one line, not a traceback after the model is built
+    _common.check_file(args.config, "config", "tools/train.py")
+    if args.resume not in (None, "auto"):
+        _common.check_file(args.resume, "--resume checkpoint", "tools/train.py")
     cfg = build_cfg(args)
+    _common.check_data_paths(cfg, ("train", "val") if cfg.get("val_cfg", None) else ("train",), "tools/train.py")
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 

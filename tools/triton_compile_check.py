@@ -45,7 +45,10 @@ def kernel_specs(dtype, kernel_size, head_dim, rpb):
     common = {"KS": kernel_size, "HD": head_dim, "HDP": max(16, tri._next_pow2(head_dim)), "HAS_RPB": rpb,
                   "PREC": "ieee" if dtype == "fp32" else "tf32", "UPCAST": False}
     nb = 2 * kernel_size - 1
-    tiles = lambda name: {k: tri.TILES[name][k] for k in ("OX", "OY", "IX", "IY")}
+
+    def tiles(name):
+        return {k: tri.TILES[name][k] for k in ("OX", "OY", "IX", "IY")}
+
     return [
         ("fwd", tri._fwd_kernel, dict(common, COUNT_WORK=False, **tiles("fwd"))),
         ("dq", tri._dq_kernel, dict(common, RPB_GRAD=rpb, RB=max(16, tri._next_pow2(nb)),
@@ -73,7 +76,8 @@ def compile_kernel(fn, constexprs, dtype, arch, num_warps, num_stages):
             if name in DIV16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
 
 
 def resource_usage(kernel):
@@ -121,7 +125,8 @@ def main(argv=None):
                         if args.dump:
                             os.makedirs(args.dump, exist_ok=True)
                             for ext in ("ttgir", "ptx"):
-                                with open(os.path.join(args.dump, f"{name}_{dtype}_sm{arch}_K{K}_D{D}.{ext}"), "w") as f:
+                                path = os.path.join(args.dump, f"{name}_{dtype}_sm{arch}_K{K}_D{D}.{ext}")
+                                with open(path, "w") as f:
                                     f.write(kernel.asm[ext])
                         print(f"{label}: ok in {time.perf_counter() - t0:.1f} s, {resource_usage(kernel)}", flush=True)
     return 1 if failures else 0

@@ -27,7 +27,8 @@ def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporti
 
 
 def _gather_row(x, keys_y, keys_x, a):
-    """Neighbours in row offset ``a``: ``[B, X, Y, K, H, D]``, ``out[b, i, j, t] = x[b, keys_y[i, a], keys_x[j, t]]``."""
+    """Neighbours in row offset ``a``: ``[B, X, Y, K, H, D]``,
+    ``out[b, i, j, t] = x[b, keys_y[i, a], keys_x[j, t]]``."""
     return x.index_select(1, keys_y[:, a])[:, :, keys_x]
 
 

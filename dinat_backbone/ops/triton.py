@@ -136,7 +136,8 @@ def _next_pow2(n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Integer arguments that change with the image (or the stage): excluded from Triton's specialisation
 # on "== 1" and "divisible by 16", which would otherwise compile new variants as map sizes change
-# (and dilation 1 vs 16 vs others, 16 heads vs 8). The strides stay specialised: the compiler needs their divisibility to prove
+# (and dilation 1 vs 16 vs others, 16 heads vs 8). The strides stay specialised: the compiler needs their
+# divisibility to prove
 # 16-byte alignment of each position's channel vector (vector loads), and in a model call they are
 # multiples of the channel count (3C from the qkv projection, C for the output), so they are
 # divisible by 16 for every image size: one variant per model.
@@ -303,7 +304,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _fwd_kernel(
-        Q, Kt, V, O, LSE, RPB, WORK,
+        Q, Kt, V, O, LSE, RPB, WORK,  # noqa: E741 (Q, K, V, O as in the attention literature)
         sqb, sqx, sqy, sqh, sqd,
         skb, skx, sky, skh, skd,
         svb, svx, svy, svh, svd,
@@ -361,7 +362,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=_RUNTIME_INTS)
     def _dq_kernel(
-        Q, Kt, V, O, DO, LSE, DELTA, RPB, DQ, DRPB,
+        Q, Kt, V, O, DO, LSE, DELTA, RPB, DQ, DRPB,  # noqa: E741
         sqb, sqx, sqy, sqh, sqd,
         skb, skx, sky, skh, skd,
         svb, svx, svy, svh, svd,
@@ -461,7 +462,8 @@ if triton is not None:
 
         kx, ky, k_ok = _tile_positions(kx0, ky0, Lx, Ly, OX, OY)
         d = tl.arange(0, HDP)
-        k, v = _load_kv(_class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh), _class_view(V, b64, h, rx, ry, svb, svx, svy, svh),
+        k, v = _load_kv(_class_view(Kt, b64, h, rx, ry, skb, skx, sky, skh),
+                        _class_view(V, b64, h, rx, ry, svb, svx, svy, svh),
                         kx, ky, k_ok, skx, sky, skd, svx, svy, svd, dil, d, HD)
         kx_w = tl.where(k_ok, kx, -FAR)[:, None]  # padded keys fall in no window
         rpb_k = (RPB + h * srh + (KS - 1 + kx) * sra + (KS - 1 + ky) * srb)[:, None]
@@ -527,7 +529,8 @@ def reasons(query, rpb, kernel_size: int, dilation: int = 1, needs_grad: bool = 
     device = torch.device(query.device)
     if interpreting():
         if device.type != "cpu":
-            out.append(f"TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, on CPU tensors only; got {device}")
+            out.append("TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, on CPU tensors only; "
+                       f"got {device}")
     elif device.type != "cuda":
         out.append(f"the triton kernels run on CUDA tensors (got {device}); on CPU only under TRITON_INTERPRET=1")
     elif query.dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
@@ -739,7 +742,10 @@ def _axis_work(length, kernel_size, dilation, outer, inner, kind):
     """Sum over the residue classes of one axis of (per class) the inner tiles each outer tile loops
     over, exactly as the kernels compute them; the tile count comes from class 0 as in the grid."""
     ns = kernel_size // 2
-    start = lambda p, L: min(max(p - ns, 0), L - kernel_size)
+
+    def start(p, L):
+        return min(max(p - ns, 0), L - kernel_size)
+
     lengths = _class_lengths(length, dilation)
     n_outer = -(-lengths[0] // outer)
     total = []
