@@ -378,6 +378,10 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     ValueError naming the key and both shapes. Missing and unexpected keys are logged (and raise
     when ``strict``). ``prefix`` selects a sub-model (e.g. 'backbone.') before conversion; usually
     not needed, the layout is detected. Returns ``(missing_keys, unexpected_keys)``.
+
+    A source that is no usable checkpoint is an error naming it: an empty, text, HTML or truncated
+    file, wrappers that contain themselves or nest absurdly deep, no tensors at all; so are NaN / Inf
+    values in any weight the model would load (the first such key is named).
     """
     logger = logger or _logger
     source = _describe(checkpoint)

@@ -344,11 +344,11 @@ class DiNATRNGStateHook(Hook):
     -based loop re-reads the batches already trained on), but not the generators' states: the
     resumed run draws new drop-path masks, RPN / RoI samples and flips, and its losses drift from
     the uninterrupted run's. This hook saves every rank's python / numpy / torch / CUDA states
-    into ``checkpoint['meta']['rng_states']`` (gathered to the saving rank under DDP; mmengine
-    calls ``before_save_checkpoint`` on every rank) and, on resume, puts them back right before
-    the first new batch is read. Validation inside training is made neutral for the generators
-    (their states are put back after it), so that a run resumed from a checkpoint written just
-    before a validation follows the uninterrupted one too.
+    into ``checkpoint['meta']['rng_states']`` (under DDP gathered from every rank in the hook step
+    before ``CheckpointHook`` saves: only the main process writes) and, on resume, gives each rank
+    its own back, right before the first new batch is read. Validation inside training is made
+    neutral for the generators (their states are put back after it), so that a run resumed from a
+    checkpoint written just before a validation follows the uninterrupted one too.
 
     Restored only when resuming (the loop's counters equal the checkpoint's); loading weights with
     ``load_from`` starts the streams from the seed as usual. A checkpoint written by another number
@@ -359,19 +359,57 @@ class DiNATRNGStateHook(Hook):
     """
 
     META_KEY = "rng_states"
+    # after the other hooks of an iteration / epoch, right before CheckpointHook (VERY_LOW) saves
+    priority = "LOW"
 
     def __init__(self):
         self._pending: Optional[tuple] = None  # (epoch, iter, per-rank states or None) of a loaded checkpoint
+        self._gathered: Optional[list] = None  # every rank's states for the checkpoint about to be saved
         self._outside_val: Optional[dict] = None  # the training streams while a validation runs
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    # -- saving ----------------------------------------------------------------------------------
+    @staticmethod
+    def _checkpoint_hooks(runner) -> list:
+        from mmengine.hooks import CheckpointHook
+
+        return [h for h in runner.hooks if isinstance(h, CheckpointHook)]
+
+    def _gather_if_saving(self, saves: bool) -> None:
+        """Only the main process writes a checkpoint (``Runner.save_checkpoint`` is master-only), so
+        every rank hands its states over here, in the hook step before CheckpointHook's, in exactly
+        the iterations / epochs in which it saves (its own test: the same on every rank)."""
         from mmengine.dist import all_gather_object, get_world_size
 
-        # a best-checkpoint saved during validation: the training streams from before it
-        state = self._outside_val if self._outside_val is not None else rng_state()
-        states = all_gather_object(state) if get_world_size() > 1 else [state]
+        if saves and get_world_size() > 1:
+            self._gathered = all_gather_object(rng_state())
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._gather_if_saving(any(
+            not h.by_epoch and (h.every_n_train_iters(runner, h.interval, h.save_begin)
+                                or (h.save_last and h.is_last_train_iter(runner)))
+            for h in self._checkpoint_hooks(runner)))
+
+    def after_train_epoch(self, runner) -> None:
+        self._gather_if_saving(any(
+            h.by_epoch and (h.every_n_epochs(runner, h.interval, h.save_begin)
+                            or (h.save_last and h.is_last_train_epoch(runner)))
+            for h in self._checkpoint_hooks(runner)))
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        from mmengine.dist import get_world_size
+
+        if self._gathered is not None:
+            states, self._gathered = self._gathered, None
+        else:  # one process, or a save the gathering did not foresee (e.g. a best checkpoint under DDP)
+            # a best checkpoint written during validation: the training streams from before it
+            state = self._outside_val if self._outside_val is not None else rng_state()
+            states = [state]
+            if get_world_size() > 1:
+                runner.logger.warning("DiNATRNGStateHook: this checkpoint holds only the main process's "
+                                      "random generator states; resuming from it will not restore them")
         checkpoint.setdefault("meta", {})[self.META_KEY] = states
 
+    # -- resuming --------------------------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.get("meta", {})
         self._pending = (meta.get("epoch"), meta.get("iter"), meta.get(self.META_KEY))
