@@ -3,7 +3,7 @@
 The core (``ops``, ``dinat``, ``dinat_s``, ``checkpoint``) needs torch alone; ``dinat_backbone.mm`` registers
 the backbone with mmdet / mmseg and is loaded by configs through ``custom_imports``.
 """
-from .checkpoint import convert_checkpoint, load_pretrained
+from .checkpoint import convert_checkpoint, load_checkpoint_file, load_pretrained
 from .dinat import ARCH_SETTINGS, DILATION_PRESETS, NAT, DiNAT
 from .dinat_s import DiNAT_s
 from .ops import NeighborhoodAttention2D, na2d
@@ -22,5 +22,6 @@ __all__ = [
     "ARCH_SETTINGS",
     "DILATION_PRESETS",
     "convert_checkpoint",
+    "load_checkpoint_file",
     "load_pretrained",
 ]

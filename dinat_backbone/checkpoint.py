@@ -79,7 +79,8 @@ _HF_RULES = [
     (re.compile(r"^embeddings\.norm\."), "patch_embed.norm."),
     (re.compile(r"^encoder\.levels\.(\d+)\.downsample\."), r"levels.\1.downsample."),
     (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.attention\.self\.rpb$"), r"levels.\1.blocks.\2.attn.rpb"),
-    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.attention\.output\.dense\."), r"levels.\1.blocks.\2.attn.proj."),
+    (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.attention\.output\.dense\."),
+     r"levels.\1.blocks.\2.attn.proj."),
     (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.layernorm_before\."), r"levels.\1.blocks.\2.norm1."),
     (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.layernorm_after\."), r"levels.\1.blocks.\2.norm2."),
     (re.compile(r"^encoder\.levels\.(\d+)\.layers\.(\d+)\.intermediate\.dense\."), r"levels.\1.blocks.\2.mlp.fc1."),
@@ -144,7 +145,8 @@ def _strip_module_prefix(state: Mapping) -> Dict[str, torch.Tensor]:
 
 def _find_prefix(keys, anchor: str) -> Optional[str]:
     """Prefix before ``anchor`` (e.g. '', 'backbone.', 'dinat.'), preferring '' and 'backbone.'."""
-    prefixes = [k[: -len(anchor)] for k in keys if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
+    prefixes = [k[: -len(anchor)] for k in keys
+                if k.endswith(anchor) and (k == anchor or k[: -len(anchor)].endswith("."))]
     if not prefixes:
         return None
     prefixes.sort(key=lambda p: (p != "", p != "backbone.", len(p), p))
@@ -310,7 +312,7 @@ def _unreadable(source: str, exc: BaseException) -> RuntimeError:
     return RuntimeError(f"load_pretrained: {source} {what}; torch.load raised {type(exc).__name__}: {exc}")
 
 
-def _load_object(source, map_location="cpu"):
+def _read_file(source, map_location="cpu"):
     if isinstance(source, Mapping):
         return source
     source = str(source)
@@ -369,6 +371,16 @@ def _check_finite(state: Mapping, own: Mapping, source: str):
                 "checkpoint")
 
 
+def load_checkpoint_file(checkpoint: Union[str, Mapping], map_location="cpu") -> Mapping:
+    """Read a checkpoint (path, URL, ``.safetensors`` file or already loaded object) safely
+    (``weights_only``) and strip its training wrappers (``state_dict`` / ``model`` / ``module``).
+
+    The result still has the file's own key layout; :func:`convert_checkpoint` converts it. Every
+    unusable source is an error naming it (see :func:`load_pretrained`).
+    """
+    return _unwrap(_read_file(checkpoint, map_location), _describe(checkpoint), "load_pretrained")
+
+
 def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: bool = False,
                     logger: Optional[logging.Logger] = None, prefix: Optional[str] = None,
                     map_location="cpu"):
@@ -385,7 +397,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     """
     logger = logger or _logger
     source = _describe(checkpoint)
-    obj = _unwrap(_load_object(checkpoint, map_location), source, "load_pretrained")
+    obj = load_checkpoint_file(checkpoint, map_location)
     if prefix:
         prefix = prefix if prefix.endswith(".") else prefix + "."  # mmengine accepts 'backbone' too
         state = _strip_module_prefix(obj)

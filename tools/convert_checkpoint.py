@@ -28,7 +28,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common  # noqa: E402
 from dinat_backbone import convert_checkpoint  # noqa: E402
-from dinat_backbone.checkpoint import _load_object, checkpoint_family  # noqa: E402
+from dinat_backbone.checkpoint import checkpoint_family, load_checkpoint_file  # noqa: E402
 
 
 def build_parser():
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    obj = _load_object(args.src)
+    obj = load_checkpoint_file(args.src)
     state = convert_checkpoint(obj)
     state = OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
     n_params = sum(v.numel() for v in state.values())
