@@ -75,6 +75,33 @@ def load_tool(name: str):
     return module
 
 
+# A 4-stage DiNAT-layout model small enough for the pure-PyTorch op (every test file's small model)
+SMALL_MODEL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, kernel_size=5,
+                   dilations=[[1, 4], [1, 3], [1, 2], [1, 1]], drop_path_rate=0.0)
+
+
+def perturb_(model, scale=0.05, seed=None):
+    """Move every parameter off its init, in place (LayerNorms would otherwise be identities and
+    zero biases would hide padding errors); ``seed`` seeds torch first."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def small_model(cls=None, seed=None, perturb=False, **kwargs):
+    """``cls(**SMALL_MODEL, **kwargs)`` (DiNAT by default), built after ``torch.manual_seed(seed)``
+    when a seed is given, with its parameters perturbed when ``perturb``."""
+    if cls is None:
+        from dinat_backbone import DiNAT as cls
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = cls(**dict(SMALL_MODEL, **kwargs))
+    return perturb_(model) if perturb else model
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread for the module (the pure-PyTorch op runs many tiny kernels; with busy cores,

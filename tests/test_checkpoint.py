@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from dinat_backbone import DiNAT, convert_checkpoint, load_pretrained
 from dinat_backbone.checkpoint import CHECKPOINT_URLS, resize_rpb
 
+from conftest import perturb_
+
 DEPTHS = (2, 2, 2, 2)
 HEADS = (1, 2, 2, 4)
 DILATIONS = [[1, 4], [1, 3], [1, 2], [1, 1]]
@@ -223,11 +225,7 @@ def hf_config(md, **kwargs):
 
 
 def perturbed(model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturb_(model, seed=seed).eval()
 
 
 @pytest.mark.parametrize("size", [(37, 45), (160, 224)], ids=["needs-padding", "no-padding"])

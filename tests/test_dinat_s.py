@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import conftest
 from conftest import load_tool
 
 from dinat_backbone import MODEL_FAMILIES, DiNAT, DiNAT_s
@@ -15,16 +16,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_model(seed=0, **kwargs):
-    """4 stages, small enough for every backend; parameters moved off their init."""
-    cfg = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, kernel_size=5,
-               dilations=[[1, 4], [1, 3], [1, 2], [1, 1]], drop_path_rate=0.0)
-    cfg.update(kwargs)
-    torch.manual_seed(seed)
-    model = DiNAT_s(**cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    """The tests' small model in the DiNAT_s layout, parameters moved off their init."""
+    return conftest.small_model(DiNAT_s, seed=seed, perturb=True, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,24 +9,12 @@ import torch.nn.functional as F
 from dinat_backbone import ARCH_SETTINGS, DILATION_PRESETS, NAT, DiNAT
 from dinat_backbone.dinat import DiNATBlock, expand_dilations
 
+from conftest import perturb_, small_model
+
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one thread, no kernel warning
 
 
-def small_model(**kwargs):
-    """A 4-stage model small enough for the pure-PyTorch op."""
-    cfg = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, kernel_size=5,
-               dilations=[[1, 4], [1, 3], [1, 2], [1, 1]], drop_path_rate=0.0)
-    cfg.update(kwargs)
-    return DiNAT(**cfg)
-
-
-def randomize_(model, scale=0.05):
-    """Move every parameter off its init (LayerNorms would otherwise be identities)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return model
 
 
 def conv_out(n):
@@ -77,7 +65,7 @@ def test_arch_output_shapes_odd_size(arch):
 
 @pytest.mark.parametrize("size", [(32, 32), (33, 47), (45, 32), (61, 35)])
 def test_any_input_size_at_least_32_works(size):
-    model = randomize_(small_model(dilations=expand_dilations("coco", (2, 2, 2, 2)))).eval()
+    model = perturb_(small_model(dilations=expand_dilations("coco", (2, 2, 2, 2)))).eval()
     assert model.dilations == [[1, 28], [1, 7], [1, 3], [1, 3]]
     with torch.no_grad():
         outs = model(torch.randn(1, 3, *size))
@@ -111,7 +99,7 @@ def test_out_features_and_out_indices():
 
 def test_outputs_match_a_manual_forward():
     """The forward is the original one: tokenizer, blocks, norm{i} of the stage output, downsample."""
-    model = randomize_(small_model()).eval()
+    model = perturb_(small_model()).eval()
     x = torch.randn(2, 3, 41, 57)
     with torch.no_grad():
         outs = model(x)
@@ -151,7 +139,7 @@ def _block_direct(block, x):
 @pytest.mark.parametrize("size,dilation", [((4, 6), 2), ((7, 3), 1), ((9, 11), 2), ((3, 12), 3)])
 def test_small_input_padding_matches_direct_computation(size, dilation):
     torch.manual_seed(0)
-    block = randomize_(DiNATBlock(8, 2, kernel_size=3, dilation=dilation, mlp_ratio=2.0, layer_scale=0.7), 0.2).eval()
+    block = perturb_(DiNATBlock(8, 2, kernel_size=3, dilation=dilation, mlp_ratio=2.0, layer_scale=0.7), 0.2).eval()
     x = torch.randn(2, *size, 8)
     with torch.no_grad():
         torch.testing.assert_close(block(x), _block_direct(block, x), rtol=1e-5, atol=1e-5)
@@ -174,7 +162,7 @@ def test_small_input_error_mode_names_block_size_and_remedy():
 # ----------------------------------------------------------------------------------------------
 def test_frozen_stages_stay_frozen_after_train():
     torch.manual_seed(0)
-    model = randomize_(small_model(frozen_stages=2, drop_rate=0.1,
+    model = perturb_(small_model(frozen_stages=2, drop_rate=0.1,
                                    out_features=["stem", "stage1", "stage2", "stage3", "stage4"]))
     assert model.train() is model
     frozen = [model.patch_embed, model.norm_stem, model.levels[0], model.levels[1], model.norm0, model.norm1]
@@ -203,7 +191,7 @@ def test_frozen_stages_stay_frozen_after_train():
 
 def test_with_cp_same_outputs_and_gradients():
     torch.manual_seed(0)
-    ref = randomize_(small_model(drop_path_rate=0.2, layer_scale=0.5)).train()
+    ref = perturb_(small_model(drop_path_rate=0.2, layer_scale=0.5)).train()
     cp_model = small_model(drop_path_rate=0.2, layer_scale=0.5, with_cp=True).train()
     cp_model.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 40, 44)

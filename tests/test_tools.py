@@ -12,7 +12,7 @@ from PIL import Image
 
 from dinat_backbone import DiNAT, DiNAT_s, convert_checkpoint
 
-from conftest import ROOT, TOOLS, load_tool
+from conftest import ROOT, TOOLS, load_tool, perturb_
 
 
 def _run(script, *args):
@@ -29,11 +29,7 @@ def _run(script, *args):
 
 def _randomized(cls=DiNAT, **kw):
     torch.manual_seed(7)
-    m = cls(**kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m
+    return perturb_(cls(**kw))
 
 
 def test_convert_checkpoint_imagenet_to_native_and_mm(tmp_path):
