@@ -102,6 +102,24 @@ def small_model(cls=None, seed=None, perturb=False, **kwargs):
     return perturb_(model) if perturb else model
 
 
+def seg_batch(num_classes, size=64):
+    """Two random images with random semantic labels as mmseg ``SegDataSample``s (mm imported here,
+    so the core tests need torch only)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(2, 3, size, size, generator=g)
+    samples = []
+    for _ in range(2):
+        s = SegDataSample()
+        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
+                            scale_factor=(1.0, 1.0), flip=False))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size), generator=g))
+        samples.append(s)
+    return inputs, samples
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread for the module (the pure-PyTorch op runs many tiny kernels; with busy cores,

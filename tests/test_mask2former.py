@@ -28,7 +28,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from panopticapi.utils import rgb2id  # what mmdet's CocoPanopticMetric and LoadPanopticAnnotations use
 
-from conftest import ROOT, load_tool
+from conftest import ROOT, load_tool, seg_batch
 
 CONFIG_DIR = os.path.join(ROOT, "configs")
 M2F_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "dinat", "mask2former_*.py")))
@@ -153,22 +153,6 @@ def _det_batch(model, head_cfg, size=64):
     return model.data_preprocessor(packed, True)
 
 
-def _seg_batch(num_classes, size=64):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(2, 3, size, size, generator=g)
-    samples = []
-    for _ in range(2):
-        s = SegDataSample()
-        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
-                            scale_factor=(1.0, 1.0), flip=False))
-        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size), generator=g))
-        samples.append(s)
-    return inputs, samples
-
-
 def _param_groups(model, optim_wrapper_cfg):
     """{parameter name: (lr, weight_decay)} of the optimizer mmengine builds from the config."""
     from mmengine.optim import build_optim_wrapper
@@ -210,7 +194,7 @@ def test_config_builds_and_runs_loss_and_predict(path):
         data = _det_batch(model, head_cfg)
         losses = model.loss(data["inputs"], data["data_samples"])
     else:
-        inputs, samples = _seg_batch(head_cfg.num_classes)
+        inputs, samples = seg_batch(head_cfg.num_classes)
         losses = model.loss(inputs, samples)
     assert {"loss_cls", "loss_mask", "loss_dice"} <= {k.split(".")[-1] for k in losses}
     assert any(k.startswith("d2.") or ".d2." in k for k in losses)  # deep supervision over the decoder layers
@@ -231,7 +215,7 @@ def test_config_builds_and_runs_loss_and_predict(path):
             else:
                 assert preds[0].pred_instances.masks.shape[0] <= 10
         else:
-            inputs, samples = _seg_batch(head_cfg.num_classes)
+            inputs, samples = seg_batch(head_cfg.num_classes)
             preds = model.predict(inputs, samples)
             assert len(preds) == 2 and preds[0].pred_sem_seg.data.shape[-2:] == (64, 64)
 

@@ -17,7 +17,7 @@ import mmseg  # noqa: F401
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from conftest import ROOT
+from conftest import ROOT, seg_batch
 from dinat_backbone import MODEL_FAMILIES
 
 CONFIG_DIR = os.path.join(ROOT, "configs")
@@ -143,22 +143,6 @@ def _det_batch(model, num_classes, size=64):
     return model.data_preprocessor(packed, True)
 
 
-def _seg_batch(num_classes, size=64):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(2, 3, size, size, generator=g)
-    samples = []
-    for _ in range(2):
-        s = SegDataSample()
-        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
-                            scale_factor=(1.0, 1.0), flip=False))
-        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size), generator=g))
-        samples.append(s)
-    return inputs, samples
-
-
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=_rel)
 def test_config_builds_and_runs_loss_and_predict(path):
     torch.manual_seed(0)
@@ -187,7 +171,7 @@ def test_config_builds_and_runs_loss_and_predict(path):
         assert {"loss_rpn_cls", "loss_mask"} <= {k.split(".")[-1] if "loss_mask" in k else k for k in losses} or \
             any("loss_mask" in k for k in losses)
     else:
-        inputs, samples = _seg_batch(cfg.model.decode_head.num_classes)
+        inputs, samples = seg_batch(cfg.model.decode_head.num_classes)
         losses = model.loss(inputs, samples)
         assert "decode.loss_ce" in losses and "aux.loss_ce" in losses
     total, _ = model.parse_losses(losses)
@@ -201,7 +185,7 @@ def test_config_builds_and_runs_loss_and_predict(path):
             assert len(preds) == 2 and hasattr(preds[0], "pred_instances")
             assert preds[0].pred_instances.bboxes.shape[-1] == 4
         else:
-            inputs, samples = _seg_batch(cfg.model.decode_head.num_classes)
+            inputs, samples = seg_batch(cfg.model.decode_head.num_classes)
             preds = model.predict(inputs, samples)
             assert len(preds) == 2 and preds[0].pred_sem_seg.data.shape[-2:] == (64, 64)
 
