@@ -156,11 +156,16 @@ def _find_prefix(keys, anchor: str) -> Optional[str]:
     return prefixes[0]
 
 
+def _strip_prefix(state: Mapping, prefix: str) -> Dict[str, torch.Tensor]:
+    """The keys under ``prefix``, with it removed (the one place a prefix is cut off)."""
+    return OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+
+
 def _select_prefix(state: Mapping, prefix: str, logger: logging.Logger) -> Dict[str, torch.Tensor]:
     """Keys under ``prefix`` with it removed; the rest (detector neck / heads, classifier) is logged."""
     if not prefix:
         return OrderedDict(state)
-    out = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    out = _strip_prefix(state, prefix)
     others = sorted({k.split(".", 1)[0] for k in state if not k.startswith(prefix)})
     if others:
         logger.info("convert_checkpoint: kept the backbone under %r; ignored the other parts %s", prefix, others)
@@ -244,7 +249,7 @@ def convert_checkpoint(obj, logger: Optional[logging.Logger] = None) -> Dict[str
     # a partial state dict (no patch embedding): only strip a prefix every key shares
     for prefix in ("backbone.", "dinat."):
         if state and all(k.startswith(prefix) for k in state):
-            state = OrderedDict((k[len(prefix):], v) for k, v in state.items())
+            state = _strip_prefix(state, prefix)
     if any(".layers." in k and k.startswith("encoder.") for k in state):
         return _convert_hf(state, logger)
     return OrderedDict(state)
@@ -400,8 +405,7 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     obj = load_checkpoint_file(checkpoint, map_location)
     if prefix:
         prefix = prefix if prefix.endswith(".") else prefix + "."  # mmengine accepts 'backbone' too
-        state = _strip_module_prefix(obj)
-        obj = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+        obj = _strip_prefix(_strip_module_prefix(obj), prefix)
         if not obj:
             raise ValueError(f"load_pretrained: no key of the checkpoint starts with prefix {prefix!r}")
     state = convert_checkpoint(obj, logger=logger)
