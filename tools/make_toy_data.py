@@ -245,7 +245,7 @@ def _stamp(path: str) -> str:
     return os.path.join(path, ".toy_version")
 
 
-def _shown(path: str) -> str:
+def shown_path(path: str) -> str:
     """``path`` relative to the working directory when it is below it (what the README shows)."""
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
@@ -259,7 +259,7 @@ def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None
         root = roots[name]
         if not force and os.path.exists(_stamp(root)) and open(_stamp(root)).read().strip() == VERSION:
             if not quiet:
-                print(f"[toy-data] {_shown(root)}: present (version {VERSION})")
+                print(f"[toy-data] {shown_path(root)}: present (version {VERSION})")
             continue
         if os.path.exists(root):
             shutil.rmtree(root)
@@ -271,7 +271,7 @@ def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None
             f.write(VERSION + "\n")
         os.replace(tmp, root)
         if not quiet:
-            print(f"[toy-data] {_shown(root)}: generated")
+            print(f"[toy-data] {shown_path(root)}: generated")
     return roots
 
 

@@ -155,11 +155,14 @@ def run_panoptic(work_dir: str, quiet: bool = True) -> list:
     """Train + evaluate the toy Mask2Former (panoptic); returns the report lines."""
     print("[toy] training toy Mask2Former (DiNAT, 6 blocks, width 32) on CPU; evaluating with "
           "CocoPanopticMetric", flush=True)
+    from make_toy_data import shown_path
+
     t0 = time.time()
     out = osp.join(work_dir, "mask2former")
     metrics = run(PANOPTIC_CONFIG, out, None, quiet=quiet)
     return ["", "=== toy Mask2Former (DiNAT) on toy COCO-panoptic val (24 images, 3 things + 2 stuff) ===",
-            *panoptic_table(metrics), f"train + eval {time.time() - t0:.0f} s; checkpoint and logs in {out}"]
+            *panoptic_table(metrics),
+            f"train + eval {time.time() - t0:.0f} s; checkpoint and logs in {shown_path(out)}"]
 
 
 def main(argv=None) -> int:
@@ -194,7 +197,7 @@ def main(argv=None) -> int:
         f"segm mAP {segm:.3f}   mAP_50 {det.get('coco/segm_mAP_50', float('nan')):.3f}   "
         f"mAP_75 {det.get('coco/segm_mAP_75', float('nan')):.3f}",
         f"train + eval {t_det:.0f} s; checkpoint and logs in "
-        f"{make_toy_data._shown(osp.join(args.work_dir, 'mask-rcnn'))}",
+        f"{make_toy_data.shown_path(osp.join(args.work_dir, 'mask-rcnn'))}",
     ]
     if args.seg:
         t2 = time.time()
