@@ -304,12 +304,18 @@ def _check_not_empty(path: str):
                          "save that wrote it was probably interrupted: fetch or write it again")
 
 
+def _foreign_head(path: str) -> Optional[bytes]:
+    """The first bytes of a local file that torch.save did not write (text, an HTML error page
+    saved instead of the checkpoint); None for a torch file, a URL or a missing path."""
+    head = _file_head(path)
+    return head if head is not None and not head.startswith(_TORCH_SAVE_MAGIC) else None
+
+
 def _unreadable(source: str, exc: BaseException) -> RuntimeError:
-    """The error for a file torch.load cannot parse: a foreign file (text, an HTML error page saved
-    instead of the checkpoint) fails in the unpickler with an ``IndexError`` / ``KeyError`` /
-    ``UnpicklingError``, a cut-off one in the zip reader."""
-    head = _file_head(source)
-    if head is not None and not head.startswith(_TORCH_SAVE_MAGIC):
+    """The error for a file torch.load cannot parse: a foreign file fails in the unpickler with an
+    ``IndexError`` / ``KeyError`` / ``UnpicklingError``, a cut-off one in the zip reader."""
+    head = _foreign_head(source)
+    if head is not None:
         what = (f"is not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; the file starts "
                 f"with {head!r}): check the path")
     else:
@@ -346,8 +352,7 @@ def _read_file(source, map_location="cpu"):
                 "pickle.dump), which torch.load cannot read safely. If you trust the file, load it yourself "
                 "with pickle.load(open(path, 'rb')) and pass the resulting dict, or pass the .pth file it "
                 "was made from.") from exc
-        head = _file_head(source)
-        if head is not None and not head.startswith(_TORCH_SAVE_MAGIC):
+        if _foreign_head(source) is not None:
             # a text file is a "pickle" of unknown opcodes, which weights_only refuses first
             raise _unreadable(source, exc) from exc
         raise RuntimeError(
