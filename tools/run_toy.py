@@ -120,10 +120,14 @@ def run(config, work_dir, iters=None, quiet=True):
         cfg.default_hooks.logger.interval = 10 ** 9
         cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type=_progress_hook_type(), interval=20)]
     _common.adapt_to_machine(cfg, "none")
-    if not quiet:
+
+    def train_and_test():
         runner = Runner.from_cfg(cfg)
         runner.train()
         return runner.test()
+
+    if not quiet:
+        return train_and_test()
     import contextlib
     import warnings
 
@@ -133,9 +137,7 @@ def run(config, work_dir, iters=None, quiet=True):
             # the OpenMMLab libraries' deprecation notices (mmseg prints five per run); this package's
             # own warnings (e.g. a missing compiled kernel) still show
             warnings.filterwarnings("ignore", category=UserWarning, module=r"(mmcv|mmdet|mmengine|mmseg)(\.|$)")
-            runner = Runner.from_cfg(cfg)
-            runner.train()
-            return runner.test()
+            return train_and_test()
     except BaseException:
         sys.stdout.write(filtered.kept.getvalue())
         raise
