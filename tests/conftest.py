@@ -102,6 +102,19 @@ def small_model(cls=None, seed=None, perturb=False, **kwargs):
     return perturb_(model) if perturb else model
 
 
+def mm_models(scope: str):
+    """The ``MODELS`` registry of ``scope`` ('mmdet' / 'mmseg'), made the default scope (what a
+    config's ``default_scope`` does in the Runner); mm imported here, as in :func:`seg_batch`."""
+    from mmengine.registry import init_default_scope
+
+    init_default_scope(scope)
+    if scope == "mmdet":
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    return MODELS
+
+
 def seg_batch(num_classes, size=64):
     """Two random images with random semantic labels as mmseg ``SegDataSample``s (mm imported here,
     so the core tests need torch only)."""

@@ -25,10 +25,9 @@ from PIL import Image
 import mmdet  # noqa: F401  (a missing mm stack is an error, not a skip)
 import mmseg  # noqa: F401
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from panopticapi.utils import rgb2id  # what mmdet's CocoPanopticMetric and LoadPanopticAnnotations use
 
-from conftest import ROOT, load_tool, seg_batch
+from conftest import ROOT, load_tool, mm_models, seg_batch
 
 CONFIG_DIR = os.path.join(ROOT, "configs")
 M2F_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "dinat", "mask2former_*.py")))
@@ -49,15 +48,6 @@ RECIPES = {
 
 def _rel(p):
     return os.path.relpath(p, CONFIG_DIR)
-
-
-def _registry(scope):
-    init_default_scope(scope)
-    if scope == "mmdet":
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    return MODELS
 
 
 def _head(model_cfg):
@@ -170,7 +160,7 @@ def test_config_builds_and_runs_loss_and_predict(path):
     torch.manual_seed(0)
     cfg = _shrink(Config.fromfile(path))
     scope = cfg.default_scope
-    model = _registry(scope).build(cfg.model)
+    model = mm_models(scope).build(cfg.model)
     assert type(model.backbone).__name__ == "DiNAT"
     assert model.backbone.kernel_size == 11
     dilations = [[b.attn.dilation for b in level.blocks] for level in model.backbone.levels]
@@ -226,7 +216,7 @@ def test_parameter_count_is_the_authors(path):
     (built on the meta device: structure only)."""
     cfg = Config.fromfile(path)
     with torch.device("meta"):
-        model = _registry(cfg.default_scope).build(cfg.model)
+        model = mm_models(cfg.default_scope).build(cfg.model)
     count = sum(p.numel() for p in model.parameters())
     assert round(count / 1e6) == 220, f"{count / 1e6:.2f}M"
 
@@ -318,7 +308,7 @@ def test_pixel_decoder_channel_mismatch_names_both_lists(path):
     from dinat_backbone.mm import check_neck_channels
 
     cfg = _shrink(Config.fromfile(path))
-    models = _registry(cfg.default_scope)
+    models = mm_models(cfg.default_scope)
     check_neck_channels(models.build(cfg.model))  # matching: passes
     _head(cfg.model).in_channels = [192, 384, 768, 1536]  # the DiNAT-L widths, backbone shrunk to 32
     with pytest.raises(ValueError, match=r"emits \[32, 64, 128, 256\].*pixel decoder.*\[192, 384, 768, 1536\]"):
@@ -344,7 +334,7 @@ def test_config_init_cfg_loads_7x7_imagenet_and_detectron2_files(tmp_path):
     trained = DiNAT(kernel_size=11, dilations="mask2former-k11", **small)
     torch.save(detectron2_mask2former_checkpoint(trained), tmp_path / "mask2former_dinat_large_coco_panoptic.pth")
 
-    models = _registry(cfg.default_scope)
+    models = mm_models(cfg.default_scope)
     bb.init_cfg = dict(type="Pretrained", checkpoint=str(tmp_path / "dinat_large_in22k_224.pth"))
     model = models.build(cfg.model)
     model.init_weights()

@@ -15,9 +15,8 @@ import torch
 import mmdet  # noqa: F401  (a missing mm stack is an error, not a skip)
 import mmseg  # noqa: F401
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
-from conftest import ROOT, seg_batch
+from conftest import ROOT, mm_models, seg_batch
 from dinat_backbone import MODEL_FAMILIES
 
 CONFIG_DIR = os.path.join(ROOT, "configs")
@@ -150,11 +149,7 @@ def test_config_builds_and_runs_loss_and_predict(path):
     if path in PAPER_CONFIGS:
         _paper_recipe_checks(path, cfg)
     scope = cfg.default_scope
-    init_default_scope(scope)
-    if scope == "mmdet":
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
+    MODELS = mm_models(scope)
     if scope == "mmdet":
         _cheap_sampling(cfg.model)
     model = MODELS.build(cfg.model)
@@ -214,12 +209,7 @@ def test_parameter_count_matches_the_authors_table(name):
     to the precision they state (1M)."""
     family = "dinat_s" if "_dinat_s-" in name else "dinat"
     cfg = Config.fromfile(os.path.join(CONFIG_DIR, family, name))
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == "mmdet":
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
     with torch.device("meta"):
-        model = MODELS.build(cfg.model)
+        model = mm_models(cfg.default_scope).build(cfg.model)
     count = sum(p.numel() for p in model.parameters())
     assert round(count / 1e6) == AUTHORS_PARAMS_M[name], f"{name}: {count / 1e6:.2f}M"

@@ -18,7 +18,7 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, mm_models
 
 README = os.path.join(ROOT, "README.md")
 MARKER = re.compile(r"<!-- test_readme: (\S+) -->\n```(\w+)\n(.*?)\n```", re.S)
@@ -95,15 +95,9 @@ def _load(name, tmp_path):
 def _build(cfg, scope):
     from mmengine.model import revert_sync_batchnorm
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import init_default_scope
 
-    init_default_scope(scope)
-    if scope == "mmdet":
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
     # what mmengine's Runner does off-distributed: SyncBN (mmseg's heads) as plain BN
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    model = revert_sync_batchnorm(mm_models(scope).build(cfg.model))
     return model, build_optim_wrapper(model, cfg.optim_wrapper)
 
 
