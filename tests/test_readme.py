@@ -350,6 +350,19 @@ def test_make_clean_toy_removes_the_three_toy_sets_and_nothing_else(tmp_path):
     assert all((tmp_path / d / "file").exists() for d in kept)
 
 
+def test_run_toy_only_seg_runs_the_upernet_alone(tmp_path, capsys):
+    from conftest import load_tool
+
+    run_toy = load_tool("run_toy")
+    assert run_toy.main(["--only", "seg", "--iters", "2", "--work-dir", str(tmp_path / "toy")]) == 0
+    out = capsys.readouterr().out
+    assert "Mask R-CNN" not in out and not (tmp_path / "toy" / "mask-rcnn").exists(), out
+    assert "[toy] training toy UPerNet (DiNAT, 6 blocks, mini width) on CPU; evaluating with IoUMetric" in out
+    assert "=== toy UPerNet (DiNAT) on toy ADE val (16 images, 4 classes) ===" in out
+    assert re.search(r"^mIoU [0-9.]+   aAcc [0-9.]+   mAcc [0-9.]+$", out, re.M), out
+    assert (tmp_path / "toy" / "upernet" / "iter_2.pth").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # what the pages say about the configs
 # ----------------------------------------------------------------------------------------------
@@ -421,3 +434,42 @@ def test_one_version_string_and_the_torch_floor():
     assert f"pip install 'torch>={MIN_TORCH}'" in message
     # the features that set the floor exist in the torch under test
     assert hasattr(torch.library, "register_fake") and hasattr(torch.library, "register_autograd")
+
+
+# ----------------------------------------------------------------------------------------------
+# the toy-data variants of the usage configs (docs/toy.md)
+# ----------------------------------------------------------------------------------------------
+#: toy-data variant: (the usage block it inherits, its toy set, the metrics its test reports)
+TOY_VARIANTS = {
+    "configs/toy/mask-rcnn_dinat-tiny_fpn_toy-coco.py": ("mmdet-config", "toy_coco",
+                                                         ("coco/bbox_mAP", "coco/segm_mAP")),
+    "configs/toy/upernet_dinat-tiny_toy-ade.py": ("mmseg-config", "toy_ade", ("mIoU", "aAcc")),
+}
+
+
+@pytest.mark.parametrize("config", sorted(TOY_VARIANTS))
+def test_toy_variant_of_a_usage_config_trains_and_evaluates(config, tmp_path):
+    """The usage config's model and optimizer on the toy data: a few iterations from scratch, then the
+    real metric on the toy val split."""
+    from mmengine.config import Config
+
+    from conftest import load_tool
+
+    usage_block, toy_set, metric_keys = TOY_VARIANTS[config]
+    path = os.path.join(ROOT, config)
+    assert config in _read(os.path.join(ROOT, "docs", "toy.md"))
+    cfg = Config.fromfile(path)
+    usage = Config.fromfile(os.path.join(ROOT, EXAMPLES[usage_block]))
+    # the usage config's model and optimizer; nothing downloaded; the toy data
+    assert cfg.model.backbone.arch == usage.model.backbone.arch == "tiny" and cfg.model.backbone.init_cfg is None
+    assert cfg.optim_wrapper.optimizer == usage.optim_wrapper.optimizer
+    toy_root = os.path.join(ROOT, "data", toy_set)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        assert os.path.normpath(cfg[loader].dataset.data_root) == toy_root, loader
+    if "ann_file" in cfg.test_evaluator:  # COCO's evaluator reads the annotations itself
+        assert os.path.normpath(cfg.test_evaluator.ann_file).startswith(toy_root + os.sep)
+
+    load_tool("make_toy_data").ensure(quiet=True)
+    metrics = load_tool("run_toy").run(path, str(tmp_path / "work"), iters=2)
+    assert set(metric_keys) <= set(metrics), metrics
+    assert (tmp_path / "work" / "iter_2.pth").exists()
