@@ -49,6 +49,13 @@ else
   $PIP install torch==2.13.0
 fi
 
+# the torch floor (MIN_TORCH in dinat_backbone/version.py): a kept torch that is too old is an error
+# here, not a silent replacement by pip when this package is installed
+if ! floor=$($PY -c "import runpy; runpy.run_path('dinat_backbone/version.py')" 2>&1); then
+  echo "[install] ${floor##*ImportError: }" >&2
+  exit 1
+fi
+
 # 2. build tools. mmcv 2.1.0's setup.py imports pkg_resources (removed in setuptools 82) and torch
 #    2.13's extension builder needs setuptools >= 77. numpy < 2: mmcv 2.1 / mmdet 3.3 predate numpy 2.
 ensure "build tools" "setuptools>=77,<82" wheel ninja "numpy<2"
