@@ -113,7 +113,9 @@ def run(config, work_dir, iters=None, quiet=True):
                 sched["end"] = iters
                 sched["milestones"] = [int(iters * 0.8)]
             elif sched.get("type") == "PolyLR":
+                # a decay that starts after the warm-up: a run shorter than the warm-up decays from its last iteration
                 sched["end"] = iters
+                sched["begin"] = min(sched.get("begin", 0), iters - 1)
     # evaluate once, after training (runner.test below), not inside the train loop (mmengine
     # validates at the last iteration whatever val_interval says)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
