@@ -470,6 +470,8 @@ def test_toy_variant_of_a_usage_config_trains_and_evaluates(config, tmp_path):
         assert os.path.normpath(cfg.test_evaluator.ann_file).startswith(toy_root + os.sep)
 
     load_tool("make_toy_data").ensure(quiet=True)
-    metrics = load_tool("run_toy").run(path, str(tmp_path / "work"), iters=2)
+    # tested on 4 of the val images (CPU time): the metric is the real one all the same
+    metrics = load_tool("run_toy").run(path, str(tmp_path / "work"), iters=2,
+                                       cfg_options={"test_dataloader.dataset.indices": 4})
     assert set(metric_keys) <= set(metrics), metrics
     assert (tmp_path / "work" / "iter_2.pth").exists()

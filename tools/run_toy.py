@@ -94,14 +94,17 @@ def config_max_iters(config):
     return None
 
 
-def run(config, work_dir, iters=None, quiet=True):
-    """Train ``config`` (optionally for ``iters`` iterations), then test it; returns the metrics."""
+def run(config, work_dir, iters=None, quiet=True, cfg_options=None):
+    """Train ``config`` (optionally for ``iters`` iterations; ``cfg_options`` as ``--cfg-options`` would
+    give them), then test it; returns the metrics."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
     import _common
 
     cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     _common.import_scope(_common.scope_of(cfg))
     cfg.work_dir = work_dir
     if iters is not None:
