@@ -131,13 +131,25 @@ def measure(label, fwd_fn, inputs, dev: Device, repeats, with_backward=True):
 WORK_SHAPES = [(200, 304, 1), (200, 304, 28), (100, 152, 1), (100, 152, 14), (50, 76, 7)]  # (X, Y, d), K = 7
 
 
+def _triton_work_accounting():
+    """The triton kernels' work accounting: tools/na_work.py (moved out of the op), or the op's
+    module where that has not happened yet."""
+    try:
+        import na_work
+
+        return na_work
+    except ImportError:
+        from dinat_backbone.ops import triton
+
+        return triton
+
+
 def print_work_ratios(kernel_size=KERNEL_SIZE):
     """Score entries each backend computes / the X * Y * K^2 the op needs: cpu and torch compute
     exactly the K^2 neighbours (1.0); triton its query tiles x the key boxes (forward / dQ, and the
     dK/dV kernel); the flex peer the 128 x 128 blocks of its block mask that hold a neighbour pair
     (residue classes folded into the batch); dense attention N^2."""
-    from dinat_backbone.ops import triton as na2d_triton
-
+    work = _triton_work_accounting()
     limit = TARGETS["op_triton_work"].limit
     print(f"Score work (K = {kernel_size}): entries computed / the N * K^2 needed; triton target <= {limit}x")
     header = (f"{'map':>9} {'d':>3} {'cpu':>5} {'torch':>6} {'triton fwd/dQ':>14} {'triton dK/dV':>13} "
@@ -145,8 +157,8 @@ def print_work_ratios(kernel_size=KERNEL_SIZE):
     print(header)
     print("-" * len(header))
     for X, Y, d in WORK_SHAPES:
-        fwd = na2d_triton.score_work_ratio(X, Y, kernel_size, d, "fwd")
-        bwd = na2d_triton.score_work_ratio(X, Y, kernel_size, d, "dkdv")
+        fwd = work.score_work_ratio(X, Y, kernel_size, d, "fwd")
+        bwd = work.score_work_ratio(X, Y, kernel_size, d, "dkdv")
         flex = flex_peer.flex_work_ratio(X, Y, kernel_size, d)
         dense = X * Y / kernel_size ** 2
         _, ok = judge(max(fwd, bwd), limit, TARGETS["op_triton_work"].op, 2)
