@@ -143,3 +143,22 @@ def test_benchmark_plot_quick_writes_a_png(tmp_path, capsys):
     assert not args.cp and args.compile == [] and args.models == ["tiny", "swin"]
     assert max(max(s) for s in bm.PlotDilations(64)("tiny")) == 2
     assert bm.PlotDilations(1344)("tiny") == bm.PlotDilations(800)("tiny")  # capped by 'coco' itself (28)
+
+
+def test_gpu_targets_code_path_runs_on_cpu(capsys):
+    """gpu_check.sh's op step (benchmark_na's GPU targets with the profiler tables) end to end on one
+    small map, on CPU: triton in Triton's interpreter, the torch backend, dense SDPA, and the flex
+    peer, whose forward runs compiled on CPU and whose backward flex does not offer on CPU (recorded
+    as that error, not a crash). Nothing is judged from these figures; the code path is the test."""
+    bna = load_tool("benchmark_na")
+    records = bna.gpu_targets(1, device="cpu", shapes=[(1, 14, 15, 2, 16, 2)], profile=True, copy_bytes=2 ** 20)
+    out = capsys.readouterr().out
+    (rec,) = records
+    for name in ("triton", "dense SDPA", "torch", "flex"):
+        assert rec[f"{name}_fwd_ms"] > 0, rec
+    assert rec["triton_fwd+bwd_ms"] > 0 and rec["torch_fwd+bwd_ms"] > 0
+    assert rec["flex_fwd+bwd_ms"] is None and "backward on CPU" in rec["flex_fwd+bwd_error"]
+    assert "torch.profiler, one forward+backward of triton at (1, 14, 15, 2, 16) d=2" in out
+    for what in ("triton forward / memory floor", "flex / triton fwd", "dense SDPA / triton fwd+bwd",
+                 "torch / triton fwd"):
+        assert f"] {what} at (1, 14, 15, 2, 16) d=2: " in out, what

@@ -186,13 +186,30 @@ def copy_bandwidth(dev: Device, nbytes=2 * 2**30, tries=5):
 
 
 def gpu_peers(K, d):
-    """(name, function of (q, k, v, rpb), whether it takes rpb) of each implementation the GPU targets time."""
+    """(name, function of (q, k, v, rpb), whether it takes rpb) of each implementation the GPU targets
+    time; flex last (its first call compiles forward and backward: if a time limit cuts the run,
+    the others are measured)."""
     return [
         ("triton", lambda q, k, v, rpb: ops.na2d(q, k, v, K, d, rpb, backend="triton"), True),
-        ("flex", lambda q, k, v, rpb: flex_peer.flex_na2d(q, k, v, K, d, rpb), True),
-        ("torch", lambda q, k, v, rpb: ops.na2d(q, k, v, K, d, rpb, backend="torch"), True),
         ("dense SDPA", lambda q, k, v, rpb: sdpa_dense(q, k, v), False),
+        ("torch", lambda q, k, v, rpb: ops.na2d(q, k, v, K, d, rpb, backend="torch"), True),
+        ("flex", lambda q, k, v, rpb: flex_peer.flex_na2d(q, k, v, K, d, rpb), True),
     ]
+
+
+def profile_fwd_bwd(name, fn, q, k, v, rpb, dev: Device, rows=12):
+    """Where one forward+backward's time goes: torch.profiler's table, by device time (printed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+    fn(*leaves).float().sum().backward()  # compiled / cached outside the trace
+    dev.sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.is_cuda else [])
+    with profile(activities=activities) as prof:
+        fn(*leaves).float().sum().backward()
+        dev.sync()
+    print(f"\ntorch.profiler, one forward+backward of {name}:")
+    print(prof.key_averages().table(sort_by="cuda_time_total" if dev.is_cuda else "cpu_time_total", row_limit=rows))
 
 
 #: (target name, the peer the triton backend is compared with) of the "x times faster" targets
@@ -222,7 +239,7 @@ def gpu_target_lines(label, t, floor) -> list:
     return lines
 
 
-def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES):
+def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES, profile=False, copy_bytes=2 * 2**30):
     """The ``op_gpu_*`` targets of ``bench_common.TARGETS``, measured in this run: the triton
     backend's forward within 4x and forward + backward within 10x of the memory floor (q, k, v and
     out read / written once at the measured copy bandwidth), >= 2x faster than the flex_attention
@@ -230,9 +247,9 @@ def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES):
     than the torch backend; bfloat16, rpb, K = 7, at DiNAT-L's COCO shapes."""
     dev = Device(device)
     K = KERNEL_SIZE
-    bw = copy_bandwidth(dev)
+    bw = copy_bandwidth(dev, copy_bytes)
     print(f"\nGPU targets (op_gpu_*): DiNAT-L COCO shapes, bfloat16, K = {K}, rpb; copy bandwidth {bw / 1e9:.0f} GB/s "
-          "(read + write of a 2 GiB device copy, best of 5)")
+          f"(read + write of a {copy_bytes / 2**20:.0f} MiB device copy, best of 5)")
     lines, records = [], []
     for B, X, Y, H, D, d in shapes:
         label = f"({B}, {X}, {Y}, {H}, {D}) d={d}"
@@ -246,15 +263,20 @@ def gpu_targets(repeats, device="cuda", shapes=GPU_TARGET_SHAPES):
         t = {name: {key: (val[0] if not isinstance(val, str) else None) for key, val in r.items()}
              for name, r in res.items()}
         record = {"shape": label, "floor_us": floor * 1e6}
-        for n, r in res.items():
-            for key, v in r.items():
-                record[f"{n}_{key}_ms"] = None if isinstance(v, str) else v[0] * 1e3
-                if isinstance(v, str):
-                    record[f"{n}_{key}_error"] = v
+        for name, measured in res.items():
+            for mode, figure in measured.items():
+                record[f"{name}_{mode}_ms"] = None if isinstance(figure, str) else figure[0] * 1e3
+                if isinstance(figure, str):
+                    record[f"{name}_{mode}_error"] = figure
         records.append(record)
         lines += gpu_target_lines(label, t, floor)
+        if profile:
+            for name, fn, _ in gpu_peers(K, d):
+                if name in ("triton", "flex") and t[name]["fwd+bwd"] is not None:
+                    profile_fwd_bwd(f"{name} at {label}", fn, q, k, v, rpb, dev)
         del q, k, v, rpb
-        torch.cuda.empty_cache()
+        if dev.is_cuda:
+            torch.cuda.empty_cache()
     print("\n".join(lines))
     return records
 
@@ -278,6 +300,11 @@ def parse_args(argv=None):
                         "CUDA); natten and dense SDPA are timed where available either way")
     parser.add_argument("--no-targets", dest="targets", action="store_false",
                         help="CUDA: skip the GPU targets section (DiNAT-L shapes in bfloat16)")
+    parser.add_argument("--targets-only", action="store_true",
+                        help="CUDA: only the score-work table and the GPU targets (not the DiNAT-T table)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CUDA: with the GPU targets, a torch.profiler table of one forward+backward of triton "
+                        "and of the flex peer at each shape")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
@@ -393,10 +420,12 @@ def main(argv=None):
     print_work_ratios()
     if not dev.is_cuda:
         report_kernel()
-    natten_fn = natten_op()
-    rows = [row for shape in SHAPES for row in time_shape(args, dev, shape, natten_fn)]
-    results = print_table(args, dev, rows)
-    gpu_results = gpu_targets(args.repeats) if dev.is_cuda and args.targets else None
+    results = None
+    if not (dev.is_cuda and args.targets_only):
+        natten_fn = natten_op()
+        rows = [row for shape in SHAPES for row in time_shape(args, dev, shape, natten_fn)]
+        results = print_table(args, dev, rows)
+    gpu_results = gpu_targets(args.repeats, profile=args.profile) if dev.is_cuda and args.targets else None
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": str(dev.device), "threads": torch.get_num_threads(),
