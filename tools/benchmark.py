@@ -677,7 +677,11 @@ def main(argv=None):
         load = load_average()
         if load is not None:
             env += f", load average {load:.1f} at the end"
-        log("\n" + plot_table(args, results))
+        table = plot_table(args, results)
+        log("\n" + table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table + "\n")
         draw_plot(args, results, env, args.plot)
         log(f"\n[benchmark] plot written to {args.plot}")
     else:

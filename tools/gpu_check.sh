@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: for a machine lent for a few minutes: one command, from the repository
+# The GPU check, for a machine lent for a few minutes: one command, from the repository
 # root, with nothing installed beyond torch + triton (no mm stack, no network, no compiled CPU kernel):
 #
 #     PYTHONPATH=. bash tools/gpu_check.sh            # results in $OUT (if set) or ./gpu_check_results/
