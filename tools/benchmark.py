@@ -559,6 +559,8 @@ class PlotDilations:
     def __str__(self):
         return f"coco, capped at map // 7 ({max(max(stage) for stage in self('tiny'))} at most)"
 
+    __repr__ = __str__
+
 
 #: (result key, panel, line style) of the plotted figures
 PLOT_FIGURES = [("fwd_med", "time", "-"), ("fwdbwd_med", "time", "--"),
