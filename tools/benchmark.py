@@ -5,6 +5,7 @@
     python tools/benchmark.py --quick              # smoke test: small inputs, 1 repetition, targets not judged
     python tools/benchmark.py --device cuda        # GPU, bfloat16 autocast, DiNAT on the triton backend
     python tools/benchmark.py --shape coco 1 800 1216 coco --reps 7 --models mini tiny swin
+    python tools/benchmark.py --plot sweep.png     # time and peak memory against image size (256^2-1344^2, batch 1)
 
 One process builds DiNAT-mini and DiNAT-T (``dinat_backbone.DiNAT``; ``--attn-backend``, default
 ``triton`` on CUDA) and mmdet's ``SwinTransformer`` (timm's ``swin_tiny_patch4_window7_224`` where
