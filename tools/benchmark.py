@@ -5,6 +5,7 @@
     python tools/benchmark.py --quick              # smoke test: small inputs, 1 repetition, targets not judged
     python tools/benchmark.py --device cuda        # GPU, bfloat16 autocast, DiNAT on the triton backend
     python tools/benchmark.py --shape coco 1 800 1216 coco --reps 7 --models mini tiny swin
+    python tools/benchmark.py --plot sweep.png     # time and peak memory against image size (256^2-1344^2, batch 1)
 
 One process builds DiNAT-mini and DiNAT-T (``dinat_backbone.DiNAT``; ``--attn-backend``, default
 ``triton`` on CUDA) and mmdet's ``SwinTransformer`` (timm's ``swin_tiny_patch4_window7_224`` where
@@ -49,30 +50,29 @@ The closing markdown table (also written to ``--markdown FILE``) is what the REA
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import math
 import os
-import platform
 import statistics
 import sys
-import threading
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(TOOLS_DIR))
+sys.path.insert(0, TOOLS_DIR)
+from bench_common import (  # noqa: E402
+    TARGETS, Device, hardware, load_average, log, measure_peak, median_or_nan, release_free_memory, timed, verdict)
 
 DEFAULT_SHAPES = [("coco", 1, 800, 1216, "coco"), ("ade20k-512", 2, 512, 512, "ade20k-512")]
 QUICK_SHAPES = [("coco", 1, 224, 320, "coco"), ("ade20k-512", 2, 128, 128, "ade20k-512")]
+#: --plot's image sides (square, batch 1)
+PLOT_SIZES = [256, 512, 768, 1024, 1344]
+QUICK_PLOT_SIZES = [128, 192]
 MODEL_LABELS = {"mini": "DiNAT-mini", "tiny": "DiNAT-T", "tiny_cp": "DiNAT-T (with_cp)", "swin": "Swin-T"}
-
-
-def log(msg: str = ""):
-    print(msg, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,118 +124,8 @@ def _build_timm_swin(mm_exc) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------
-# Measurement helpers
+# What one repetition runs
 # ----------------------------------------------------------------------------------------------
-class Device:
-    def __init__(self, name: str, dtype: Optional[torch.dtype]):
-        self.device = torch.device(name)
-        self.is_cuda = self.device.type == "cuda"
-        self.dtype = dtype  # autocast dtype or None for plain float32
-
-    def sync(self):
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
-
-    def autocast(self):
-        if self.dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:  # pragma: no cover - non-glibc
-    _LIBC = None
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
-def _release_free_memory():
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-class PeakRSS:
-    """Peak resident set size above the RSS at entry, sampled by a thread every ``interval`` s."""
-
-    def __init__(self, interval: float = 5e-4):
-        self.interval = interval
-        self.peak = 0
-        self.base = 0
-        self._stop = threading.Event()
-
-    def _run(self):
-        peak = self.base
-        while not self._stop.is_set():
-            rss = _rss_bytes()
-            if rss > peak:
-                peak = rss
-            time.sleep(self.interval)
-        self.peak = max(peak, _rss_bytes())
-
-    def __enter__(self):
-        _release_free_memory()
-        self.base = _rss_bytes()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def increase(self) -> int:
-        return max(0, self.peak - self.base)
-
-
-def _cpu_allocator_peak(fn: Callable[[], object]) -> int:
-    """Peak bytes live in PyTorch's CPU allocator during ``fn()``, above the level at entry."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
-        stack.extend(node.children)
-    if not events:
-        return 0
-    events.sort()
-    # total_allocated is a running total kept by the allocator's reporter across profiling
-    # sessions (with stale entries from earlier ones): take it relative to the level before the
-    # first event of this call
-    start = events[0][2] - events[0][1]
-    return max(0, max(e[2] for e in events) - start)
-
-
-def measure_peak(dev: Device, fn: Callable[[], object]) -> Dict[str, int]:
-    """Peak memory ``fn()`` needs above what is allocated before it (see module doc):
-    ``{'alloc': allocator peak, 'rss': resident-set peak (CPU only)}`` in bytes."""
-    if dev.is_cuda:
-        dev.sync()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev.device)
-        base = torch.cuda.memory_allocated(dev.device)
-        fn()
-        dev.sync()
-        return {"alloc": torch.cuda.max_memory_allocated(dev.device) - base, "rss": float("nan")}
-    with PeakRSS() as m:
-        alloc = _cpu_allocator_peak(fn)
-    return {"alloc": alloc, "rss": m.increase}
-
-
 def loss_of(outs) -> torch.Tensor:
     return sum(o.float().mean() for o in outs)
 
@@ -261,12 +151,6 @@ def forward_backward(model, x, dev: Device):
 def clear_grads(model):
     for p in model.parameters():
         p.grad = None
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def count_params(model) -> int:
@@ -323,23 +207,25 @@ def grad_diff(m1, m2) -> float:
 # ----------------------------------------------------------------------------------------------
 # Benchmark
 # ----------------------------------------------------------------------------------------------
-def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: bool) -> Dict:
-    name, B, H, W, dil = shape
-    log(f"\n=== {name}: input {B}x3x{H}x{W}, DiNAT dilations '{dil}' ===")
+def build_models(args, dev: Device, dilations, swin: Optional[nn.Module]) -> Dict[str, nn.Module]:
+    """The models of one shape, by key (``args.models``, and DiNAT-T with_cp sharing DiNAT-T's weights)."""
     torch.manual_seed(0)
     models: Dict[str, nn.Module] = {}
+    for_arch = dilations if callable(dilations) else (lambda arch: dilations)  # PlotDilations: per arch
     for key in args.models:
         if key == "swin":
             models[key] = swin
         else:
-            models[key] = build_dinat(key, dil, attn_backend=args.attn_backend).to(dev.device)
+            models[key] = build_dinat(key, for_arch(key), attn_backend=args.attn_backend).to(dev.device)
     if args.cp and "tiny" in models:
-        models["tiny_cp"] = build_dinat("tiny", dil, with_cp=True, attn_backend=args.attn_backend).to(dev.device)
+        models["tiny_cp"] = build_dinat("tiny", for_arch("tiny"), with_cp=True,
+                                        attn_backend=args.attn_backend).to(dev.device)
         models["tiny_cp"].load_state_dict(models["tiny"].state_dict())
-    x = torch.randn(B, 3, H, W, device=dev.device)
-    res: Dict[str, Dict] = {k: {"fwd": [], "fwdbwd": []} for k in models}
+    return models
 
-    # params and FLOPs
+
+def count_costs(args, dev: Device, name, models, x, res):
+    """Parameters and GMACs of each model (with_cp: DiNAT-T's)."""
     for key, m in models.items():
         if key == "tiny_cp":
             res[key].update(params=res["tiny"]["params"], macs=res["tiny"]["macs"])
@@ -349,21 +235,23 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
         log(f"[{name}] {MODEL_LABELS[key]:18s} params {res[key]['params'] / 1e6:6.2f} M   "
             f"{res[key]['macs'] / 1e9:7.1f} GMACs")
 
-    fwd_keys = [k for k in models if k != "tiny_cp"]
-    bwd_keys = list(models)
 
-    # warm-up (first calls build oneDNN primitives, index caches, thread pools)
-    for key in bwd_keys:
+def warm_up(args, dev: Device, name, models, x, fwd_keys):
+    """Untimed calls first: the first calls build oneDNN primitives, index caches, thread pools."""
+    for key, m in models.items():
         for _ in range(args.warmup):
             if key in fwd_keys:
-                forward_eval(models[key], x, dev)
-            forward_backward(models[key], x, dev)
-            clear_grads(models[key])
+                forward_eval(m, x, dev)
+            forward_backward(m, x, dev)
+            clear_grads(m)
         if args.warmup:
             log(f"[{name}] warmed up {MODEL_LABELS[key]}")
 
-    # alternating timed repetitions
-    for mode, keys in (("fwd", fwd_keys), ("fwdbwd", bwd_keys)):
+
+def time_alternating(args, dev: Device, name, models, x, fwd_keys, res):
+    """``args.reps`` timed repetitions of forward, then of forward+backward, the models in an order
+    that rotates every repetition (slow drifts of the machine hit every model alike)."""
+    for mode, keys in (("fwd", fwd_keys), ("fwdbwd", list(models))):
         for r in range(args.reps):
             order = keys[r % len(keys):] + keys[:r % len(keys)]
             parts = []
@@ -378,71 +266,93 @@ def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: 
                 parts.append(f"{MODEL_LABELS[key]} {t:.3f}s")
             log(f"[{name}] {'forward' if mode == 'fwd' else 'fwd+bwd'} rep {r + 1}/{args.reps}: " + ", ".join(parts))
 
-    # peak memory (untimed passes), with_cp parity
+
+def measure_memory(dev: Device, name, models, x, fwd_keys, res):
+    """Peak memory of forward and of forward+backward, in untimed passes; keeps the fwd+bwd outputs
+    (for the with_cp parity check)."""
+    mib = 2 ** 20
+    for key, m in models.items():
+        if key in fwd_keys:
+            peak_f = measure_peak(dev, lambda: forward_eval(m, x, dev))
+        else:
+            peak_f = {"alloc": float("nan"), "rss": float("nan")}
+        holder = {}
+        peak_b = measure_peak(dev, lambda: holder.setdefault("outs", forward_backward(m, x, dev)))
+        res[key].update(mem_fwd=peak_f["alloc"], mem_fwdbwd=peak_b["alloc"],
+                        rss_fwd=peak_f["rss"], rss_fwdbwd=peak_b["rss"])
+        res[key]["outs"] = [o.detach() for o in holder["outs"]]
+        rss = "" if dev.is_cuda else (f"   (RSS increase: forward {peak_f['rss'] / mib:.0f} MiB, "
+                                      f"fwd+bwd {peak_b['rss'] / mib:.0f} MiB)")
+        log(f"[{name}] peak memory {MODEL_LABELS[key]:18s} forward {peak_f['alloc'] / mib:8.0f} MiB   "
+            f"fwd+bwd {peak_b['alloc'] / mib:8.0f} MiB{rss}")
+
+
+def check_with_cp(dev: Device, name, models, x, res):
+    """Largest difference of DiNAT-T with_cp's outputs and gradients from the plain model's."""
+    if "outs" not in res["tiny"]:
+        res["tiny"]["outs"] = [o.detach() for o in forward_backward(models["tiny"], x, dev)]
+        res["tiny_cp"]["outs"] = [o.detach() for o in forward_backward(models["tiny_cp"], x, dev)]
+    res["tiny_cp"]["out_diff"] = max_abs_diff(res["tiny"]["outs"], res["tiny_cp"]["outs"])
+    res["tiny_cp"]["grad_diff"] = grad_diff(models["tiny"], models["tiny_cp"])
+    log(f"[{name}] with_cp parity: max |out diff| {res['tiny_cp']['out_diff']:.2e}, "
+        f"max |grad diff| / max |grad| {res['tiny_cp']['grad_diff']:.2e}")
+
+
+def time_compiled(args, dev: Device, name, models, x) -> Dict[str, Dict]:
+    """torch.compile (inductor) of each model of ``args.compile``: the first call's time, the median
+    compiled and eager forward over ``args.reps`` alternating repetitions, the largest difference."""
+    out = {}
+    for key in args.compile:
+        if key not in models:
+            continue
+        m = models[key]
+        m.eval()  # (mmdet's SwinTransformer.train() does not return self)
+        torch._dynamo.reset()
+        cm = torch.compile(m)
+        log(f"[{name}] compiling {MODEL_LABELS[key]} (inductor) ...")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t_compile = timed(lambda: forward_eval(cm, x, dev))
+        ref = forward_eval(m, x, dev)
+        diff = max_abs_diff(ref, forward_eval(cm, x, dev))
+        times_c, times_e = [], []
+        for _ in range(args.reps):
+            times_c.append(timed(lambda: forward_eval(cm, x, dev)))
+            times_e.append(timed(lambda: forward_eval(m, x, dev)))
+        out[key] = dict(compile_s=t_compile, fwd=statistics.median(times_c), eager=statistics.median(times_e),
+                        diff=diff)
+        log(f"[{name}] {MODEL_LABELS[key]} compiled: first call {t_compile:.1f} s, forward "
+            f"{out[key]['fwd']:.3f} s (eager {out[key]['eager']:.3f} s), max |diff| vs eager {diff:.1e}")
+        torch._dynamo.reset()
+    return out
+
+
+def run_shape(args, dev: Device, shape, swin: Optional[nn.Module], first_shape: bool) -> Dict:
+    """Every measurement of one input shape: ``{model key: figures, 'compile': {model key: figures}}``."""
+    name, B, H, W, dil = shape
+    log(f"\n=== {name}: input {B}x3x{H}x{W}, DiNAT dilations '{dil}' ===")
+    models = build_models(args, dev, dil, swin)
+    x = torch.randn(B, 3, H, W, device=dev.device)
+    res: Dict[str, Dict] = {k: {"fwd": [], "fwdbwd": []} for k in models}
+    fwd_keys = [k for k in models if k != "tiny_cp"]  # with_cp changes training only
+
+    count_costs(args, dev, name, models, x, res)
+    warm_up(args, dev, name, models, x, fwd_keys)
+    time_alternating(args, dev, name, models, x, fwd_keys, res)
     if args.memory:
-        mib = 2 ** 20
-        for key in bwd_keys:
-            m = models[key]
-            if key in fwd_keys:
-                peak_f = measure_peak(dev, lambda: forward_eval(m, x, dev))
-            else:
-                peak_f = {"alloc": float("nan"), "rss": float("nan")}
-            holder = {}
-            peak_b = measure_peak(dev, lambda: holder.setdefault("outs", forward_backward(m, x, dev)))
-            res[key].update(mem_fwd=peak_f["alloc"], mem_fwdbwd=peak_b["alloc"],
-                            rss_fwd=peak_f["rss"], rss_fwdbwd=peak_b["rss"])
-            res[key]["outs"] = [o.detach() for o in holder["outs"]]
-            del holder
-            rss = "" if dev.is_cuda else (f"   (RSS increase: forward {peak_f['rss'] / mib:.0f} MiB, "
-                                          f"fwd+bwd {peak_b['rss'] / mib:.0f} MiB)")
-            log(f"[{name}] peak memory {MODEL_LABELS[key]:18s} forward {peak_f['alloc'] / mib:8.0f} MiB   "
-                f"fwd+bwd {peak_b['alloc'] / mib:8.0f} MiB{rss}")
+        measure_memory(dev, name, models, x, fwd_keys, res)
     if "tiny_cp" in models:
-        if "outs" not in res["tiny"]:
-            res["tiny"]["outs"] = [o.detach() for o in forward_backward(models["tiny"], x, dev)]
-            res["tiny_cp"]["outs"] = [o.detach() for o in forward_backward(models["tiny_cp"], x, dev)]
-        res["tiny_cp"]["out_diff"] = max_abs_diff(res["tiny"]["outs"], res["tiny_cp"]["outs"])
-        res["tiny_cp"]["grad_diff"] = grad_diff(models["tiny"], models["tiny_cp"])
-        log(f"[{name}] with_cp parity: max |out diff| {res['tiny_cp']['out_diff']:.2e}, "
-            f"max |grad diff| / max |grad| {res['tiny_cp']['grad_diff']:.2e}")
+        check_with_cp(dev, name, models, x, res)
     for key in models:
         clear_grads(models[key])
         res[key].pop("outs", None)
-
-    # torch.compile
-    res["compile"] = {}
-    if args.compile and (first_shape or args.compile_all_shapes):
-        for key in args.compile:
-            if key not in models:
-                continue
-            m = models[key]
-            m.eval()  # (mmdet's SwinTransformer.train() does not return self)
-            torch._dynamo.reset()
-            cm = torch.compile(m)
-            log(f"[{name}] compiling {MODEL_LABELS[key]} (inductor) ...")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t_compile = timed(lambda: forward_eval(cm, x, dev))
-            ref = forward_eval(m, x, dev)
-            out = forward_eval(cm, x, dev)
-            diff = max_abs_diff(ref, out)
-            times_c, times_e = [], []
-            for _ in range(args.reps):
-                times_c.append(timed(lambda: forward_eval(cm, x, dev)))
-                times_e.append(timed(lambda: forward_eval(m, x, dev)))
-            res["compile"][key] = dict(compile_s=t_compile, fwd=statistics.median(times_c),
-                                       eager=statistics.median(times_e), diff=diff)
-            log(f"[{name}] {MODEL_LABELS[key]} compiled: first call {t_compile:.1f} s, forward "
-                f"{res['compile'][key]['fwd']:.3f} s (eager {res['compile'][key]['eager']:.3f} s), "
-                f"max |diff| vs eager {diff:.1e}")
-            del cm
-            torch._dynamo.reset()
-
+    compile_here = args.compile and (first_shape or args.compile_all_shapes)
+    res["compile"] = time_compiled(args, dev, name, models, x) if compile_here else {}
     for key in models:
         for mode in ("fwd", "fwdbwd"):
-            res[key][mode + "_med"] = statistics.median(res[key][mode]) if res[key][mode] else float("nan")
+            res[key][mode + "_med"] = median_or_nan(res[key][mode])
     del models
-    _release_free_memory()
+    release_free_memory()
     return res
 
 
@@ -504,17 +414,6 @@ def markdown(args, dev: Device, shapes, results, env: str) -> str:
     return "\n".join(lines)
 
 
-def verdict(label: str, value: float, limit: float, op: str, digits: int = 2, unit: str = "",
-            judged: bool = True) -> str:
-    """One target line. The comparison is made on ``value`` rounded to the ``digits`` shown, so the
-    printed figure and the verdict always agree (0.996 prints as 1.00 and fails ``< 1.0``). When
-    not ``judged`` the measurement is printed with its target but no PASS / FAIL."""
-    shown = round(value, digits)
-    ok = {"<": shown < limit, "≤": shown <= limit, "≥": shown >= limit}[op]
-    tag = ("PASS" if ok else "FAIL") if judged else "info"
-    return f"  [{tag}] {label}: {shown:.{digits}f}{unit} (target {op} {limit}{unit})"
-
-
 #: why a run's targets are not judged (None: they are)
 def unjudged_reason(args, shape) -> Optional[str]:
     if getattr(args, "quick", False):
@@ -528,10 +427,22 @@ def unjudged_reason(args, shape) -> Optional[str]:
     return None
 
 
+def target_line(name: str, value: float, tag: str, judged: bool, **kw) -> str:
+    """The verdict line of :data:`bench_common.TARGETS` ``[name]`` for ``value`` measured at ``tag``."""
+    t = TARGETS[name]
+    return verdict(f"{t.figure} at {tag}", value, t.limit, t.op, judged=judged, **kw)
+
+
+#: the CPU backbone targets: (target name, model, figure: 'fwd_med' / 'fwdbwd_med' / 'mem_fwdbwd')
+CPU_TARGET_FIGURES = [("cpu_tiny_fwd", "tiny", "fwd_med"), ("cpu_tiny_fwdbwd", "tiny", "fwdbwd_med"),
+                      ("cpu_tiny_mem", "tiny", "mem_fwdbwd"), ("cpu_mini_fwd", "mini", "fwd_med"),
+                      ("cpu_mini_fwdbwd", "mini", "fwdbwd_med"), ("cpu_mini_mem", "mini", "mem_fwdbwd")]
+
+
 def targets(shapes, results, args=None) -> List[str]:
-    """Issue 5's targets on every shape that has Swin-T, judged (PASS / FAIL) only on the shapes they
-    are defined for, with a warm-up, outside --quick; otherwise the same lines carry [info] and the
-    reason is printed once per shape."""
+    """The CPU backbone targets (``cpu_*`` of :data:`bench_common.TARGETS`) on every shape that has
+    Swin-T, judged (PASS / FAIL) only on the shapes they are defined for, with a warm-up, outside
+    --quick; otherwise the same lines carry [info] and the reason is printed once per shape."""
     out = []
     for shape, res in zip(shapes, results):
         if "swin" not in res:
@@ -541,30 +452,19 @@ def targets(shapes, results, args=None) -> List[str]:
         reason = unjudged_reason(args, shape) if args is not None else None
         if reason:
             out.append(f"  not judged at {tag}: {reason}")
-
-        def chk(label, val, limit, op, **kw):
-            out.append(verdict(f"{label} at {tag}", val, limit, op, judged=reason is None, **kw))
-
-        if "tiny" in res:
-            chk("DiNAT-T/Swin-T forward", res["tiny"]["fwd_med"] / sw["fwd_med"], 1.0, "≤")
-            chk("DiNAT-T/Swin-T fwd+bwd", res["tiny"]["fwdbwd_med"] / sw["fwdbwd_med"], 1.1, "≤")
-            if "mem_fwdbwd" in res["tiny"]:
-                chk("DiNAT-T/Swin-T fwd+bwd peak memory", res["tiny"]["mem_fwdbwd"] / sw["mem_fwdbwd"], 1.0, "≤")
-        if "mini" in res:
-            chk("DiNAT-mini/Swin-T forward", res["mini"]["fwd_med"] / sw["fwd_med"], 1.0, "<")
-            chk("DiNAT-mini/Swin-T fwd+bwd", res["mini"]["fwdbwd_med"] / sw["fwdbwd_med"], 1.0, "<")
-            if "mem_fwdbwd" in res["mini"]:
-                chk("DiNAT-mini/Swin-T fwd+bwd peak memory", res["mini"]["mem_fwdbwd"] / sw["mem_fwdbwd"], 1.0, "<")
+        for name, key, figure in CPU_TARGET_FIGURES:
+            if key in res and figure in res[key]:
+                out.append(target_line(name, res[key][figure] / sw[figure], tag, reason is None))
         if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]:
             cut = 1 - res["tiny_cp"]["mem_fwdbwd"] / res["tiny"]["mem_fwdbwd"]
-            chk("with_cp cuts DiNAT-T fwd+bwd peak memory", 100 * cut, 40, "≥", digits=0, unit=" %")
+            out.append(target_line("cpu_with_cp_cut", 100 * cut, tag, reason is None, digits=0, unit=" %"))
     return out
 
 
 def gpu_targets(shapes, results, dtype, args=None) -> List[str]:
-    """Issue 11: DiNAT-T forward+backward at most 1.0x Swin-T in bf16 autocast on a GPU (the DiNAT
-    paper's claim that it is faster than Swin at equal size); judged as :func:`targets` is, and only
-    in bf16 autocast."""
+    """``gpu_tiny_fwdbwd``: DiNAT-T forward+backward at most 1.0x Swin-T in bf16 autocast on a GPU (the
+    DiNAT paper's claim that it is faster than Swin at equal size); judged as :func:`targets` is,
+    and only in bf16 autocast."""
     out = []
     for shape, res in zip(shapes, results):
         if "swin" in res and "tiny" in res:
@@ -575,7 +475,7 @@ def gpu_targets(shapes, results, dtype, args=None) -> List[str]:
             if reason:
                 out.append(f"  not judged at {tag}: {reason}")
             ratio = res["tiny"]["fwdbwd_med"] / res["swin"]["fwdbwd_med"]
-            out.append(verdict(f"DiNAT-T/Swin-T fwd+bwd at {tag}", ratio, 1.0, "≤", judged=reason is None))
+            out.append(target_line("gpu_tiny_fwdbwd", ratio, tag, reason is None))
     return out
 
 
@@ -591,8 +491,10 @@ def parse_args(argv=None):
                         "measurements without judging them")
     p.add_argument("--shape", action="append", nargs=5, metavar=("NAME", "B", "H", "W", "DILATIONS"),
                    help="a shape to run (repeatable), e.g. --shape coco 1 800 1216 coco; replaces the defaults")
-    p.add_argument("--models", nargs="+", default=["mini", "tiny", "swin"], choices=("mini", "tiny", "swin"))
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 5; --quick 1)")
+    p.add_argument("--models", nargs="+", default=None, choices=("mini", "tiny", "swin"),
+                   help="default: mini tiny swin; with --plot: tiny swin")
+    p.add_argument("--reps", type=int, default=None,
+                   help="timed repetitions per model (default 5; --plot 3; --quick 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per model first (default 1; --quick 0)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--compile", nargs="*", default=None, choices=("mini", "tiny", "swin"),
@@ -602,19 +504,34 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory passes")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="instead of the table: forward and forward+backward time and peak memory against image size "
+                        "(square images, batch 1, --plot-sizes) for DiNAT-T and Swin-T, drawn into this PNG "
+                        "(with --quick: two small sizes, one repetition)")
+    p.add_argument("--plot-sizes", nargs="+", type=int, default=None, metavar="SIDE",
+                   help=f"image sides for --plot (default {' '.join(map(str, PLOT_SIZES))}; "
+                        f"--quick {' '.join(map(str, QUICK_PLOT_SIZES))})")
     p.add_argument("--attn-backend", default=None,
                    help="na2d backend for DiNAT's attention (default: 'triton' on CUDA, automatic on CPU)")
     args = p.parse_args(argv)
     if args.attn_backend is None and args.device.startswith("cuda"):
         args.attn_backend = "triton"
+    if args.models is None:
+        args.models = ["tiny", "swin"] if args.plot else ["mini", "tiny", "swin"]
     if args.reps is None:
-        args.reps = 1 if args.quick else 5
+        args.reps = 1 if args.quick else (3 if args.plot else 5)
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
     if args.compile is None:
         # Swin-T's first compiled call alone took 217 s on 2 cores: not in a smoke run
         args.compile = ["tiny"] if args.quick else ["tiny", "swin"]
-    if args.shape:
+    if args.plot:
+        # a size sweep: no with_cp, compile or FLOPs (the table has them); the shapes' dilations
+        # follow the image (PlotDilations)
+        args.cp, args.compile, args.flops = False, [], False
+        sizes = args.plot_sizes or (QUICK_PLOT_SIZES if args.quick else PLOT_SIZES)
+        args.shapes = [(f"{side}x{side}", 1, side, side, PlotDilations(side)) for side in sizes]
+    elif args.shape:
         args.shapes = [(n, int(b), int(h), int(w), None if d.lower() in ("none", "1") else d)
                        for n, b, h, w, d in args.shape]
     else:
@@ -622,35 +539,134 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
-    dev = Device(args.device, dtype)
+# ----------------------------------------------------------------------------------------------
+# --plot: time and memory against image size
+# ----------------------------------------------------------------------------------------------
+class PlotDilations:
+    """DiNAT's per-block dilations for a ``side x side`` image: the COCO pattern with each stage's
+    dilation capped at ``map // 7`` (the largest at which a 7 x 7 window still fits the stage's
+    map, DiNAT's own rule), so that small images are not padded to 28 x 7 maps. Called with the
+    arch (the depths differ); prints as what it is."""
+
+    def __init__(self, side: int):
+        self.side = side
+
+    def __call__(self, arch: str) -> List[List[int]]:
+        from dinat_backbone.dinat import ARCH_SETTINGS, expand_dilations
+
+        per_stage = expand_dilations("coco", ARCH_SETTINGS[arch]["depths"])
+        return [[min(d, max(1, (self.side >> (2 + i)) // 7)) for d in stage] for i, stage in enumerate(per_stage)]
+
+    def __str__(self):
+        return f"coco, capped at map // 7 ({max(max(stage) for stage in self('tiny'))} at most)"
+
+    __repr__ = __str__
+
+
+#: (result key, panel, line style) of the plotted figures
+PLOT_FIGURES = [("fwd_med", "time", "-"), ("fwdbwd_med", "time", "--"),
+                ("mem_fwd", "memory", "-"), ("mem_fwdbwd", "memory", "--")]
+
+
+def plot_table(args, results) -> str:
+    """The plotted figures as a markdown table."""
+    mib = 2 ** 20
+    keys = [k for k in ("tiny", "swin", "mini") if k in args.models]
+    lines = ["| image | " + " | ".join(f"{MODEL_LABELS[k]} fwd (s) | {MODEL_LABELS[k]} fwd+bwd (s) | "
+                                        f"{MODEL_LABELS[k]} peak fwd (MiB) | {MODEL_LABELS[k]} peak fwd+bwd (MiB)"
+                                        for k in keys) + " |",
+             "|---|" + "---:|" * (4 * len(keys))]
+    for shape, res in zip(args.shapes, results):
+        cells = []
+        for k in keys:
+            r = res[k]
+            cells += [f"{r['fwd_med']:.3f}", f"{r['fwdbwd_med']:.3f}",
+                      f"{r.get('mem_fwd', float('nan')) / mib:.0f}", f"{r.get('mem_fwdbwd', float('nan')) / mib:.0f}"]
+        lines.append(f"| {shape[2]}×{shape[3]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def draw_plot(args, results, env: str, path: str):
+    """Two panels against the image side: median time (forward solid, forward+backward dashed) and
+    peak memory, one colour per model; the environment line as the caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    sides = [shape[2] for shape in args.shapes]
+    mib = 2 ** 20
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    colours = {"tiny": "tab:blue", "swin": "tab:orange", "mini": "tab:green"}
+    for key in [k for k in ("tiny", "swin", "mini") if k in args.models]:
+        for figure, panel, style in PLOT_FIGURES:
+            values = [res[key].get(figure, float("nan")) for res in results]
+            ax = ax_t if panel == "time" else ax_m
+            if panel == "memory":
+                values = [v / mib for v in values]
+            mode = "forward" if figure in ("fwd_med", "mem_fwd") else "forward+backward"
+            ax.plot(sides, values, style, marker="o", color=colours[key], label=f"{MODEL_LABELS[key]} {mode}")
+    ax_t.set(title=f"Time (median of {args.reps} alternating repetitions)", ylabel="seconds")
+    ax_m.set(title="Peak memory above the pre-call level", ylabel="MiB")
+    for ax in (ax_t, ax_m):
+        ax.set(xlabel="image side (square image, batch 1)", xticks=sides)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    shown = " vs ".join(MODEL_LABELS[k] for k in ("tiny", "swin", "mini") if k in args.models)
+    fig.suptitle(f"{shown}: {env}", fontsize=9, wrap=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def autocast_dtype(args) -> Optional[torch.dtype]:
+    """bf16 autocast (the default on CUDA) or None for float32 (the default on CPU)."""
+    return {"fp32": None, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+
+
+def describe_environment(args, dev: Device) -> str:
+    """torch, the hardware, the precision, the op's implementation and mmdet's version, in one line."""
     from dinat_backbone import ops
 
-    cpu_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except Exception:
-        pass
-    kernel = ops.cpu_kernel_available()
     if dev.is_cuda:
-        hw = torch.cuda.get_device_name(dev.device)
         attn = args.attn_backend or ops.available_backends(dev.device)[0]
     else:
-        hw = f"{cpu_name}, {torch.get_num_threads()} threads"
-        attn = "compiled CPU kernel" if kernel else "pure-PyTorch fallback (kernel not built)"
+        attn = "compiled CPU kernel" if ops.cpu_kernel_available() else "pure-PyTorch fallback (kernel not built)"
     try:
         import mmdet
 
         mmdet_v = mmdet.__version__
     except Exception:
         mmdet_v = "not installed"
-    env = (f"torch {torch.__version__}, {hw}, {'bf16 autocast' if dtype is not None else 'float32'}, "
-           f"na2d: {attn}, mmdet {mmdet_v}")
+    return (f"torch {torch.__version__}, {hardware(dev)}, {'bf16 autocast' if dev.dtype is not None else 'float32'}, "
+            f"na2d: {attn}, mmdet {mmdet_v}")
+
+
+def report(args, dev: Device, results, env: str):
+    """The markdown table (and ``--markdown`` file), then the targets' verdicts."""
+    table = markdown(args, dev, args.shapes, results, env)
+    log("\n" + table)
+    checks = targets(args.shapes, results, args)
+    if checks:
+        log("\nTargets (CPU backbone, bench_common.TARGETS cpu_*):")
+        for line in checks:
+            log(line)
+    if dev.is_cuda:
+        gpu_checks = gpu_targets(args.shapes, results, dev.dtype, args)
+        if gpu_checks:
+            log("\nGPU target (bench_common.TARGETS gpu_tiny_fwdbwd):")
+            for line in gpu_checks:
+                log(line)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = Device(args.device, autocast_dtype(args))
+    env = describe_environment(args, dev)
     log(f"[benchmark] {env}")
     log(f"[benchmark] shapes {[s[:5] for s in args.shapes]}, models {args.models}, reps {args.reps}, "
         f"warm-up {args.warmup}, compile {args.compile or 'off'}, with_cp {'on' if args.cp else 'off'}")
@@ -659,26 +675,21 @@ def main(argv=None):
     if swin is not None:
         log(f"[benchmark] Swin-T: {SWIN_SOURCE}")
         env += f", Swin-T: {SWIN_SOURCE}"
-    results = []
-    for i, shape in enumerate(args.shapes):
-        results.append(run_shape(args, dev, shape, swin, first_shape=(i == 0)))
-    table = markdown(args, dev, args.shapes, results, env)
-    log("\n" + table)
-    checks = targets(args.shapes, results, args)
-    if checks:
-        log("\nTargets (issue 5):")
-        for line in checks:
-            log(line)
-    if dev.is_cuda:
-        gpu_checks = gpu_targets(args.shapes, results, dtype, args)
-        if gpu_checks:
-            log("\nGPU target (issue 11):")
-            for line in gpu_checks:
-                log(line)
+    results = [run_shape(args, dev, shape, swin, first_shape=(i == 0)) for i, shape in enumerate(args.shapes)]
+    if args.plot:
+        load = load_average()
+        if load is not None:
+            env += f", load average {load:.1f} at the end"
+        table = plot_table(args, results)
+        log("\n" + table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(table + "\n")
+        draw_plot(args, results, env, args.plot)
+        log(f"\n[benchmark] plot written to {args.plot}")
+    else:
+        report(args, dev, results, env)
     log(f"\n[benchmark] done in {time.perf_counter() - t_start:.0f} s")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 11, for a machine lent for a few minutes: one command, from the repository
+# The GPU check, for a machine lent for a few minutes: one command, from the repository
 # root, with nothing installed beyond torch + triton (no mm stack, no network, no compiled CPU kernel):
 #
 #     PYTHONPATH=. bash tools/gpu_check.sh            # results in $OUT (if set) or ./gpu_check_results/
@@ -12,12 +12,16 @@
 #   3. the cuda-marked tests of tests/test_triton.py: triton parity against the float64 reference
 #      (float32 <= 1e-4, bf16 / fp16), torch backend parity, natten parity where natten is installed,
 #      the DiNAT-L COCO stage-1 shape against the torch backend, no recompilation over map sizes;
-#   4. tools/benchmark_na.py --device cuda: score work per backend, op timings (triton, torch,
-#      natten, dense SDPA), and
-#      the issue-11 GPU targets at DiNAT-L's shapes in bf16 (memory floor, vs SDPA, vs torch);
+#   4. tools/benchmark_na.py --device cuda --targets-only --profile: score work per implementation,
+#      and the GPU targets (bench_common.TARGETS op_gpu_*) at DiNAT-L's COCO shapes in bf16 (batch 2,
+#      200x304 with 6 heads of 32, d 28; 50x76 with 24 heads, d 7; K 7, rpb): triton against the
+#      memory floor, dense SDPA, the torch backend and the flex_attention peer (tools/flex_peer.py:
+#      block mask from the geometry + rpb score_mod, compiled; timed last), with a torch.profiler
+#      table of one forward+backward of triton and of flex at each shape;
 #   5. tools/benchmark.py --device cuda: DiNAT-mini / DiNAT-T (triton backend) vs Swin-T (mmdet, else
-#      timm) in bf16 autocast, with the DiNAT-T / Swin-T fwd+bwd <= 1.0 target (no torch.compile:
-#      that alone would take minutes).
+#      timm) in bf16 autocast, with the DiNAT-T / Swin-T fwd+bwd <= 1.0 target (gpu_tiny_fwdbwd; no
+#      torch.compile: that alone would take minutes).
+# Budgets (s): 40 + 40 + 100 + 120 + 60 = 360, and the whole is cut at GPU_CHECK_SECONDS (345).
 # A step that fails or runs out of time is recorded as such and the next one still runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +77,7 @@ SUMMARY=()
 
 log "[gpu_check] dinat-backbone GPU check, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
-step "environment and core smoke test" 45 "$PY" - <<'PYEOF'
+step "environment and core smoke test" 40 "$PY" - <<'PYEOF'
 import importlib.util, subprocess, time
 import torch
 print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuda available:", torch.cuda.is_available())
@@ -109,7 +113,7 @@ print("DiNAT-mini fwd+bwd (bf16 autocast, triton, first call incl. compilation):
       [tuple(o.shape) for o in outs], f"{time.perf_counter() - t0:.1f} s")
 PYEOF
 
-step "kernel compilations over ten image sizes" 45 "$PY" - <<'PYEOF'
+step "kernel compilations over ten image sizes" 40 "$PY" - <<'PYEOF'
 import torch
 from dinat_backbone.ops import triton as tri
 # q, k, v as DiNAT makes them (views of one qkv projection), heads and dilation as in its stages
@@ -138,13 +142,13 @@ print("RESULT: kernel compilations over ten image sizes:", counts[-1], "(constan
       f"{all(c == counts[0] for c in counts)})")
 PYEOF
 
-step "cuda-marked tests (tests/test_triton.py -m cuda)" 120 \
+step "cuda-marked tests (tests/test_triton.py -m cuda)" 100 \
   "$PY" -m pytest -q -m cuda tests/test_triton.py -s -rA -p no:cacheprovider
 
-step "tools/benchmark_na.py --device cuda" 70 \
-  "$PY" tools/benchmark_na.py --device cuda --backends triton torch --repeats 3
+step "tools/benchmark_na.py --device cuda (triton vs SDPA vs torch vs flex)" 120 \
+  "$PY" tools/benchmark_na.py --device cuda --targets-only --profile --repeats 3
 
-step "tools/benchmark.py --device cuda" 90 \
+step "tools/benchmark.py --device cuda" 60 \
   "$PY" tools/benchmark.py --device cuda --reps 3 --compile
 
 log ""

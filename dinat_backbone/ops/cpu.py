@@ -8,6 +8,7 @@ kept for backward only when an input requires grad.
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import List
 
@@ -23,7 +24,11 @@ try:  # the extension registers torch.ops.dinat.* on import
     _KERNEL_ERROR = None
 except Exception as exc:  # pragma: no cover - depends on the build
     _C = None
-    _KERNEL_ERROR = exc
+    # kept as text: the reason is formatted inside torch.compile'd calls, where torch 2.11's Dynamo
+    # cannot call an exception's C repr; a build that is simply missing is said plainly (Python's
+    # own message for it blames a circular import)
+    built = importlib.util.find_spec(".._C", __package__) is not None
+    _KERNEL_ERROR = repr(exc) if built else "not built (no dinat_backbone/_C*.so)"
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _warned_no_kernel = False
@@ -44,7 +49,7 @@ def max_kernel_size() -> int:
 
 
 def missing_kernel_reason() -> str:
-    return (f"the compiled kernel dinat_backbone._C is not available ({_KERNEL_ERROR!r}); rebuild it with "
+    return (f"the compiled kernel dinat_backbone._C is not available ({_KERNEL_ERROR}); rebuild it with "
             "`pip install --no-build-isolation -e .`")
 
 

@@ -55,7 +55,12 @@ def tracing_for_export() -> bool:
             return True
     except Exception:  # pragma: no cover - torch builds without onnx
         pass
-    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    # the flag torch.export sets, read directly: torch 2.11's Dynamo folds torch.compiler.is_exporting()
+    # to True under any torch.compile (which would send every compiled call to the export backend)
+    compiler = getattr(torch, "compiler", None)
+    if hasattr(compiler, "_is_exporting_flag"):
+        return bool(compiler._is_exporting_flag)
+    is_exporting = getattr(compiler, "is_exporting", None)
     return bool(is_exporting()) if is_exporting is not None else False
 
 
