@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from dinat_backbone.ops import triton as tri
-from dinat_backbone.ops import na2d
+from dinat_backbone.ops import Call, na2d
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import na2d_reference_gathered
@@ -193,7 +193,8 @@ def test_na2d_dispatches_to_triton_on_request():
     q, k, v, rpb = q.float(), k.float(), v.float(), rpb.float()
     out = na2d(q, k, v, 3, 2, rpb, backend="triton")
     assert rel_err(out, na2d_reference_gathered(q.double(), k.double(), v.double(), 3, 2, rpb.double())) <= 1e-5
-    assert torch.equal(tri.run(q, k, v, 3, 2, rpb, 16 ** -0.5, 0.0), out)  # the backend-table entry point
+    call = Call.describe(q, rpb, 3, 2)
+    assert torch.equal(tri.run(q, k, v, rpb, 16 ** -0.5, call), out)  # the backend-table entry point
     with pytest.raises(ValueError, match="cannot serve.*float64"):
         na2d(q.double(), k.double(), v.double(), 3, 2, rpb.double(), backend="triton")
 
@@ -201,14 +202,18 @@ def test_na2d_dispatches_to_triton_on_request():
 # ----------------------------------------------------------------------------------------------
 # What the backend can serve, and bad input
 # ----------------------------------------------------------------------------------------------
+def _reasons(query, rpb=None, kernel_size=7, dilation=1, **kwargs):
+    return tri.BACKEND.reasons(Call.describe(query, rpb, kernel_size, dilation, **kwargs))
+
+
 def test_reasons():
     q = torch.zeros(1, 14, 14, 2, 32, device=DEVICE)
-    assert tri.reasons(q, None, 7, 2) == []
-    assert tri.reasons(q, None, 13, 1, needs_grad=True) == []
+    assert _reasons(q, None, 7, 2) == []
+    assert _reasons(q, None, 13, 1, needs_grad=True) == []
     spec = collections.namedtuple("TensorSpec", "shape dtype device requires_grad")  # what the dispatcher passes
-    assert tri.reasons(spec((1, 14, 14, 2, 32), torch.float32, torch.device(DEVICE), True), None, 7, 2) == []
-    assert any("head_dim 8" in r for r in tri.reasons(spec((1, 14, 14, 2, 8), torch.float32, torch.device(DEVICE),
-                                                           False), None, 7, 2))
+    assert _reasons(spec((1, 14, 14, 2, 32), torch.float32, torch.device(DEVICE), True), None, 7, 2) == []
+    assert any("head_dim 8" in r for r in _reasons(spec((1, 14, 14, 2, 8), torch.float32, torch.device(DEVICE),
+                                                        False), None, 7, 2))
     for kwargs, fragment in [
         ({"query": q.double()}, "dtype torch.float64"),
         ({"kernel_size": 15}, "kernel_size 15"),
@@ -220,7 +225,7 @@ def test_reasons():
     ]:
         args = {"query": q, "rpb": None, "kernel_size": 7, "dilation": 2}
         args.update(kwargs)
-        found = tri.reasons(**args)
+        found = _reasons(**args)
         assert any(fragment in r for r in found), (kwargs, found)
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .dispatch import na2d, na2d_padded
+from .padding import zero_token_qkv
 
 __all__ = ["NeighborhoodAttention2D"]
 
@@ -54,12 +55,9 @@ class NeighborhoodAttention2D(nn.Module):
         return qkv.reshape(B, X, Y, 3, self.num_heads, self.head_dim).unbind(3)
 
     def pad_tokens(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of a zero input token (the qkv bias), each ``[heads, head_dim]``: what a map
-        zero-padded before the qkv projection holds in its padding."""
-        if self.qkv.bias is not None:
-            return self.qkv.bias.reshape(3, self.num_heads, self.head_dim).unbind(0)
-        zero = like.new_zeros(self.num_heads, self.head_dim)
-        return zero, zero, zero
+        """q, k, v of a zero input token, each ``[heads, head_dim]``: what a map zero-padded before
+        the qkv projection holds in its padding (:func:`dinat_backbone.ops.padding.zero_token_qkv`)."""
+        return zero_token_qkv(self.qkv.bias, self.num_heads, self.head_dim, like)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_small_maps: bool = False) -> torch.Tensor:
         """The attention itself, ``[B, X, Y, heads, head_dim]`` in and out."""

@@ -7,23 +7,20 @@ saves q, k, v and the attention weights; gathered neighbours are produced one ke
 """
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import torch.nn.functional as F
 
+from .backend import Backend, Call, Capabilities
 from .geometry import neighborhood_indices
 from .inputs import compute_dtype
 
 NAME = "torch"
-__all__ = ["NAME", "reasons", "run", "attention_weights_forward"]
+__all__ = ["NAME", "BACKEND", "run", "attention_weights_forward"]
 
 
-def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> List[str]:
-    if exporting:
-        return ["exporting: its autograd.Function and size-keyed index cache cannot go into an exported graph "
-                "(the 'export' backend serves these calls)"]
-    return []
+#: any device and dtype, backward and attention dropout; not while exporting (an autograd.Function
+#: and a size-keyed index cache cannot go into an exported graph)
+CAPABILITIES = Capabilities(dropout=True)
 
 
 def _gather_row(x, keys_y, keys_x, a):
@@ -142,9 +139,13 @@ def attention_weights_forward(query, key, value, kernel_size, dilation, rpb, sca
     return _av(attn, v, idx[0], idx[1]).to(query.dtype)
 
 
-def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop):
-    """``attn_drop > 0`` (dropout on the attention weights, training only) uses plain autograd;
+def run(query, key, value, rpb, scale, call: Call):
+    """``call.attn_dropout > 0`` (dropout on the attention weights, training only) uses plain autograd;
     otherwise the memory-lean autograd function."""
-    if attn_drop > 0.0:
-        return attention_weights_forward(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
-    return _NA2DFunction.apply(query, key, value, rpb, kernel_size, dilation, float(scale))
+    if call.attn_dropout > 0.0:
+        return attention_weights_forward(query, key, value, call.kernel_size, call.dilation, rpb, scale,
+                                         call.attn_dropout)
+    return _NA2DFunction.apply(query, key, value, rpb, call.kernel_size, call.dilation, float(scale))
+
+
+BACKEND = Backend(NAME, CAPABILITIES, run)

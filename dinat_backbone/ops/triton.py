@@ -62,7 +62,7 @@ import os
 
 import torch
 
-from .inputs import check_inputs
+from .backend import Backend, Call, Capabilities
 
 try:
     import triton
@@ -73,6 +73,7 @@ except Exception as exc:  # noqa: BLE001 - any import failure means "no triton"
     triton = None
     tl = None
     _TRITON_ERROR = exc
+_TRITON_ERROR_TEXT = repr(_TRITON_ERROR)  # (formatted once: no repr of an exception inside a compiled region)
 
 __all__ = [
     "NAME",
@@ -83,7 +84,7 @@ __all__ = [
     "flex_block_mask_work_ratio",
     "interpreting",
     "na2d_triton",
-    "reasons",
+    "BACKEND",
     "run",
     "score_work",
     "score_work_ratio",
@@ -515,52 +516,30 @@ def interpreting() -> bool:
     return type(_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def reasons(query, rpb, kernel_size: int, dilation: int = 1, needs_grad: bool = False, attn_dropout: float = 0.0,
-            exporting: bool = False) -> list[str]:
-    """Why this backend cannot serve a call; an empty list means it can.
+def _capabilities() -> Capabilities:
+    interp = interpreting()
+    return Capabilities(
+        devices=("cpu",) if interp else ("cuda",),
+        device_hint=(" (TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, on CPU tensors only)" if interp
+                     else " (on CPU only under TRITON_INTERPRET=1)"),
+        dtypes=SUPPORTED_DTYPES, head_dims=(MIN_HEAD_DIM, MAX_HEAD_DIM), max_kernel_size=max(SUPPORTED_KERNEL_SIZES),
+        # under the interpreter (CPU tensors, a test mode, orders of magnitude slower than the
+        # compiled CPU kernel) only on request
+        automatic=not interp)
 
-    ``query`` / ``rpb`` are tensors or anything with their ``shape``, ``dtype`` and ``device`` (the
-    dispatcher's ``TensorSpec``). ``needs_grad`` restricts nothing (forward and backward serve the
-    same calls); it is part of the signature every backend's ``reasons`` shares."""
-    out = []
+
+def _extra_reasons(call: Call) -> list[str]:
+    """What the declaration cannot say: triton missing, bfloat16 on pre-Ampere GPUs, 32-bit offsets."""
     if triton is None:
-        out.append(f"triton is not importable ({_TRITON_ERROR!r}); `pip install triton`")
-        return out
-    device = torch.device(query.device)
-    if interpreting():
-        if device.type != "cpu":
-            out.append("TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, on CPU tensors only; "
-                       f"got {device}")
-    elif device.type != "cuda":
-        out.append(f"the triton kernels run on CUDA tensors (got {device}); on CPU only under TRITON_INTERPRET=1")
-    elif query.dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
+        return [f"triton is not importable ({_TRITON_ERROR_TEXT}); `pip install triton`"]
+    out = []
+    if (call.device.type == "cuda" and not interpreting() and call.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(call.device) < (8, 0)):
         out.append("bfloat16 needs a GPU of compute capability >= 8.0; use float16 or float32")
-    if query.dtype not in SUPPORTED_DTYPES:
-        out.append(f"dtype {query.dtype} is not supported (float16, bfloat16, float32)")
-    if kernel_size not in SUPPORTED_KERNEL_SIZES:
-        out.append(f"kernel_size {kernel_size} is not supported (odd 3..13)")
-    shape = tuple(query.shape)
-    head_dim = shape[-1] if len(shape) == 5 else -1
-    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        out.append(f"head_dim {head_dim} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
-    if attn_dropout > 0.0:
-        out.append("attention dropout is not implemented in the fused kernel")
-    if exporting:
-        out.append("ONNX export / tracing needs decomposable ops, not a Triton kernel")
     # offsets inside one batch item are 32-bit; 4x covers strided views such as q of a qkv projection
-    if len(shape) == 5 and 4 * math.prod(shape[1:]) >= 2**31:
+    if len(call.shape) == 5 and 4 * math.prod(call.shape[1:]) >= 2**31:
         out.append("one batch item spans >= 2^29 elements; the kernel's in-item offsets are 32-bit")
     return out
-
-
-def automatic_reasons(query, rpb, kernel_size: int, dilation: int = 1, needs_grad: bool = False,
-                      attn_dropout: float = 0.0, exporting: bool = False) -> list[str]:
-    """Why automatic selection passes this backend over although it can serve the call: under
-    Triton's interpreter (CPU tensors, a test mode, orders of magnitude slower than the compiled
-    CPU kernel) it runs only when asked for by name."""
-    if interpreting():
-        return ["runs in Triton's interpreter (TRITON_INTERPRET=1, for tests): only on request (backend='triton')"]
-    return []
 
 
 def compiled_variant_count() -> int | None:
@@ -699,36 +678,29 @@ class _NA2DTritonFunction(torch.autograd.Function):
         return dq, dk, dv, drpb, None, None, None
 
 
-def _check_call(query, key, value, kernel_size, dilation, rpb):
-    """For direct calls of :func:`na2d_triton`: the op's own validation (the kernels would read out
-    of bounds otherwise), then this backend's reasons."""
-    check_inputs(query, key, value, kernel_size, dilation, rpb)
-    problems = reasons(query, rpb, kernel_size, dilation)
-    if problems:
-        raise ValueError("na2d: backend='triton' cannot serve this call: " + "; ".join(problems))
-
-
-@torch.compiler.disable
 def na2d_triton(query, key, value, kernel_size: int, dilation: int = 1, rpb: torch.Tensor | None = None,
                 scale: float | None = None) -> torch.Tensor:
-    """Neighbourhood attention through the fused Triton kernels, forward and backward.
+    """Neighbourhood attention through the fused Triton kernels, forward and backward:
+    ``na2d(..., backend='triton')`` (validated as every call is; a call this backend cannot serve is
+    a ValueError naming why).
 
     Same arguments and result as :func:`dinat_backbone.na2d`; any strides. float16 / bfloat16 are
     computed with float32 accumulation (P and dS are rounded to the input dtype before their
-    matmuls, as in FlashAttention); float32 uses full-precision (not TF32) matmuls. ``torch.compile``
-    runs this function eagerly (a graph break), so a new map size never triggers a retrace.
+    matmuls, as in FlashAttention); float32 uses full-precision (not TF32) matmuls.
     """
-    _check_call(query, key, value, kernel_size, dilation, rpb)
-    if scale is None:
-        scale = query.shape[-1] ** -0.5
-    return _NA2DTritonFunction.apply(query, key, value, rpb, int(kernel_size), int(dilation), float(scale))
+    from .dispatch import na2d
+
+    return na2d(query, key, value, kernel_size, dilation, rpb, scale, backend=NAME)
 
 
-def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop=0.0):
-    """The backend-table entry point (what the dispatcher calls once :func:`reasons` is empty)."""
-    if attn_drop > 0.0:
-        raise ValueError("na2d (triton): attention dropout is not implemented in the fused kernel")
-    return na2d_triton(query, key, value, kernel_size, dilation, rpb, scale)
+@torch.compiler.disable
+def run(query, key, value, rpb, scale, call: Call):
+    """The backend-table entry point (what the dispatcher calls once the call is accepted).
+    ``torch.compile`` runs it eagerly (a graph break), so a new map size never triggers a retrace."""
+    return _NA2DTritonFunction.apply(query, key, value, rpb, call.kernel_size, call.dilation, float(scale))
+
+
+BACKEND = Backend(NAME, _capabilities, run, _extra_reasons)
 
 
 # ----------------------------------------------------------------------------------------------
