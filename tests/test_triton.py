@@ -1,4 +1,4 @@
-"""The fused Triton backend (``dinat_backbone/ops/triton.py``, issue 11).
+"""The fused Triton backend (``dinat_backbone/ops/triton/``, issue 11).
 
 Without a GPU these run the real ``@triton.jit`` kernels in Triton's interpreter on CPU tensors
 (``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` there), against the float64 reference of
@@ -36,6 +36,11 @@ from dinat_backbone.ops import Call, na2d
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import na2d_reference_gathered
+
+from conftest import load_tool
+from dinat_backbone.ops import window_start
+
+na_work = load_tool("na_work")
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -244,15 +249,25 @@ def test_bad_input_is_a_clear_error():
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("X,Y,K,d", [(13, 19, 3, 1), (15, 23, 5, 2), (22, 23, 7, 3)])
 def test_work_accounting_matches_the_kernels(X, Y, K, d):
-    """score_work() mirrors the kernels' loops: the inner-tile counts the programs report add up
-    to it, for the forward (and dQ) and for the dK / dV kernel."""
-    q, k, v, rpb, g = (t.float() for t in make_inputs(1, X, Y, 1, 16, K, True, torch.float32))
-    out, lse, work = tri._forward(q, k, v, rpb, K, d, 16 ** -0.5, count_work=True)
-    fwd = tri.TILES["fwd"]
-    assert int(work.sum()) * fwd["OX"] * fwd["OY"] * fwd["IX"] * fwd["IY"] == tri.score_work(X, Y, K, d, "fwd")
-    *_, work = tri._backward(g, q, k, v, rpb, out, lse, K, d, 16 ** -0.5, count_work=True)
-    bwd = tri.TILES["dkdv"]
-    assert int(work.sum()) * bwd["OX"] * bwd["OY"] * bwd["IX"] * bwd["IY"] == tri.score_work(X, Y, K, d, "dkdv")
+    """tools/na_work.py's score_work() mirrors the kernels' loops: the inner-tile counts the kernels'
+    own device functions give every program add up to it, for the forward (and dQ) and for the
+    dK / dV kernel."""
+    for kind in ("fwd", "dkdv"):
+        work = tri.load().work_per_program(X, Y, K, d, kind, device=DEVICE)
+        cfg = tri.TILES[kind]
+        per_pair = cfg["tile_x"] * cfg["tile_y"] * cfg["inner_x"] * cfg["inner_y"]
+        assert int(work.sum()) * per_pair == na_work.score_work(X, Y, K, d, kind), kind
+
+
+@pytest.mark.parametrize("K", [3, 7, 13])
+def test_window_rule_mirrors_geometry(K):
+    """The kernels' window start (_kernels._window_start) is geometry.window_start, and their query
+    box (_query_box) is its inverse: the queries whose windows hold a key."""
+    for L in (K, K + 1, 2 * K + 3, 40):
+        start, lo, hi = (t.cpu().tolist() for t in tri.load().window_rule(L, K, device=DEVICE))
+        assert start == [window_start(i, L, K, 1) for i in range(L)], L
+        holders = [[i for i in range(L) if start[i] <= p < start[i] + K] for p in range(L)]
+        assert lo == [h[0] for h in holders] and hi == [h[-1] + 1 for h in holders], L
 
 
 def test_work_ratio_targets():
@@ -260,10 +275,40 @@ def test_work_ratio_targets():
     and the flex block mask's figures the issue measured (23.6x, 48.9x, 44.1x)."""
     for X, Y, d in [(200, 304, 1), (200, 304, 28), (100, 152, 1), (100, 152, 14), (50, 76, 7)]:
         for kernel in ("fwd", "dkdv"):
-            assert tri.score_work_ratio(X, Y, 7, d, kernel) <= 4.5, (X, Y, d, kernel)
-    assert round(tri.flex_block_mask_work_ratio(100, 152, 7, 1), 1) == 23.6
-    assert round(tri.flex_block_mask_work_ratio(100, 152, 7, 14), 1) == 48.9
-    assert round(tri.flex_block_mask_work_ratio(50, 76, 7, 7), 1) == 44.1
+            assert na_work.score_work_ratio(X, Y, 7, d, kernel) <= 4.5, (X, Y, d, kernel)
+    assert round(na_work.flex_block_mask_work_ratio(100, 152, 7, 1), 1) == 23.6
+    assert round(na_work.flex_block_mask_work_ratio(100, 152, 7, 14), 1) == 48.9
+    assert round(na_work.flex_block_mask_work_ratio(50, 76, 7, 7), 1) == 44.1
+
+
+def test_import_does_not_load_triton():
+    """``import dinat_backbone`` (and a CPU call of the default backend) leaves triton unimported: it
+    is loaded when a call that could run on it first asks."""
+    import subprocess
+
+    code = ("import sys, torch, dinat_backbone; q = torch.randn(1, 9, 9, 2, 4); dinat_backbone.na2d(q, q, q, 3); "
+            "print('triton' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
+
+
+def test_triton_backend_under_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces through the triton backend's custom ops (forward and
+    backward), as through the CPU kernel's: no graph break, same values."""
+    B, X, Y, H, D, K, d = 1, 8, 9, 1, 16, 3, 2
+    q, k, v, rpb, g = (t.float() for t in make_inputs(B, X, Y, H, D, K, True, torch.float32))
+
+    def fn(q, k, v, rpb):
+        return na2d(q, k, v, K, d, rpb, backend="triton") * 2
+
+    out_e, grads_e = forward_and_grads(fn, q, k, v, rpb, g, torch.float32)
+    torch._dynamo.reset()
+    out_c, grads_c = forward_and_grads(torch.compile(fn, fullgraph=True), q, k, v, rpb, g, torch.float32)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -154,7 +154,8 @@ def print_work_ratios(kernel_size=KERNEL_SIZE):
     cpu and torch compute exactly the K^2 neighbours (1.0); triton its query tiles x the key boxes
     (forward / dQ, and the dK/dV kernel); flex its 128 x 128 blocks of row-major tokens that hold a
     neighbour pair; dense attention N^2."""
-    from dinat_backbone.ops import triton as na2d_triton
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import na_work  # tools/na_work.py: the triton kernels' work accounting
 
     print(f"Score work (K = {kernel_size}): entries computed / the N * K^2 needed; triton target <= {WORK_TARGET}x")
     header = (f"{'map':>9} {'d':>3} {'cpu':>5} {'torch':>6} {'triton fwd/dQ':>14} {'triton dK/dV':>13} "
@@ -162,9 +163,9 @@ def print_work_ratios(kernel_size=KERNEL_SIZE):
     print(header)
     print("-" * len(header))
     for X, Y, d in WORK_SHAPES:
-        fwd = na2d_triton.score_work_ratio(X, Y, kernel_size, d, "fwd")
-        bwd = na2d_triton.score_work_ratio(X, Y, kernel_size, d, "dkdv")
-        flex = na2d_triton.flex_block_mask_work_ratio(X, Y, kernel_size, d)
+        fwd = na_work.score_work_ratio(X, Y, kernel_size, d, "fwd")
+        bwd = na_work.score_work_ratio(X, Y, kernel_size, d, "dkdv")
+        flex = na_work.flex_block_mask_work_ratio(X, Y, kernel_size, d)
         dense = X * Y / kernel_size ** 2
         verdict = "PASS" if max(fwd, bwd) <= WORK_TARGET else "FAIL"
         print(f"{X:>4}x{Y:<4} {d:>3} {1.0:>5.1f} {1.0:>6.1f} {fwd:>13.2f}x {bwd:>12.2f}x {flex:>17.1f}x "
