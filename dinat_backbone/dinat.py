@@ -31,6 +31,7 @@ import torch.utils.checkpoint as cp
 
 from .lean import gelu_linear, layer_norm_linear
 from .ops import NeighborhoodAttention2D, exporting
+from .ops.inputs import require_int
 
 __all__ = [
     "DiNAT",
@@ -400,9 +401,13 @@ class DiNATBackboneBase(nn.Module):
         if arch is not None and arch not in self.arch_settings:
             raise ValueError(f"{name}: unknown arch {arch!r}; choose one of {list(self.arch_settings)} or pass None")
         settings = self.arch_settings[self.default_arch if arch is None else arch]
-        embed_dim = settings["embed_dim"] if embed_dim is None else embed_dim
-        depths = tuple(int(d) for d in (settings["depths"] if depths is None else depths))
-        num_heads = tuple(int(h) for h in (settings["num_heads"] if num_heads is None else num_heads))
+        embed_dim = require_int(name, "embed_dim", settings["embed_dim"] if embed_dim is None else embed_dim)
+        depths = tuple(require_int(name, "depths entries", d, 0)
+                       for d in (settings["depths"] if depths is None else depths))
+        num_heads = tuple(require_int(name, "num_heads entries", h)
+                          for h in (settings["num_heads"] if num_heads is None else num_heads))
+        kernel_size = require_int(name, "kernel_size", kernel_size, 3)
+        in_channels = require_int(name, "in_channels", in_channels)
         mlp_ratio = settings["mlp_ratio"] if mlp_ratio is None else mlp_ratio
         layer_scale = (settings["layer_scale"] if layer_scale is None else layer_scale) or None  # 0: off
         if len(num_heads) != len(depths):

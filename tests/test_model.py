@@ -438,3 +438,17 @@ def test_random_init_happens_once():
     lazy.init_weights()  # built on the meta device: initialised here
     fc1 = lazy.levels[0].blocks[0].mlp.fc1
     assert torch.count_nonzero(fc1.bias) == 0 and 0.01 < fc1.weight.std().item() < 0.03
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_size=7.0), r"DiNAT: kernel_size must be an integer >= 3, got 7.0 \(float\)"),
+    (dict(embed_dim=64.0), r"DiNAT: embed_dim must be an integer >= 1, got 64.0"),
+    (dict(num_heads=(2, 4, 8, 0)), r"DiNAT: num_heads entries must be an integer >= 1, got 0"),
+    (dict(depths=(2, 2, 2.5, 2)), r"DiNAT: depths entries must be an integer >= 0, got 2.5"),
+    (dict(in_channels=3.0), r"DiNAT: in_channels must be an integer >= 1, got 3.0"),
+])
+def test_integer_arguments_are_checked(kwargs, match):
+    """Arguments that size the model are integers: a float (7.0) or zero heads is a clear ValueError,
+    not a TypeError / ZeroDivisionError from deep inside."""
+    with pytest.raises(ValueError, match=match):
+        DiNAT(**kwargs)

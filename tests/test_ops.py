@@ -458,3 +458,56 @@ def test_kernel_backward_accepts_weights_without_vector_padding(d):
     exact = torch.ops.dinat.na2d_backward(grad_out, q, k, v, weights.clone(), rpb, 7, d, 8**-0.5)
     for a, b in zip(padded, exact):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Second derivatives, empty batches, constructor arguments (issue 20)
+# ----------------------------------------------------------------------------------------------
+def _plain_na2d(q, k, v, K, d, rpb, scale):
+    """The op in plain tensor ops (tests/reference.py): autograd differentiates it any number of times."""
+    return na2d_reference(q, k, v, K, d, rpb, scale)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+def test_hessian_matches_plain_ops(backend):
+    """The Hessian of (na2d(q, k, v, 3, 1, rpb) ** 2).sum() in q through each backend (double
+    backward, create_graph=True) against torch.autograd.functional.hessian of plain ops in float64;
+    the true Hessian is far from zero (it reaches ~4)."""
+    B, X, Y, H, D, K = 1, 3, 3, 1, (16 if backend == "triton" else 2), 3
+    dtype = torch.float32 if backend == "triton" else torch.float64  # triton has no float64
+    q, k, v, rpb = make_inputs(B, X, Y, H, D, K, True, dtype=torch.float64, seed=3)
+    scale = D ** -0.5
+    expected = torch.autograd.functional.hessian(lambda t: (_plain_na2d(t, k, v, K, 1, rpb, scale) ** 2).sum(), q)
+    assert expected.abs().max() > 0.5
+
+    def loss(t):
+        return (na2d(t, k.to(dtype), v.to(dtype), K, 1, rpb.to(dtype), scale, backend=backend) ** 2).sum()
+
+    got = torch.autograd.functional.hessian(loss, q.to(dtype))
+    assert rel_err(got, expected) <= (1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradgradcheck(backend):
+    q, k, v, rpb = (t.requires_grad_() for t in make_inputs(1, 4, 6, 1, 2, 3, True, seed=4))
+    assert torch.autograd.gradgradcheck(lambda *a: na2d(*a[:3], 3, 1, a[3], backend=backend), (q, k, v, rpb))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    q = torch.randn(0, 9, 9, 2, 4, requires_grad=True)
+    out = na2d(q, q, q, 3, 1, torch.zeros(2, 5, 5), backend=backend)
+    out.sum().backward()
+    assert out.shape == q.shape and q.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dim=8, num_heads=0), r"num_heads must be an integer >= 1, got 0"),
+    (dict(dim=8, num_heads=2, kernel_size=7.0), r"kernel_size must be an integer >= 3, got 7.0 \(float\)"),
+    (dict(dim=8.0, num_heads=2), r"dim must be an integer >= 1, got 8.0"),
+    (dict(dim=8, num_heads=2, dilation=1.5), r"dilation must be an integer >= 1, got 1.5"),
+    (dict(dim=8, num_heads=True), r"num_heads must be an integer >= 1, got True"),
+])
+def test_module_integer_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NeighborhoodAttention2D(**kwargs)

@@ -15,6 +15,7 @@ import torch
 
 from .backend import Backend, Call, Capabilities
 from .inputs import compute_dtype
+from .reference import differentiable_grads
 
 NAME = "cpu"
 __all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size"]
@@ -97,6 +98,10 @@ def _register_python_parts():
     def _backward(ctx, grad_out, _grad_weights):
         query, key, value, weights, rpb = ctx.saved_tensors
         kernel_size, dilation, scale, save_weights = ctx.params
+        if torch.is_grad_enabled():  # create_graph=True: the kernel's backward is not differentiable
+            grads = differentiable_grads(grad_out, (query, key, value, rpb), kernel_size, dilation, scale,
+                                         ctx.needs_input_grad[:4])
+            return (*grads, None, None, None, None)
         if not save_weights:
             raise RuntimeError(
                 "na2d (cpu kernel): backward needs the attention weights, but the forward ran with "

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .dispatch import na2d, na2d_padded
+from .inputs import require_int
 from .padding import zero_token_qkv
 
 __all__ = ["NeighborhoodAttention2D"]
@@ -26,6 +27,10 @@ class NeighborhoodAttention2D(nn.Module):
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, backend: Optional[str] = None):
         super().__init__()
+        owner = "NeighborhoodAttention2D"
+        dim, num_heads = require_int(owner, "dim", dim), require_int(owner, "num_heads", num_heads)
+        kernel_size = require_int(owner, "kernel_size", kernel_size, 3)
+        dilation = require_int(owner, "dilation", dilation)
         if dim % num_heads != 0:
             raise ValueError(f"NeighborhoodAttention2D: dim {dim} is not divisible by num_heads {num_heads}")
         if kernel_size < 3 or kernel_size % 2 == 0:

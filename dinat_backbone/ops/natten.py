@@ -61,8 +61,27 @@ def _extra_reasons(call: Call) -> List[str]:
     return []
 
 
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward refuses ``create_graph=True``: natten's kernels give no second
+    derivatives this package can vouch for, and a silently wrong Hessian is worse than an error."""
+
+    @staticmethod
+    def forward(ctx, out):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "na2d (natten backend): second derivatives (backward with create_graph=True: a Hessian, a "
+                "gradient penalty) are not supported by natten's kernels; run that model with "
+                "attn_backend='triton' or 'torch' (or backend= on na2d), whose backward is differentiable")
+        return grad
+
+
 def run(query, key, value, rpb, scale, call: Call):
-    return natten_na2d()(query, key, value, kernel_size=call.kernel_size, dilation=call.dilation, scale=scale)
+    out = natten_na2d()(query, key, value, kernel_size=call.kernel_size, dilation=call.dilation, scale=scale)
+    return _NoDoubleBackward.apply(out) if call.needs_grad else out
 
 
 BACKEND = Backend(NAME, CAPABILITIES, run, _extra_reasons)

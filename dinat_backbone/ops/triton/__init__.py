@@ -244,6 +244,11 @@ def _backward(ctx, grad_out, _grad_lse):
     query, key, value, rpb, out, lse = ctx.saved_tensors
     kernel_size, dilation, scale = ctx.params
     need = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # create_graph=True: the kernels' backward is not differentiable
+        from ..reference import differentiable_grads
+
+        return (*differentiable_grads(grad_out, (query, key, value, rpb), kernel_size, dilation, scale, need[:4]),
+                None, None, None)
     dq, dk, dv, drpb = _backward_op(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, scale,
                                     need[1] or need[2], rpb is not None and need[3])
     return (dq, dk if need[1] else None, dv if need[2] else None, drpb if rpb is not None and need[3] else None,
