@@ -24,6 +24,7 @@ from dinat_backbone.ops import NeighborhoodAttention2D, na2d
 # `from tests.reference import ...` is shadowed by the top-level `tests` package that the
 # mmsegmentation 1.2.2 wheel installs into site-packages; import the module from this directory.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import forward_and_grads, make_inputs, rel_err  # noqa: E402
 from reference import axis_neighbours, na2d_reference  # noqa: E402
 
 HAVE_KERNEL = ops.cpu_kernel_available()
@@ -38,25 +39,10 @@ BACKENDS = ["cpu", "torch"]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
 
 
-def rel_err(actual, expected):
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, X, Y, H, D, K, use_rpb, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(3))
-    rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return cast(q), cast(k), cast(v), cast(rpb)
 
 
-def forward_and_grads(fn, q, k, v, rpb, grad_out):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    rpb_leaf = None if rpb is None else rpb.detach().clone().requires_grad_()
-    out = fn(*leaves, rpb_leaf)
-    out.backward(grad_out.to(out.dtype))
-    grads = [t.grad for t in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
-    return out.detach(), grads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,14 +97,14 @@ def reference_result(K, d, B, X, Y, use_rpb, H=2, D=3):
     q, k, v, rpb = make_inputs(B, X, Y, H, D, K, use_rpb)
     grad_out = torch.randn(B, X, Y, H, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     if X * Y <= FULL_REFERENCE_MAX_QUERIES:
-        out, grads = forward_and_grads(lambda *t: na2d_reference(*t[:3], K, d, t[3]), q, k, v, rpb, grad_out)
+        out, *grads = forward_and_grads(lambda *t: na2d_reference(*t[:3], K, d, t[3]), (q, k, v, rpb), grad_out)
         return (q, k, v, rpb, grad_out), None, out, grads
     rows = selected_rows(X, d)
     mask = torch.zeros(X, dtype=torch.bool)
     mask[rows] = True
     grad_out = grad_out * mask.view(1, X, 1, 1, 1)
-    out, grads = forward_and_grads(
-        lambda *t: reference_on_rows(*t[:3], K, d, t[3], rows), q, k, v, rpb, grad_out[:, rows]
+    out, *grads = forward_and_grads(
+        lambda *t: reference_on_rows(*t[:3], K, d, t[3], rows), (q, k, v, rpb), grad_out[:, rows]
     )
     return (q, k, v, rpb, grad_out), rows, out, grads
 
@@ -127,7 +113,7 @@ def reference_result(K, d, B, X, Y, use_rpb, H=2, D=3):
 @pytest.mark.parametrize("K,d,B,X,Y,use_rpb", grid_cases())
 def test_float64_grid_matches_reference(backend, K, d, B, X, Y, use_rpb):
     (q, k, v, rpb, grad_out), rows, ref_out, ref_grads = reference_result(K, d, B, X, Y, use_rpb)
-    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), (q, k, v, rpb), grad_out)
     assert out.dtype == torch.float64 and out.shape == q.shape
     if rows is not None:
         out = out[:, rows]
@@ -162,10 +148,10 @@ LOW_PRECISION_CASES = [(7, 1, 1, 16, 21, True, 32), (3, 4, 2, 13, 17, True, 8), 
 def test_low_precision_vs_float64(backend, dtype, K, d, B, X, Y, use_rpb, D):
     q, k, v, rpb = make_inputs(B, X, Y, 2, D, K, use_rpb, dtype=dtype)
     grad_out = torch.randn(B, X, Y, 2, D, generator=torch.Generator().manual_seed(3)).to(dtype)
-    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), (q, k, v, rpb), grad_out)
     wide = lambda t: None if t is None else t.double()  # noqa: E731
-    ref_out, ref_grads = forward_and_grads(
-        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), wide(q), wide(k), wide(v), wide(rpb), grad_out.double()
+    ref_out, *ref_grads = forward_and_grads(
+        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), (wide(q), wide(k), wide(v), wide(rpb)), grad_out.double()
     )
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert rel_err(out, ref_out) < TOL[dtype]
@@ -185,12 +171,12 @@ def test_kernel_instruction_sets(isa, K, d, B, X, Y, use_rpb, D):
     previous = _C.isa()
     try:
         _C.set_isa(isa)
-        out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend="cpu"), q, k, v, rpb, grad_out)
+        out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend="cpu"), (q, k, v, rpb), grad_out)
     finally:
         _C.set_isa(previous)
     wide = lambda t: None if t is None else t.double()  # noqa: E731
-    ref_out, ref_grads = forward_and_grads(
-        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), wide(q), wide(k), wide(v), wide(rpb), grad_out.double()
+    ref_out, *ref_grads = forward_and_grads(
+        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), (wide(q), wide(k), wide(v), wide(rpb)), grad_out.double()
     )
     assert rel_err(out, ref_out) < TOL[torch.float32]
     for g, rg in zip(grads, ref_grads):
@@ -212,10 +198,10 @@ def test_non_contiguous_inputs(backend):
     rpb = torch.randn(2 * K - 1, 2 * K - 1, H, generator=gen, dtype=torch.float64).permute(2, 0, 1)
     assert not (q.is_contiguous() or v.is_contiguous() or rpb.is_contiguous())
     grad_out = torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64)
-    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
-    ref_out, ref_grads = forward_and_grads(
+    out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), (q, k, v, rpb), grad_out)
+    ref_out, *ref_grads = forward_and_grads(
         lambda *t: na2d_reference(*t[:3], K, d, t[3]),
-        q.contiguous(), k.contiguous(), v.contiguous(), rpb.contiguous(), grad_out,
+        (q.contiguous(), k.contiguous(), v.contiguous(), rpb.contiguous()), grad_out,
     )
     assert rel_err(out, ref_out) < TOL[torch.float64]
     for g, rg in zip(grads, ref_grads):
@@ -382,8 +368,8 @@ def test_cpu_kernel_under_torch_compile_fullgraph():
         return na2d(q, k, v, K, d, rpb, backend="cpu") * 2
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    out_c, grads_c = forward_and_grads(compiled, q, k, v, rpb, grad_out)
-    out_e, grads_e = forward_and_grads(fn, q, k, v, rpb, grad_out)
+    out_c, *grads_c = forward_and_grads(compiled, (q, k, v, rpb), grad_out)
+    out_e, *grads_e = forward_and_grads(fn, (q, k, v, rpb), grad_out)
     assert torch.allclose(out_c, out_e, atol=1e-6)
     for gc, ge in zip(grads_c, grads_e):
         assert torch.allclose(gc, ge, atol=1e-5)

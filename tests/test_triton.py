@@ -24,6 +24,7 @@ GPU-only tests carry ``@pytest.mark.cuda``: deselected without a GPU, run with `
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import sys
@@ -38,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import na2d_reference_gathered
 
 from conftest import load_tool
+from helpers import forward_and_grads, make_inputs, rel_err
 from dinat_backbone.ops import window_start
 
 na_work = load_tool("na_work")
@@ -46,6 +48,8 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 ON_CPU = not torch.cuda.is_available()
 DEVICE = "cpu" if ON_CPU else "cuda"
+# q, k, v, rpb, grad_out rounded to the dtype given, as float64 copies (the reference's inputs), on DEVICE
+_inputs = functools.partial(make_inputs, grad_out=True, as_float64=True, device=DEVICE)
 
 
 @contextlib.contextmanager
@@ -80,37 +84,17 @@ def overflow_checked():
         yield
 
 
-def rel_err(actual, expected):
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, X, Y, H, D, K, use_rpb, dtype, device=DEVICE, seed=0):
-    """q, k, v, rpb, grad_out rounded to ``dtype`` (as float64 copies: the reference's inputs)."""
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v, g = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4))
-    rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
-
-    def cast(t):
-        return None if t is None else t.to(dtype).to(torch.float64).to(device)
-
-    return cast(q), cast(k), cast(v), cast(rpb), cast(g)
 
 
-def forward_and_grads(fn, q, k, v, rpb, grad_out, dtype):
-    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-    rpb_leaf = None if rpb is None else rpb.detach().to(dtype).requires_grad_()
-    out = fn(*leaves, rpb_leaf)
-    out.backward(grad_out.to(dtype))
-    grads = [t.grad for t in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
-    return out.detach(), grads
 
 
 def check_against_reference(B, X, Y, H, D, K, d, use_rpb, dtype, tol=None, seed=0):
-    q, k, v, rpb, g = make_inputs(B, X, Y, H, D, K, use_rpb, dtype, seed=seed)
-    ref, ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]), q, k, v, rpb, g,
+    q, k, v, rpb, g = _inputs(B, X, Y, H, D, K, use_rpb, dtype, seed=seed)
+    ref, *ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]), (q, k, v, rpb), g,
                                        torch.float64)
-    out, grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), q, k, v, rpb, g, dtype)
+    out, *grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), (q, k, v, rpb), g, dtype)
     assert out.dtype == dtype and all(t.dtype == dtype for t in grads)
     tol = tol or TOL[dtype]
     errors = {"out": rel_err(out, ref)}
@@ -172,8 +156,8 @@ def test_non_contiguous_inputs(overflow_checked):
     rpb = torch.randn(2 * K - 1, 2 * K - 1, H, generator=gen).permute(2, 0, 1)
     g = torch.randn(B, X, Y, D, H, generator=gen).transpose(-1, -2)
     assert not any(t.is_contiguous() for t in (q, k, v, rpb, g))
-    ref, ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]),
-                                       q.double(), k.double(), v.double(), rpb.double(), g.double(), torch.float64)
+    ref, *ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]),
+                                       (q.double(), k.double(), v.double(), rpb.double()), g.double(), torch.float64)
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     rpb_leaf = rpb.detach().requires_grad_()
     out = tri.na2d_triton(*leaves, K, d, rpb_leaf)
@@ -184,7 +168,7 @@ def test_non_contiguous_inputs(overflow_checked):
 
 def test_custom_scale_and_no_grad_for_kv():
     """``scale`` is honoured; with only q requiring grad the dK / dV kernel is not run."""
-    q, k, v, rpb, g = make_inputs(1, 7, 9, 1, 16, 3, True, torch.float32)
+    q, k, v, rpb, g = _inputs(1, 7, 9, 1, 16, 3, True, torch.float32)
     ref = na2d_reference_gathered(q.requires_grad_(), k, v, 3, 2, rpb, scale=0.3)
     ref.backward(g)
     q32 = q.detach().float().requires_grad_()
@@ -194,7 +178,7 @@ def test_custom_scale_and_no_grad_for_kv():
 
 
 def test_na2d_dispatches_to_triton_on_request():
-    q, k, v, rpb, _ = make_inputs(1, 8, 9, 2, 16, 3, True, torch.float32)
+    q, k, v, rpb, _ = _inputs(1, 8, 9, 2, 16, 3, True, torch.float32)
     q, k, v, rpb = q.float(), k.float(), v.float(), rpb.float()
     out = na2d(q, k, v, 3, 2, rpb, backend="triton")
     assert rel_err(out, na2d_reference_gathered(q.double(), k.double(), v.double(), 3, 2, rpb.double())) <= 1e-5
@@ -298,14 +282,14 @@ def test_triton_backend_under_torch_compile_fullgraph():
     """torch.compile(fullgraph=True) traces through the triton backend's custom ops (forward and
     backward), as through the CPU kernel's: no graph break, same values."""
     B, X, Y, H, D, K, d = 1, 8, 9, 1, 16, 3, 2
-    q, k, v, rpb, g = (t.float() for t in make_inputs(B, X, Y, H, D, K, True, torch.float32))
+    q, k, v, rpb, g = (t.float() for t in _inputs(B, X, Y, H, D, K, True, torch.float32))
 
     def fn(q, k, v, rpb):
         return na2d(q, k, v, K, d, rpb, backend="triton") * 2
 
-    out_e, grads_e = forward_and_grads(fn, q, k, v, rpb, g, torch.float32)
+    out_e, *grads_e = forward_and_grads(fn, (q, k, v, rpb), g, torch.float32)
     torch._dynamo.reset()
-    out_c, grads_c = forward_and_grads(torch.compile(fn, fullgraph=True), q, k, v, rpb, g, torch.float32)
+    out_c, *grads_c = forward_and_grads(torch.compile(fn, fullgraph=True), (q, k, v, rpb), g, torch.float32)
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -376,7 +360,7 @@ def test_cuda_parity_with_reference(case, dtype):
 @pytest.mark.cuda
 def test_cuda_torch_backend_parity():
     """The pure-PyTorch backend on the GPU against the same reference (it is the GPU's fallback)."""
-    q, k, v, rpb, _g = make_inputs(2, 40, 57, 3, 32, 7, True, torch.float32)
+    q, k, v, rpb, _g = _inputs(2, 40, 57, 3, 32, 7, True, torch.float32)
     ref = na2d_reference_gathered(q, k, v, 7, 3, rpb)
     out = na2d(q.float(), k.float(), v.float(), 7, 3, rpb.float(), backend="torch")
     assert rel_err(out, ref) <= 1e-4
@@ -387,7 +371,7 @@ if importlib.util.find_spec("natten") is not None:  # only where natten is insta
     @pytest.mark.cuda
     def test_cuda_natten_parity_without_rpb():
         """natten's fused kernel (the choice for rpb-free calls) against the reference."""
-        q, k, v, _, _ = make_inputs(2, 40, 57, 3, 32, 7, False, torch.float32)
+        q, k, v, _, _ = _inputs(2, 40, 57, 3, 32, 7, False, torch.float32)
         ref = na2d_reference_gathered(q, k, v, 7, 3)
         out = na2d(q.float(), k.float(), v.float(), 7, 3, backend="natten")
         assert rel_err(out, ref) <= 1e-3
@@ -398,10 +382,10 @@ def test_cuda_detection_scale_against_torch_backend():
     """DiNAT-L's COCO stage-1 shape (batch 2 of 800x1216: 200x304, 6 heads of 32, d = 28) in bfloat16
     against the torch backend in float32: the full grid, int64 batch offsets, every class size."""
     B, X, Y, H, D, K, d = 2, 200, 304, 6, 32, 7, 28
-    q, k, v, rpb, g = (t.float() for t in make_inputs(B, X, Y, H, D, K, True, torch.bfloat16))
-    ref, ref_grads = forward_and_grads(lambda *a: na2d(*a[:3], K, d, a[3], backend="torch"), q, k, v, rpb, g,
+    q, k, v, rpb, g = (t.float() for t in _inputs(B, X, Y, H, D, K, True, torch.bfloat16))
+    ref, *ref_grads = forward_and_grads(lambda *a: na2d(*a[:3], K, d, a[3], backend="torch"), (q, k, v, rpb), g,
                                        torch.float32)
-    out, grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), q, k, v, rpb, g, torch.bfloat16)
+    out, *grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), (q, k, v, rpb), g, torch.bfloat16)
     for name, a, b in zip(("out", "dq", "dk", "dv", "drpb"), [out] + grads, [ref] + ref_grads):
         assert rel_err(a, b) <= GPU_TOL[torch.bfloat16], name
 

@@ -66,30 +66,28 @@ def _mm(a, b, acc, DOT_PRECISION: tl.constexpr, DOTS_IN_FLOAT32: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 @_device_function
-def _mm_split_lhs(a, onehot, acc, BF16_PARTS: tl.constexpr, DOTS_IN_FLOAT32: tl.constexpr):
-    """``acc + a @ onehot`` for a float32 ``a`` and an exact 0/1 bfloat16 matrix, on bfloat16 tensor
-    cores: ``a`` is split into BF16_PARTS bfloat16 parts (8 significant bits each; 2 parts for half
-    inputs, 3 = all 24 bits of float32 for float32 inputs)."""
-    hi = a.to(tl.bfloat16)
-    acc = _mm(hi, onehot, acc, "tf32", DOTS_IN_FLOAT32)
-    rest = a - hi.to(tl.float32)
-    mid = rest.to(tl.bfloat16)
-    acc = _mm(mid, onehot, acc, "tf32", DOTS_IN_FLOAT32)
-    if BF16_PARTS > 2:
-        acc = _mm((rest - mid.to(tl.float32)).to(tl.bfloat16), onehot, acc, "tf32", DOTS_IN_FLOAT32)
-    return acc
+def _mm_onehot(x, onehot, acc, X_ON_LEFT: tl.constexpr, DOTS_IN_FLOAT32: tl.constexpr):
+    """``acc + x @ onehot`` (``X_ON_LEFT``) or ``acc + onehot @ x``, on bfloat16 tensor cores."""
+    if X_ON_LEFT:
+        return _mm(x, onehot, acc, "tf32", DOTS_IN_FLOAT32)
+    else:
+        return _mm(onehot, x, acc, "tf32", DOTS_IN_FLOAT32)
+
 
 @_device_function
-def _mm_split_rhs(onehot, b, acc, BF16_PARTS: tl.constexpr, DOTS_IN_FLOAT32: tl.constexpr):
-    """``acc + onehot @ b``, as :func:`_mm_split_lhs`."""
-    hi = b.to(tl.bfloat16)
-    acc = _mm(onehot, hi, acc, "tf32", DOTS_IN_FLOAT32)
-    rest = b - hi.to(tl.float32)
+def _mm_split(x, onehot, acc, X_ON_LEFT: tl.constexpr, BF16_PARTS: tl.constexpr, DOTS_IN_FLOAT32: tl.constexpr):
+    """``acc + x @ onehot`` (or ``onehot @ x``) for a float32 ``x`` and an exact 0/1 bfloat16 matrix,
+    on bfloat16 tensor cores: ``x`` is split into BF16_PARTS bfloat16 parts (8 significant bits each;
+    2 parts for half inputs, 3 = all 24 bits of float32 for float32 inputs)."""
+    hi = x.to(tl.bfloat16)
+    acc = _mm_onehot(hi, onehot, acc, X_ON_LEFT, DOTS_IN_FLOAT32)
+    rest = x - hi.to(tl.float32)
     mid = rest.to(tl.bfloat16)
-    acc = _mm(onehot, mid, acc, "tf32", DOTS_IN_FLOAT32)
+    acc = _mm_onehot(mid, onehot, acc, X_ON_LEFT, DOTS_IN_FLOAT32)
     if BF16_PARTS > 2:
-        acc = _mm(onehot, (rest - mid.to(tl.float32)).to(tl.bfloat16), acc, "tf32", DOTS_IN_FLOAT32)
+        acc = _mm_onehot((rest - mid.to(tl.float32)).to(tl.bfloat16), onehot, acc, X_ON_LEFT, DOTS_IN_FLOAT32)
     return acc
+
 
 @_device_function
 def _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, TILE_X: tl.constexpr, TILE_Y: tl.constexpr):
@@ -191,6 +189,32 @@ def _stat_offsets(b64, h, H, X, Y, rx, ry, px, py, dil):
     return (b64 * H + h) * X * Y + (rx + px * dil) * Y + (ry + py * dil)
 
 @_device_function
+def _query_program(q_ptr, X, Y, H, dil, n_tiles, n_tiles_y, sqb, sqx, sqy, sqh, sqd, TILE_X: tl.constexpr,
+                   TILE_Y: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr):
+    """A forward / dQ program's query tile: its ids and class, the tile's positions, the channel
+    range and the q tile itself (padded positions and channels read 0)."""
+    pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, TILE_X, TILE_Y)
+    b64 = b.to(tl.int64)
+    qx, qy, q_ok = _tile_positions(qx0, qy0, Lx, Ly, TILE_X, TILE_Y)
+    d = tl.arange(0, HEAD_DIM_PADDED)
+    qm = q_ok[:, None] & (d < HEAD_DIM)[None, :]
+    q = tl.load(_class_view(q_ptr, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
+                mask=qm, other=0.0)
+    return pid, b64, h, rx, ry, Lx, Ly, qx0, qy0, qx, qy, q_ok, d, qm, q
+
+
+@_device_function
+def _query_tile_keys(qx, qy, q_ok, qx0, qy0, Lx, Ly, h, rpb_ptr, srh, sra, srb, TILE_X: tl.constexpr,
+                     TILE_Y: tl.constexpr, INNER_X: tl.constexpr, INNER_Y: tl.constexpr, KERNEL_SIZE: tl.constexpr):
+    """What a query tile's scores need of its keys: each query's own window (for the pair mask), its
+    row of RPB pointers, and the key box with its tile counts."""
+    wx, wy = _windows(qx, qy, q_ok, Lx, Ly, KERNEL_SIZE)
+    rpb_q = (rpb_ptr + h * srh + (KERNEL_SIZE - 1 - qx) * sra + (KERNEL_SIZE - 1 - qy) * srb)[:, None]
+    bx0, bx1, by0, by1, n_kx, n_ky = _key_tiles(qx0, qy0, Lx, Ly, TILE_X, TILE_Y, INNER_X, INNER_Y, KERNEL_SIZE)
+    return wx, wy, rpb_q, bx0, bx1, by0, by1, n_kx, n_ky
+
+
+@_device_function
 def _tile_scores(a, b, kx, ky, wx, wy, rpb_ptrs, qk_scale, HAS_RPB: tl.constexpr, KERNEL_SIZE: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, DOTS_IN_FLOAT32: tl.constexpr):
     """Scores ``a @ b^T`` (log2 domain, + RPB) of one tile pair and the mask of neighbour pairs.
@@ -207,14 +231,12 @@ def _tile_scores(a, b, kx, ky, wx, wy, rpb_ptrs, qk_scale, HAS_RPB: tl.constexpr
         s += tl.load(rpb_ptrs, mask=valid, other=0.0).to(tl.float32) * 1.4426950408889634
     return s, valid
 
+
 @triton.jit(do_not_specialize=RUNTIME_INTS)
 def fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, rpb_ptr,
-    sqb, sqx, sqy, sqh, sqd,
-    skb, skx, sky, skh, skd,
-    svb, svx, svy, svh, svd,
-    sob, sox, soy, soh, sod,
-    srh, sra, srb,
+    sqb, sqx, sqy, sqh, sqd, skb, skx, sky, skh, skd, svb, svx, svy, svh, svd,  # q, k, v
+    sob, sox, soy, soh, sod, srh, sra, srb,  # out (and dO, dQ), rpb
     X, Y, H, dil, n_tiles, n_tiles_y, qk_scale,
     KERNEL_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, HAS_RPB: tl.constexpr,
     TILE_X: tl.constexpr, TILE_Y: tl.constexpr, INNER_X: tl.constexpr, INNER_Y: tl.constexpr,
@@ -223,18 +245,10 @@ def fwd_kernel(
     """Output and log-sum-exp of one query tile (see the module docstring)."""
     _check_tiles(TILE_X, TILE_Y, INNER_X, INNER_Y)
     QUERIES: tl.constexpr = TILE_X * TILE_Y
-    pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, TILE_X, TILE_Y)
-    b64 = b.to(tl.int64)
-
-    qx, qy, q_ok = _tile_positions(qx0, qy0, Lx, Ly, TILE_X, TILE_Y)
-    d = tl.arange(0, HEAD_DIM_PADDED)
-    qm = q_ok[:, None] & (d < HEAD_DIM)[None, :]
-    q = tl.load(_class_view(q_ptr, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
-                mask=qm, other=0.0)
-    wx, wy = _windows(qx, qy, q_ok, Lx, Ly, KERNEL_SIZE)  # each query's own window, for the pair mask
-    rpb_q = (rpb_ptr + h * srh + (KERNEL_SIZE - 1 - qx) * sra + (KERNEL_SIZE - 1 - qy) * srb)[:, None]
-
-    bx0, bx1, by0, by1, n_kx, n_ky = _key_tiles(qx0, qy0, Lx, Ly, TILE_X, TILE_Y, INNER_X, INNER_Y, KERNEL_SIZE)
+    pid, b64, h, rx, ry, Lx, Ly, qx0, qy0, qx, qy, q_ok, d, qm, q = _query_program(
+        q_ptr, X, Y, H, dil, n_tiles, n_tiles_y, sqb, sqx, sqy, sqh, sqd, TILE_X, TILE_Y, HEAD_DIM, HEAD_DIM_PADDED)
+    wx, wy, rpb_q, bx0, bx1, by0, by1, n_kx, n_ky = _query_tile_keys(
+        qx, qy, q_ok, qx0, qy0, Lx, Ly, h, rpb_ptr, srh, sra, srb, TILE_X, TILE_Y, INNER_X, INNER_Y, KERNEL_SIZE)
 
     k_base = _class_view(k_ptr, b64, h, rx, ry, skb, skx, sky, skh)
     v_base = _class_view(v_ptr, b64, h, rx, ry, svb, svx, svy, svh)
@@ -265,14 +279,12 @@ def fwd_kernel(
     tl.store(lse_ptr + _stat_offsets(b64, h, H, X, Y, rx, ry, qx, qy, dil),
              tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log2(l_safe), mask=q_ok)
 
+
 @triton.jit(do_not_specialize=RUNTIME_INTS)
 def dq_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, dout_ptr, lse_ptr, delta_ptr, rpb_ptr, dq_ptr, drpb_ptr,
-    sqb, sqx, sqy, sqh, sqd,
-    skb, skx, sky, skh, skd,
-    svb, svx, svy, svh, svd,
-    sob, sox, soy, soh, sod,
-    srh, sra, srb,
+    sqb, sqx, sqy, sqh, sqd, skb, skx, sky, skh, skd, svb, svx, svy, svh, svd,  # q, k, v
+    sob, sox, soy, soh, sod, srh, sra, srb,  # out (and dO, dQ), rpb
     X, Y, H, dil, n_tiles, n_tiles_y, qk_scale, scale,
     KERNEL_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, HAS_RPB: tl.constexpr,
     RPB_GRAD: tl.constexpr,
@@ -285,14 +297,8 @@ def dq_kernel(
     _check_tiles(TILE_X, TILE_Y, INNER_X, INNER_Y)
     QUERIES: tl.constexpr = TILE_X * TILE_Y
     KEYS: tl.constexpr = INNER_X * INNER_Y
-    pid, b, h, rx, ry, Lx, Ly, qx0, qy0 = _program_geometry(X, Y, H, dil, n_tiles, n_tiles_y, TILE_X, TILE_Y)
-    b64 = b.to(tl.int64)
-
-    qx, qy, q_ok = _tile_positions(qx0, qy0, Lx, Ly, TILE_X, TILE_Y)
-    d = tl.arange(0, HEAD_DIM_PADDED)
-    qm = q_ok[:, None] & (d < HEAD_DIM)[None, :]
-    q = tl.load(_class_view(q_ptr, b64, h, rx, ry, sqb, sqx, sqy, sqh) + _tile_offsets(qx, qy, sqx, sqy, sqd, dil, d),
-                mask=qm, other=0.0)
+    pid, b64, h, rx, ry, Lx, Ly, qx0, qy0, qx, qy, q_ok, d, qm, q = _query_program(
+        q_ptr, X, Y, H, dil, n_tiles, n_tiles_y, sqb, sqx, sqy, sqh, sqd, TILE_X, TILE_Y, HEAD_DIM, HEAD_DIM_PADDED)
     o_off = _tile_offsets(qx, qy, sox, soy, sod, dil, d)
     do = tl.load(_class_view(dout_ptr, b64, h, rx, ry, sob, sox, soy, soh) + o_off, mask=qm, other=0.0)
     o = tl.load(_class_view(out_ptr, b64, h, rx, ry, sob, sox, soy, soh) + o_off, mask=qm, other=0.0)
@@ -300,10 +306,8 @@ def dq_kernel(
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(delta_ptr + stat, delta, mask=q_ok)
     lse = tl.load(lse_ptr + stat, mask=q_ok, other=0.0)
-    wx, wy = _windows(qx, qy, q_ok, Lx, Ly, KERNEL_SIZE)
-    rpb_q = (rpb_ptr + h * srh + (KERNEL_SIZE - 1 - qx) * sra + (KERNEL_SIZE - 1 - qy) * srb)[:, None]
-
-    bx0, bx1, by0, by1, n_kx, n_ky = _key_tiles(qx0, qy0, Lx, Ly, TILE_X, TILE_Y, INNER_X, INNER_Y, KERNEL_SIZE)
+    wx, wy, rpb_q, bx0, bx1, by0, by1, n_kx, n_ky = _query_tile_keys(
+        qx, qy, q_ok, qx0, qy0, Lx, Ly, h, rpb_ptr, srh, sra, srb, TILE_X, TILE_Y, INNER_X, INNER_Y, KERNEL_SIZE)
 
     k_base = _class_view(k_ptr, b64, h, rx, ry, skb, skx, sky, skh)
     v_base = _class_view(v_ptr, b64, h, rx, ry, svb, svx, svy, svh)
@@ -338,9 +342,9 @@ def dq_kernel(
                 # (via float32: the interpreter converts int1 to bfloat16 as 0)
                 onehot_y = tl.where((dgy + cy)[:, None] == bins[None, :], 1.0, 0.0).to(tl.bfloat16)
                 onehot_x = tl.where((dgx + cx)[:, None] == bins[None, :], 1.0, 0.0).to(tl.bfloat16)
-                per_x = _mm_split_lhs(ds2, onehot_y, tl.zeros([TILE_X * INNER_X, RPB_BINS_PADDED], tl.float32),
-                                      BF16_PARTS, DOTS_IN_FLOAT32)
-                drpb = _mm_split_rhs(tl.trans(onehot_x), per_x, drpb, BF16_PARTS, DOTS_IN_FLOAT32)
+                per_x = _mm_split(ds2, onehot_y, tl.zeros([TILE_X * INNER_X, RPB_BINS_PADDED], tl.float32), True,
+                                  BF16_PARTS, DOTS_IN_FLOAT32)
+                drpb = _mm_split(per_x, tl.trans(onehot_x), drpb, False, BF16_PARTS, DOTS_IN_FLOAT32)
 
     tl.store(_class_view(dq_ptr, b64, h, rx, ry, sob, sox, soy, soh) + o_off, (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=qm)
@@ -349,15 +353,12 @@ def dq_kernel(
         tl.store(drpb_ptr + pid.to(tl.int64) * RPB_BINS * RPB_BINS + bins[:, None] * RPB_BINS + bins[None, :], drpb,
                  mask=(bins[:, None] < RPB_BINS) & (bins[None, :] < RPB_BINS))
 
+
 @triton.jit(do_not_specialize=RUNTIME_INTS)
 def dkdv_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, rpb_ptr, dk_ptr, dv_ptr,
-    sqb, sqx, sqy, sqh, sqd,
-    skb, skx, sky, skh, skd,
-    svb, svx, svy, svh, svd,
-    sob, sox, soy, soh, sod,
-    sgb, sgx, sgy, sgh, sgd,
-    srh, sra, srb,
+    sqb, sqx, sqy, sqh, sqd, skb, skx, sky, skh, skd, svb, svx, svy, svh, svd,  # q, k, v
+    sob, sox, soy, soh, sod, sgb, sgx, sgy, sgh, sgd, srh, sra, srb,  # dO, dK (and dV), rpb
     X, Y, H, dil, n_tiles, n_tiles_y, qk_scale, scale,
     KERNEL_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, HAS_RPB: tl.constexpr,
     TILE_X: tl.constexpr, TILE_Y: tl.constexpr, INNER_X: tl.constexpr, INNER_Y: tl.constexpr,
