@@ -497,3 +497,20 @@ def test_empty_batch(backend):
 def test_module_integer_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NeighborhoodAttention2D(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("K,d,X,Y", [(3, 1, 7, 9), (5, 2, 13, 10), (7, 3, 21, 25)])
+def test_window_rule_is_the_geometry(backend, K, d, X, Y):
+    """Every backend's window is geometry.neighborhood_indices' (the one place the rule is written):
+    with q = 0 the attention is uniform over the window, and v holding each position's coordinates
+    makes the output the mean key position per axis, which fixes the window (K keys, step d)."""
+    keys_x, _ = ops.neighborhood_indices(X, K, d)
+    keys_y, _ = ops.neighborhood_indices(Y, K, d)
+    v = torch.zeros(1, X, Y, 1, 2, dtype=torch.float64)
+    v[..., 0] = torch.arange(X, dtype=torch.float64)[:, None, None]
+    v[..., 1] = torch.arange(Y, dtype=torch.float64)[None, :, None]
+    q = torch.zeros_like(v)
+    out = na2d(q, q, v, K, d, backend=backend)[0, :, :, 0]
+    torch.testing.assert_close(out[..., 0], keys_x.double().mean(1)[:, None].expand(X, Y))
+    torch.testing.assert_close(out[..., 1], keys_y.double().mean(1)[None, :].expand(X, Y))
