@@ -282,11 +282,12 @@ def na2d_triton(query, key, value, kernel_size: int, dilation: int = 1, rpb: Opt
 
 def compiled_variant_count() -> Optional[int]:
     """Number of compiled kernels in Triton's in-memory caches (all three kernels, all devices), or
-    None where this Triton keeps them elsewhere / in the interpreter / before the kernels are loaded."""
-    if _launcher is None or interpreting():
+    None where this Triton keeps them elsewhere, in the interpreter, or without triton (loads the kernels)."""
+    launcher = load()
+    if launcher is None or interpreting():
         return None
     total = 0
-    for fn in (_launcher.fwd_kernel, _launcher.dq_kernel, _launcher.dkdv_kernel):
+    for fn in (launcher.fwd_kernel, launcher.dq_kernel, launcher.dkdv_kernel):
         caches = getattr(fn, "device_caches", None)
         if caches is not None:  # triton >= 3.2: device -> (kernel_cache, kernel_key_cache, target, backend, binder)
             total += sum(len(c[0]) for c in caches.values())
