@@ -31,6 +31,7 @@ import torch.utils.checkpoint as cp
 
 from .lean import gelu_linear, layer_norm_linear
 from .ops import NeighborhoodAttention2D, exporting
+from .ops.inputs import require_int
 
 __all__ = [
     "DiNAT",
@@ -211,6 +212,10 @@ class DiNATBlock(nn.Module):
         super().__init__()
         if small_input not in ("pad", "error"):
             raise ValueError(f"DiNAT: small_input must be 'pad' or 'error', got {small_input!r}")
+        if norm_layer is not nn.LayerNorm or act_layer is not nn.GELU:
+            raise ValueError(
+                f"DiNATBlock: norm_layer must be nn.LayerNorm and act_layer nn.GELU (the training path fuses "
+                f"them with the following Linear, dinat_backbone.lean), got {norm_layer!r}, {act_layer!r}")
         self.dim = dim
         self.kernel_size = kernel_size
         self.dilation = dilation
@@ -248,43 +253,34 @@ class DiNATBlock(nn.Module):
                     "dilations")
         return self.attn(x, qkv=qkv, pad_small_maps=self.small_input == "pad")
 
-    def _can_use_lean_training_path(self, x: torch.Tensor) -> bool:
-        """The lean path (:mod:`dinat_backbone.lean`) gives the same values and gradients with less
-        activation memory; it covers the default block (LayerNorm, exact GELU, no MLP dropout) in
-        float32/float64 training outside autocast."""
-        if not (torch.is_grad_enabled() and self.training) or torch.is_autocast_enabled(x.device.type):
-            return False
-        if exporting():  # export graphs keep the plain modules' ops
-            return False
-        mlp = self.mlp
-        return (
-            type(self.norm1) is nn.LayerNorm and type(self.norm2) is nn.LayerNorm
-            and self.norm1.weight is not None and self.norm2.weight is not None
-            and type(mlp.act) is nn.GELU and mlp.act.approximate == "none" and mlp.drop.p == 0.0
-            and mlp.fc2.bias is not None
-        )
-
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._attention(qkv=layer_norm_linear(x, self.norm1, self.attn.qkv))
-        if self.layer_scale:
-            y = self.gamma1 * y
-        x = x + self.drop_path(y)
-        y = gelu_linear(layer_norm_linear(x, self.norm2, self.mlp.fc1), self.mlp.fc2)
-        if self.layer_scale:
-            y = self.gamma2 * y
-        return x + self.drop_path(y)
+    def _training(self) -> bool:
+        """Training: the memory-lean path (:mod:`dinat_backbone.lean`, same values and gradients as
+        the plain modules, under autocast too). Inference and export graphs run the plain modules."""
+        return self.training and torch.is_grad_enabled() and not exporting()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._can_use_lean_training_path(x):
-            return self._forward_lean(x)
-        y = self._attention(self.norm1(x))
+        if self._training():
+            y = self._attention(qkv=layer_norm_linear(x, self.norm1, self.attn.qkv))
+        else:
+            y = self._attention(self.norm1(x))
         if self.layer_scale:
             y = self.gamma1 * y
         x = x + self.drop_path(y)
-        y = self.mlp(self.norm2(x))
+        if self._training():
+            y = self._mlp_lean(layer_norm_linear(x, self.norm2, self.mlp.fc1))
+        else:
+            y = self.mlp(self.norm2(x))
         if self.layer_scale:
             y = self.gamma2 * y
         return x + self.drop_path(y)
+
+    def _mlp_lean(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLP after fc1: GELU -> fc2 fused when nothing stands between them (MLP dropout keeps
+        the plain ops, whose mask autograd saves anyway)."""
+        mlp = self.mlp
+        if mlp.drop.p == 0.0:
+            return gelu_linear(hidden, mlp.fc2)
+        return mlp.drop(mlp.fc2(mlp.drop(mlp.act(hidden))))
 
     def extra_repr(self) -> str:
         return f"name={self.name}, dilation={self.dilation}, layer_scale={self.layer_scale}"
@@ -405,9 +401,13 @@ class DiNATBackboneBase(nn.Module):
         if arch is not None and arch not in self.arch_settings:
             raise ValueError(f"{name}: unknown arch {arch!r}; choose one of {list(self.arch_settings)} or pass None")
         settings = self.arch_settings[self.default_arch if arch is None else arch]
-        embed_dim = settings["embed_dim"] if embed_dim is None else embed_dim
-        depths = tuple(int(d) for d in (settings["depths"] if depths is None else depths))
-        num_heads = tuple(int(h) for h in (settings["num_heads"] if num_heads is None else num_heads))
+        embed_dim = require_int(name, "embed_dim", settings["embed_dim"] if embed_dim is None else embed_dim)
+        depths = tuple(require_int(name, "depths entries", d, 0)
+                       for d in (settings["depths"] if depths is None else depths))
+        num_heads = tuple(require_int(name, "num_heads entries", h)
+                          for h in (settings["num_heads"] if num_heads is None else num_heads))
+        kernel_size = require_int(name, "kernel_size", kernel_size, 3)
+        in_channels = require_int(name, "in_channels", in_channels)
         mlp_ratio = settings["mlp_ratio"] if mlp_ratio is None else mlp_ratio
         layer_scale = (settings["layer_scale"] if layer_scale is None else layer_scale) or None  # 0: off
         if len(num_heads) != len(depths):
@@ -516,7 +516,10 @@ class DiNATBackboneBase(nn.Module):
             nn.init.trunc_normal_(m.rpb, std=0.02)
 
     def _init_random_weights(self):
+        """The random init, once: at construction, or in :meth:`init_weights` for a model built on
+        the meta device (whose parameters hold nothing until ``to_empty``)."""
         self.apply(self._init_module)
+        self._randomly_initialised = not any(p.is_meta for p in self.parameters())
 
     def init_weights(self, logger: Optional[logging.Logger] = None):
         """Random init, or load ``init_cfg['checkpoint']`` when ``init_cfg`` is ``type='Pretrained'``.
@@ -525,8 +528,9 @@ class DiNATBackboneBase(nn.Module):
         ``MMLogger.get_current_instance()``); default: the ``dinat_backbone.checkpoint`` logger.
         """
         cfg = self.init_cfg
-        if cfg is None:
+        if not getattr(self, "_randomly_initialised", False):
             self._init_random_weights()
+        if cfg is None:
             return
         cfg = dict(cfg)
         if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
@@ -534,7 +538,7 @@ class DiNATBackboneBase(nn.Module):
                              f"checkpoint=path_or_url), got {self.init_cfg}")
         from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
 
-        self._init_random_weights()  # keys the checkpoint lacks (e.g. output norms) start from the usual init
+        # keys the checkpoint lacks (e.g. output norms) keep the usual random init, done once above / at construction
         load_pretrained(self, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
                         map_location=cfg.get("map_location", "cpu"))
         self._freeze_stages()

@@ -20,6 +20,7 @@ import torch
 from dinat_backbone import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import forward_and_grads, rel_err  # noqa: E402
 from reference import na2d_reference_gathered  # noqa: E402
 
 KERNEL_SIZES = (3, 5, 7, 9, 11, 13)
@@ -52,17 +53,6 @@ def instruction_sets():
         return sorted({_C.set_isa(name) for name in ("generic", "avx2", "avx512")})
     finally:
         _C.set_isa(previous)
-
-
-def rel_err(actual, expected):
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
-
-
-def forward_and_grads(fn, tensors, grad_out):
-    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
-    out = fn(*leaves)
-    out.backward(grad_out.to(out.dtype))
-    return [out.detach()] + [t.grad for t in leaves if t is not None]
 
 
 @pytest.mark.parametrize("d", DILATIONS)

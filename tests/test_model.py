@@ -361,6 +361,27 @@ def test_attn_backend_is_passed_to_every_attention(caplog):
     assert len(ran) == sum(model.depths) and set(ran) == {"torch"}, ran
 
 
+def _plain_block_forward(block, x, layer_scale):
+    """The block's inference ops (the plain modules), with autograd."""
+    y = block._attention(block.norm1(x))
+    y = block.gamma1 * y if layer_scale else y
+    h = x + y
+    y = block.mlp(block.norm2(h))
+    return h + (block.gamma2 * y if layer_scale else y)
+
+
+def _lean_and_plain(block, x, layer_scale, autocast_dtype=None):
+    results = []
+    for lean in (True, False):
+        block.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = block.train()(x) if lean else _plain_block_forward(block, x, layer_scale)
+        out.float().backward(torch.ones_like(out, dtype=torch.float32) + out.detach().float())
+        results.append((out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()}))
+    return results
+
+
 @pytest.mark.parametrize("layer_scale", [None, 0.5])
 def test_lean_training_path_matches_plain_autograd(layer_scale):
     """Training uses LayerNorm->Linear / GELU->Linear functions that save less for backward; they
@@ -370,27 +391,64 @@ def test_lean_training_path_matches_plain_autograd(layer_scale):
     torch.manual_seed(0)
     block = DiNATBlock(32, 2, kernel_size=3, dilation=2, layer_scale=layer_scale).double().train()
     x = torch.randn(2, 9, 11, 32, dtype=torch.float64, requires_grad=True)
-    assert block._can_use_lean_training_path(x)
-    results = []
-    for lean in (True, False):
-        block.zero_grad()
-        x.grad = None
-        if lean:
-            out = block._forward_lean(x)
-        else:
-            y = block._attention(block.norm1(x))
-            y = block.gamma1 * y if layer_scale else y
-            h = x + y
-            y = block.mlp(block.norm2(h))
-            out = h + (block.gamma2 * y if layer_scale else y)
-        out.backward(torch.ones_like(out) + out.detach())
-        results.append((out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()}))
-    (o1, gx1, gp1), (o2, gx2, gp2) = results
+    assert block._training()
+    (o1, gx1, gp1), (o2, gx2, gp2) = _lean_and_plain(block, x, layer_scale)
     torch.testing.assert_close(o1, o2, rtol=0, atol=1e-12)
     torch.testing.assert_close(gx1, gx2, rtol=0, atol=1e-10)
     for name in gp2:
         torch.testing.assert_close(gp1[name], gp2[name], rtol=0, atol=1e-10, msg=name)
     # the lean path is not used where it does not apply
     with torch.no_grad():
-        assert not block._can_use_lean_training_path(x)
-    assert not block.eval()._can_use_lean_training_path(x)
+        assert not block._training()
+    assert not block.eval()._training()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lean_training_path_under_autocast(dtype):
+    """AMP training runs the lean path too (the only training path): under CPU autocast its output
+    and every gradient match the plain modules' under the same autocast, within autocast's rounding
+    (max error / max value <= 1e-2 for bfloat16's 8 mantissa bits, 2e-3 for float16)."""
+    from dinat_backbone.dinat import DiNATBlock
+
+    tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.manual_seed(0)
+    block = perturb_(DiNATBlock(32, 2, kernel_size=3, dilation=2, layer_scale=0.5, attn_backend="torch"))
+    x = torch.randn(2, 9, 11, 32, requires_grad=True)
+    (o1, gx1, gp1), (o2, gx2, gp2) = _lean_and_plain(block, x, 0.5, dtype)
+    assert o1.dtype == o2.dtype and all(gp1[n].dtype == gp2[n].dtype == torch.float32 for n in gp2)
+
+    def rel(a, b):
+        return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+    assert rel(o1, o2) <= tol and rel(gx1, gx2) <= tol
+    for name in gp2:
+        assert rel(gp1[name], gp2[name]) <= tol, (name, rel(gp1[name], gp2[name]))
+
+
+def test_random_init_happens_once():
+    """Weights are initialised at construction; init_weights() (without a checkpoint) keeps them."""
+    torch.manual_seed(0)
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_weights()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.device("meta"):
+        lazy = small_model()
+    lazy = lazy.to_empty(device="cpu")
+    lazy.init_weights()  # built on the meta device: initialised here
+    fc1 = lazy.levels[0].blocks[0].mlp.fc1
+    assert torch.count_nonzero(fc1.bias) == 0 and 0.01 < fc1.weight.std().item() < 0.03
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_size=7.0), r"DiNAT: kernel_size must be an integer >= 3, got 7.0 \(float\)"),
+    (dict(embed_dim=64.0), r"DiNAT: embed_dim must be an integer >= 1, got 64.0"),
+    (dict(num_heads=(2, 4, 8, 0)), r"DiNAT: num_heads entries must be an integer >= 1, got 0"),
+    (dict(depths=(2, 2, 2.5, 2)), r"DiNAT: depths entries must be an integer >= 0, got 2.5"),
+    (dict(in_channels=3.0), r"DiNAT: in_channels must be an integer >= 1, got 3.0"),
+])
+def test_integer_arguments_are_checked(kwargs, match):
+    """Arguments that size the model are integers: a float (7.0) or zero heads is a clear ValueError,
+    not a TypeError / ZeroDivisionError from deep inside."""
+    with pytest.raises(ValueError, match=match):
+        DiNAT(**kwargs)

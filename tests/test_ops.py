@@ -24,6 +24,7 @@ from dinat_backbone.ops import NeighborhoodAttention2D, na2d
 # `from tests.reference import ...` is shadowed by the top-level `tests` package that the
 # mmsegmentation 1.2.2 wheel installs into site-packages; import the module from this directory.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import forward_and_grads, make_inputs, rel_err  # noqa: E402
 from reference import axis_neighbours, na2d_reference  # noqa: E402
 
 HAVE_KERNEL = ops.cpu_kernel_available()
@@ -38,25 +39,10 @@ BACKENDS = ["cpu", "torch"]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
 
 
-def rel_err(actual, expected):
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, X, Y, H, D, K, use_rpb, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(3))
-    rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return cast(q), cast(k), cast(v), cast(rpb)
 
 
-def forward_and_grads(fn, q, k, v, rpb, grad_out):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    rpb_leaf = None if rpb is None else rpb.detach().clone().requires_grad_()
-    out = fn(*leaves, rpb_leaf)
-    out.backward(grad_out.to(out.dtype))
-    grads = [t.grad for t in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
-    return out.detach(), grads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,14 +97,14 @@ def reference_result(K, d, B, X, Y, use_rpb, H=2, D=3):
     q, k, v, rpb = make_inputs(B, X, Y, H, D, K, use_rpb)
     grad_out = torch.randn(B, X, Y, H, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     if X * Y <= FULL_REFERENCE_MAX_QUERIES:
-        out, grads = forward_and_grads(lambda *t: na2d_reference(*t[:3], K, d, t[3]), q, k, v, rpb, grad_out)
+        out, *grads = forward_and_grads(lambda *t: na2d_reference(*t[:3], K, d, t[3]), (q, k, v, rpb), grad_out)
         return (q, k, v, rpb, grad_out), None, out, grads
     rows = selected_rows(X, d)
     mask = torch.zeros(X, dtype=torch.bool)
     mask[rows] = True
     grad_out = grad_out * mask.view(1, X, 1, 1, 1)
-    out, grads = forward_and_grads(
-        lambda *t: reference_on_rows(*t[:3], K, d, t[3], rows), q, k, v, rpb, grad_out[:, rows]
+    out, *grads = forward_and_grads(
+        lambda *t: reference_on_rows(*t[:3], K, d, t[3], rows), (q, k, v, rpb), grad_out[:, rows]
     )
     return (q, k, v, rpb, grad_out), rows, out, grads
 
@@ -127,7 +113,7 @@ def reference_result(K, d, B, X, Y, use_rpb, H=2, D=3):
 @pytest.mark.parametrize("K,d,B,X,Y,use_rpb", grid_cases())
 def test_float64_grid_matches_reference(backend, K, d, B, X, Y, use_rpb):
     (q, k, v, rpb, grad_out), rows, ref_out, ref_grads = reference_result(K, d, B, X, Y, use_rpb)
-    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), (q, k, v, rpb), grad_out)
     assert out.dtype == torch.float64 and out.shape == q.shape
     if rows is not None:
         out = out[:, rows]
@@ -162,10 +148,10 @@ LOW_PRECISION_CASES = [(7, 1, 1, 16, 21, True, 32), (3, 4, 2, 13, 17, True, 8), 
 def test_low_precision_vs_float64(backend, dtype, K, d, B, X, Y, use_rpb, D):
     q, k, v, rpb = make_inputs(B, X, Y, 2, D, K, use_rpb, dtype=dtype)
     grad_out = torch.randn(B, X, Y, 2, D, generator=torch.Generator().manual_seed(3)).to(dtype)
-    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
+    out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), (q, k, v, rpb), grad_out)
     wide = lambda t: None if t is None else t.double()  # noqa: E731
-    ref_out, ref_grads = forward_and_grads(
-        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), wide(q), wide(k), wide(v), wide(rpb), grad_out.double()
+    ref_out, *ref_grads = forward_and_grads(
+        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), (wide(q), wide(k), wide(v), wide(rpb)), grad_out.double()
     )
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert rel_err(out, ref_out) < TOL[dtype]
@@ -185,12 +171,12 @@ def test_kernel_instruction_sets(isa, K, d, B, X, Y, use_rpb, D):
     previous = _C.isa()
     try:
         _C.set_isa(isa)
-        out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend="cpu"), q, k, v, rpb, grad_out)
+        out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend="cpu"), (q, k, v, rpb), grad_out)
     finally:
         _C.set_isa(previous)
     wide = lambda t: None if t is None else t.double()  # noqa: E731
-    ref_out, ref_grads = forward_and_grads(
-        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), wide(q), wide(k), wide(v), wide(rpb), grad_out.double()
+    ref_out, *ref_grads = forward_and_grads(
+        lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), (wide(q), wide(k), wide(v), wide(rpb)), grad_out.double()
     )
     assert rel_err(out, ref_out) < TOL[torch.float32]
     for g, rg in zip(grads, ref_grads):
@@ -212,10 +198,10 @@ def test_non_contiguous_inputs(backend):
     rpb = torch.randn(2 * K - 1, 2 * K - 1, H, generator=gen, dtype=torch.float64).permute(2, 0, 1)
     assert not (q.is_contiguous() or v.is_contiguous() or rpb.is_contiguous())
     grad_out = torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64)
-    out, grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), q, k, v, rpb, grad_out)
-    ref_out, ref_grads = forward_and_grads(
+    out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend=backend), (q, k, v, rpb), grad_out)
+    ref_out, *ref_grads = forward_and_grads(
         lambda *t: na2d_reference(*t[:3], K, d, t[3]),
-        q.contiguous(), k.contiguous(), v.contiguous(), rpb.contiguous(), grad_out,
+        (q.contiguous(), k.contiguous(), v.contiguous(), rpb.contiguous()), grad_out,
     )
     assert rel_err(out, ref_out) < TOL[torch.float64]
     for g, rg in zip(grads, ref_grads):
@@ -382,8 +368,8 @@ def test_cpu_kernel_under_torch_compile_fullgraph():
         return na2d(q, k, v, K, d, rpb, backend="cpu") * 2
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    out_c, grads_c = forward_and_grads(compiled, q, k, v, rpb, grad_out)
-    out_e, grads_e = forward_and_grads(fn, q, k, v, rpb, grad_out)
+    out_c, *grads_c = forward_and_grads(compiled, (q, k, v, rpb), grad_out)
+    out_e, *grads_e = forward_and_grads(fn, (q, k, v, rpb), grad_out)
     assert torch.allclose(out_c, out_e, atol=1e-6)
     for gc, ge in zip(grads_c, grads_e):
         assert torch.allclose(gc, ge, atol=1e-5)
@@ -458,3 +444,73 @@ def test_kernel_backward_accepts_weights_without_vector_padding(d):
     exact = torch.ops.dinat.na2d_backward(grad_out, q, k, v, weights.clone(), rpb, 7, d, 8**-0.5)
     for a, b in zip(padded, exact):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Second derivatives, empty batches, constructor arguments (issue 20)
+# ----------------------------------------------------------------------------------------------
+def _plain_na2d(q, k, v, K, d, rpb, scale):
+    """The op in plain tensor ops (tests/reference.py): autograd differentiates it any number of times."""
+    return na2d_reference(q, k, v, K, d, rpb, scale)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
+def test_hessian_matches_plain_ops(backend):
+    """The Hessian of (na2d(q, k, v, 3, 1, rpb) ** 2).sum() in q through each backend (double
+    backward, create_graph=True) against torch.autograd.functional.hessian of plain ops in float64;
+    the true Hessian is far from zero (it reaches ~4)."""
+    B, X, Y, H, D, K = 1, 3, 3, 1, (16 if backend == "triton" else 2), 3
+    dtype = torch.float32 if backend == "triton" else torch.float64  # triton has no float64
+    q, k, v, rpb = make_inputs(B, X, Y, H, D, K, True, dtype=torch.float64, seed=3)
+    scale = D ** -0.5
+    expected = torch.autograd.functional.hessian(lambda t: (_plain_na2d(t, k, v, K, 1, rpb, scale) ** 2).sum(), q)
+    assert expected.abs().max() > 0.5
+
+    def loss(t):
+        return (na2d(t, k.to(dtype), v.to(dtype), K, 1, rpb.to(dtype), scale, backend=backend) ** 2).sum()
+
+    got = torch.autograd.functional.hessian(loss, q.to(dtype))
+    assert rel_err(got, expected) <= (1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradgradcheck(backend):
+    q, k, v, rpb = (t.requires_grad_() for t in make_inputs(1, 4, 6, 1, 2, 3, True, seed=4))
+    assert torch.autograd.gradgradcheck(lambda *a: na2d(*a[:3], 3, 1, a[3], backend=backend), (q, k, v, rpb))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    q = torch.randn(0, 9, 9, 2, 4, requires_grad=True)
+    out = na2d(q, q, q, 3, 1, torch.zeros(2, 5, 5), backend=backend)
+    out.sum().backward()
+    assert out.shape == q.shape and q.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dim=8, num_heads=0), r"num_heads must be an integer >= 1, got 0"),
+    (dict(dim=8, num_heads=2, kernel_size=7.0), r"kernel_size must be an integer >= 3, got 7.0 \(float\)"),
+    (dict(dim=8.0, num_heads=2), r"dim must be an integer >= 1, got 8.0"),
+    (dict(dim=8, num_heads=2, dilation=1.5), r"dilation must be an integer >= 1, got 1.5"),
+    (dict(dim=8, num_heads=True), r"num_heads must be an integer >= 1, got True"),
+])
+def test_module_integer_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NeighborhoodAttention2D(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("K,d,X,Y", [(3, 1, 7, 9), (5, 2, 13, 10), (7, 3, 21, 25)])
+def test_window_rule_is_the_geometry(backend, K, d, X, Y):
+    """Every backend's window is geometry.neighborhood_indices' (the one place the rule is written):
+    with q = 0 the attention is uniform over the window, and v holding each position's coordinates
+    makes the output the mean key position per axis, which fixes the window (K keys, step d)."""
+    keys_x, _ = ops.neighborhood_indices(X, K, d)
+    keys_y, _ = ops.neighborhood_indices(Y, K, d)
+    v = torch.zeros(1, X, Y, 1, 2, dtype=torch.float64)
+    v[..., 0] = torch.arange(X, dtype=torch.float64)[:, None, None]
+    v[..., 1] = torch.arange(Y, dtype=torch.float64)[None, :, None]
+    q = torch.zeros_like(v)
+    out = na2d(q, q, v, K, d, backend=backend)[0, :, :, 0]
+    torch.testing.assert_close(out[..., 0], keys_x.double().mean(1)[:, None].expand(X, Y))
+    torch.testing.assert_close(out[..., 1], keys_y.double().mean(1)[None, :].expand(X, Y))

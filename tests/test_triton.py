@@ -1,4 +1,4 @@
-"""The fused Triton backend (``dinat_backbone/ops/triton.py``, issue 11).
+"""The fused Triton backend (``dinat_backbone/ops/triton/``, issue 11).
 
 Without a GPU these run the real ``@triton.jit`` kernels in Triton's interpreter on CPU tensors
 (``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` there), against the float64 reference of
@@ -24,6 +24,7 @@ GPU-only tests carry ``@pytest.mark.cuda``: deselected without a GPU, run with `
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import sys
@@ -32,15 +33,23 @@ import pytest
 import torch
 
 from dinat_backbone.ops import triton as tri
-from dinat_backbone.ops import na2d
+from dinat_backbone.ops import Call, na2d
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import na2d_reference_gathered
+
+from conftest import load_tool
+from helpers import forward_and_grads, make_inputs, rel_err
+from dinat_backbone.ops import window_start
+
+na_work = load_tool("na_work")
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 GPU_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 ON_CPU = not torch.cuda.is_available()
 DEVICE = "cpu" if ON_CPU else "cuda"
+# q, k, v, rpb, grad_out rounded to the dtype given, as float64 copies (the reference's inputs), on DEVICE
+_inputs = functools.partial(make_inputs, grad_out=True, as_float64=True, device=DEVICE)
 
 
 @contextlib.contextmanager
@@ -75,37 +84,17 @@ def overflow_checked():
         yield
 
 
-def rel_err(actual, expected):
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
-def make_inputs(B, X, Y, H, D, K, use_rpb, dtype, device=DEVICE, seed=0):
-    """q, k, v, rpb, grad_out rounded to ``dtype`` (as float64 copies: the reference's inputs)."""
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v, g = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4))
-    rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
-
-    def cast(t):
-        return None if t is None else t.to(dtype).to(torch.float64).to(device)
-
-    return cast(q), cast(k), cast(v), cast(rpb), cast(g)
 
 
-def forward_and_grads(fn, q, k, v, rpb, grad_out, dtype):
-    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-    rpb_leaf = None if rpb is None else rpb.detach().to(dtype).requires_grad_()
-    out = fn(*leaves, rpb_leaf)
-    out.backward(grad_out.to(dtype))
-    grads = [t.grad for t in leaves] + ([rpb_leaf.grad] if rpb_leaf is not None else [])
-    return out.detach(), grads
 
 
 def check_against_reference(B, X, Y, H, D, K, d, use_rpb, dtype, tol=None, seed=0):
-    q, k, v, rpb, g = make_inputs(B, X, Y, H, D, K, use_rpb, dtype, seed=seed)
-    ref, ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]), q, k, v, rpb, g,
+    q, k, v, rpb, g = _inputs(B, X, Y, H, D, K, use_rpb, dtype, seed=seed)
+    ref, *ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]), (q, k, v, rpb), g,
                                        torch.float64)
-    out, grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), q, k, v, rpb, g, dtype)
+    out, *grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), (q, k, v, rpb), g, dtype)
     assert out.dtype == dtype and all(t.dtype == dtype for t in grads)
     tol = tol or TOL[dtype]
     errors = {"out": rel_err(out, ref)}
@@ -167,8 +156,8 @@ def test_non_contiguous_inputs(overflow_checked):
     rpb = torch.randn(2 * K - 1, 2 * K - 1, H, generator=gen).permute(2, 0, 1)
     g = torch.randn(B, X, Y, D, H, generator=gen).transpose(-1, -2)
     assert not any(t.is_contiguous() for t in (q, k, v, rpb, g))
-    ref, ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]),
-                                       q.double(), k.double(), v.double(), rpb.double(), g.double(), torch.float64)
+    ref, *ref_grads = forward_and_grads(lambda *a: na2d_reference_gathered(*a[:3], K, d, a[3]),
+                                       (q.double(), k.double(), v.double(), rpb.double()), g.double(), torch.float64)
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     rpb_leaf = rpb.detach().requires_grad_()
     out = tri.na2d_triton(*leaves, K, d, rpb_leaf)
@@ -179,7 +168,7 @@ def test_non_contiguous_inputs(overflow_checked):
 
 def test_custom_scale_and_no_grad_for_kv():
     """``scale`` is honoured; with only q requiring grad the dK / dV kernel is not run."""
-    q, k, v, rpb, g = make_inputs(1, 7, 9, 1, 16, 3, True, torch.float32)
+    q, k, v, rpb, g = _inputs(1, 7, 9, 1, 16, 3, True, torch.float32)
     ref = na2d_reference_gathered(q.requires_grad_(), k, v, 3, 2, rpb, scale=0.3)
     ref.backward(g)
     q32 = q.detach().float().requires_grad_()
@@ -189,11 +178,12 @@ def test_custom_scale_and_no_grad_for_kv():
 
 
 def test_na2d_dispatches_to_triton_on_request():
-    q, k, v, rpb, _ = make_inputs(1, 8, 9, 2, 16, 3, True, torch.float32)
+    q, k, v, rpb, _ = _inputs(1, 8, 9, 2, 16, 3, True, torch.float32)
     q, k, v, rpb = q.float(), k.float(), v.float(), rpb.float()
     out = na2d(q, k, v, 3, 2, rpb, backend="triton")
     assert rel_err(out, na2d_reference_gathered(q.double(), k.double(), v.double(), 3, 2, rpb.double())) <= 1e-5
-    assert torch.equal(tri.run(q, k, v, 3, 2, rpb, 16 ** -0.5, 0.0), out)  # the backend-table entry point
+    call = Call.describe(q, rpb, 3, 2)
+    assert torch.equal(tri.run(q, k, v, rpb, 16 ** -0.5, call), out)  # the backend-table entry point
     with pytest.raises(ValueError, match="cannot serve.*float64"):
         na2d(q.double(), k.double(), v.double(), 3, 2, rpb.double(), backend="triton")
 
@@ -201,14 +191,18 @@ def test_na2d_dispatches_to_triton_on_request():
 # ----------------------------------------------------------------------------------------------
 # What the backend can serve, and bad input
 # ----------------------------------------------------------------------------------------------
+def _reasons(query, rpb=None, kernel_size=7, dilation=1, **kwargs):
+    return tri.BACKEND.reasons(Call.describe(query, rpb, kernel_size, dilation, **kwargs))
+
+
 def test_reasons():
     q = torch.zeros(1, 14, 14, 2, 32, device=DEVICE)
-    assert tri.reasons(q, None, 7, 2) == []
-    assert tri.reasons(q, None, 13, 1, needs_grad=True) == []
+    assert _reasons(q, None, 7, 2) == []
+    assert _reasons(q, None, 13, 1, needs_grad=True) == []
     spec = collections.namedtuple("TensorSpec", "shape dtype device requires_grad")  # what the dispatcher passes
-    assert tri.reasons(spec((1, 14, 14, 2, 32), torch.float32, torch.device(DEVICE), True), None, 7, 2) == []
-    assert any("head_dim 8" in r for r in tri.reasons(spec((1, 14, 14, 2, 8), torch.float32, torch.device(DEVICE),
-                                                           False), None, 7, 2))
+    assert _reasons(spec((1, 14, 14, 2, 32), torch.float32, torch.device(DEVICE), True), None, 7, 2) == []
+    assert any("head_dim 8" in r for r in _reasons(spec((1, 14, 14, 2, 8), torch.float32, torch.device(DEVICE),
+                                                        False), None, 7, 2))
     for kwargs, fragment in [
         ({"query": q.double()}, "dtype torch.float64"),
         ({"kernel_size": 15}, "kernel_size 15"),
@@ -220,7 +214,7 @@ def test_reasons():
     ]:
         args = {"query": q, "rpb": None, "kernel_size": 7, "dilation": 2}
         args.update(kwargs)
-        found = tri.reasons(**args)
+        found = _reasons(**args)
         assert any(fragment in r for r in found), (kwargs, found)
 
 
@@ -239,15 +233,25 @@ def test_bad_input_is_a_clear_error():
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("X,Y,K,d", [(13, 19, 3, 1), (15, 23, 5, 2), (22, 23, 7, 3)])
 def test_work_accounting_matches_the_kernels(X, Y, K, d):
-    """score_work() mirrors the kernels' loops: the inner-tile counts the programs report add up
-    to it, for the forward (and dQ) and for the dK / dV kernel."""
-    q, k, v, rpb, g = (t.float() for t in make_inputs(1, X, Y, 1, 16, K, True, torch.float32))
-    out, lse, work = tri._forward(q, k, v, rpb, K, d, 16 ** -0.5, count_work=True)
-    fwd = tri.TILES["fwd"]
-    assert int(work.sum()) * fwd["OX"] * fwd["OY"] * fwd["IX"] * fwd["IY"] == tri.score_work(X, Y, K, d, "fwd")
-    *_, work = tri._backward(g, q, k, v, rpb, out, lse, K, d, 16 ** -0.5, count_work=True)
-    bwd = tri.TILES["dkdv"]
-    assert int(work.sum()) * bwd["OX"] * bwd["OY"] * bwd["IX"] * bwd["IY"] == tri.score_work(X, Y, K, d, "dkdv")
+    """tools/na_work.py's score_work() mirrors the kernels' loops: the inner-tile counts the kernels'
+    own device functions give every program add up to it, for the forward (and dQ) and for the
+    dK / dV kernel."""
+    for kind in ("fwd", "dkdv"):
+        work = tri.load().work_per_program(X, Y, K, d, kind, device=DEVICE)
+        cfg = tri.TILES[kind]
+        per_pair = cfg["tile_x"] * cfg["tile_y"] * cfg["inner_x"] * cfg["inner_y"]
+        assert int(work.sum()) * per_pair == na_work.score_work(X, Y, K, d, kind), kind
+
+
+@pytest.mark.parametrize("K", [3, 7, 13])
+def test_window_rule_mirrors_geometry(K):
+    """The kernels' window start (_kernels._window_start) is geometry.window_start, and their query
+    box (_query_box) is its inverse: the queries whose windows hold a key."""
+    for L in (K, K + 1, 2 * K + 3, 40):
+        start, lo, hi = (t.cpu().tolist() for t in tri.load().window_rule(L, K, device=DEVICE))
+        assert start == [window_start(i, L, K, 1) for i in range(L)], L
+        holders = [[i for i in range(L) if start[i] <= p < start[i] + K] for p in range(L)]
+        assert lo == [h[0] for h in holders] and hi == [h[-1] + 1 for h in holders], L
 
 
 def test_work_ratio_targets():
@@ -255,10 +259,40 @@ def test_work_ratio_targets():
     and the flex block mask's figures the issue measured (23.6x, 48.9x, 44.1x)."""
     for X, Y, d in [(200, 304, 1), (200, 304, 28), (100, 152, 1), (100, 152, 14), (50, 76, 7)]:
         for kernel in ("fwd", "dkdv"):
-            assert tri.score_work_ratio(X, Y, 7, d, kernel) <= 4.5, (X, Y, d, kernel)
-    assert round(tri.flex_block_mask_work_ratio(100, 152, 7, 1), 1) == 23.6
-    assert round(tri.flex_block_mask_work_ratio(100, 152, 7, 14), 1) == 48.9
-    assert round(tri.flex_block_mask_work_ratio(50, 76, 7, 7), 1) == 44.1
+            assert na_work.score_work_ratio(X, Y, 7, d, kernel) <= 4.5, (X, Y, d, kernel)
+    assert round(na_work.flex_block_mask_work_ratio(100, 152, 7, 1), 1) == 23.6
+    assert round(na_work.flex_block_mask_work_ratio(100, 152, 7, 14), 1) == 48.9
+    assert round(na_work.flex_block_mask_work_ratio(50, 76, 7, 7), 1) == 44.1
+
+
+def test_import_does_not_load_triton():
+    """``import dinat_backbone`` (and a CPU call of the default backend) leaves triton unimported: it
+    is loaded when a call that could run on it first asks."""
+    import subprocess
+
+    code = ("import sys, torch, dinat_backbone; q = torch.randn(1, 9, 9, 2, 4); dinat_backbone.na2d(q, q, q, 3); "
+            "print('triton' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stdout + done.stderr
+
+
+def test_triton_backend_under_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces through the triton backend's custom ops (forward and
+    backward), as through the CPU kernel's: no graph break, same values."""
+    B, X, Y, H, D, K, d = 1, 8, 9, 1, 16, 3, 2
+    q, k, v, rpb, g = (t.float() for t in _inputs(B, X, Y, H, D, K, True, torch.float32))
+
+    def fn(q, k, v, rpb):
+        return na2d(q, k, v, K, d, rpb, backend="triton") * 2
+
+    out_e, *grads_e = forward_and_grads(fn, (q, k, v, rpb), g, torch.float32)
+    torch._dynamo.reset()
+    out_c, *grads_c = forward_and_grads(torch.compile(fn, fullgraph=True), (q, k, v, rpb), g, torch.float32)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +360,7 @@ def test_cuda_parity_with_reference(case, dtype):
 @pytest.mark.cuda
 def test_cuda_torch_backend_parity():
     """The pure-PyTorch backend on the GPU against the same reference (it is the GPU's fallback)."""
-    q, k, v, rpb, _g = make_inputs(2, 40, 57, 3, 32, 7, True, torch.float32)
+    q, k, v, rpb, _g = _inputs(2, 40, 57, 3, 32, 7, True, torch.float32)
     ref = na2d_reference_gathered(q, k, v, 7, 3, rpb)
     out = na2d(q.float(), k.float(), v.float(), 7, 3, rpb.float(), backend="torch")
     assert rel_err(out, ref) <= 1e-4
@@ -337,7 +371,7 @@ if importlib.util.find_spec("natten") is not None:  # only where natten is insta
     @pytest.mark.cuda
     def test_cuda_natten_parity_without_rpb():
         """natten's fused kernel (the choice for rpb-free calls) against the reference."""
-        q, k, v, _, _ = make_inputs(2, 40, 57, 3, 32, 7, False, torch.float32)
+        q, k, v, _, _ = _inputs(2, 40, 57, 3, 32, 7, False, torch.float32)
         ref = na2d_reference_gathered(q, k, v, 7, 3)
         out = na2d(q.float(), k.float(), v.float(), 7, 3, backend="natten")
         assert rel_err(out, ref) <= 1e-3
@@ -348,10 +382,10 @@ def test_cuda_detection_scale_against_torch_backend():
     """DiNAT-L's COCO stage-1 shape (batch 2 of 800x1216: 200x304, 6 heads of 32, d = 28) in bfloat16
     against the torch backend in float32: the full grid, int64 batch offsets, every class size."""
     B, X, Y, H, D, K, d = 2, 200, 304, 6, 32, 7, 28
-    q, k, v, rpb, g = (t.float() for t in make_inputs(B, X, Y, H, D, K, True, torch.bfloat16))
-    ref, ref_grads = forward_and_grads(lambda *a: na2d(*a[:3], K, d, a[3], backend="torch"), q, k, v, rpb, g,
+    q, k, v, rpb, g = (t.float() for t in _inputs(B, X, Y, H, D, K, True, torch.bfloat16))
+    ref, *ref_grads = forward_and_grads(lambda *a: na2d(*a[:3], K, d, a[3], backend="torch"), (q, k, v, rpb), g,
                                        torch.float32)
-    out, grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), q, k, v, rpb, g, torch.bfloat16)
+    out, *grads = forward_and_grads(lambda *a: tri.na2d_triton(*a[:3], K, d, a[3]), (q, k, v, rpb), g, torch.bfloat16)
     for name, a, b in zip(("out", "dq", "dk", "dv", "drpb"), [out] + grads, [ref] + ref_grads):
         assert rel_err(a, b) <= GPU_TOL[torch.bfloat16], name
 

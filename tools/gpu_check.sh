@@ -101,7 +101,7 @@ from dinat_backbone.ops import triton as na2d_triton
 print("compiled CPU kernel:", ops.cpu_kernel_available(), "| triton backend importable:", na2d_triton.available())
 dev = torch.device("cuda")
 q = torch.randn(1, 14, 14, 2, 32, device=dev)
-print("reasons (fp32 cuda, K=7 d=2):", na2d_triton.reasons(q, None, 7, 2) or "none: can serve")
+print("reasons (fp32 cuda, K=7 d=2):", na2d_triton.BACKEND.reasons(ops.Call.describe(q, None, 7, 2)) or "none: can serve")
 t0 = time.perf_counter()
 model = DiNAT(arch="mini", dilations="in1k-224", attn_backend="triton").to(dev)
 x = torch.randn(1, 3, 224, 224, device=dev)

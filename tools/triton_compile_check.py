@@ -30,6 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from dinat_backbone.ops import triton as tri
+from dinat_backbone.ops.triton import _kernels, _launch
 
 DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 # arguments that are 1 in a model call (the runtime turns those into constants) and those the
@@ -37,23 +38,25 @@ DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 ONES = {"sqd", "skd", "svd", "sod", "sgd", "srb"}
 DIV16 = {n + a for n in ("sq", "sk", "sv", "so", "sg") for a in "bxyh"}
 FLOATS = {"qk_scale", "scale"}
-STATS = {"LSE", "DELTA", "RPB", "DRPB"}
-POINTERS = {"Q", "Kt", "V", "O", "DO", "DQ", "DK", "DV", "WORK"} | STATS
+STATS = {"lse_ptr", "delta_ptr", "rpb_ptr", "drpb_ptr"}
+POINTERS = {"q_ptr", "k_ptr", "v_ptr", "out_ptr", "dout_ptr", "dq_ptr", "dk_ptr", "dv_ptr"} | STATS
 
 
 def kernel_specs(dtype, kernel_size, head_dim, rpb):
-    common = {"KS": kernel_size, "HD": head_dim, "HDP": max(16, tri._next_pow2(head_dim)), "HAS_RPB": rpb,
-                  "PREC": "ieee" if dtype == "fp32" else "tf32", "UPCAST": False}
-    nb = 2 * kernel_size - 1
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    common = dict(KERNEL_SIZE=kernel_size, HEAD_DIM=head_dim, HEAD_DIM_PADDED=_launch.head_dim_padded(head_dim),
+                  HAS_RPB=rpb, **_launch.dot_flags(torch_dtype))
+    common["DOTS_IN_FLOAT32"] = False  # compiled, not interpreted
 
     def tiles(name):
-        return {k: tri.TILES[name][k] for k in ("OX", "OY", "IX", "IY")}
+        cfg = tri.TILES[name]
+        return {"TILE_X": cfg["tile_x"], "TILE_Y": cfg["tile_y"], "INNER_X": cfg["inner_x"], "INNER_Y": cfg["inner_y"]}
 
     return [
-        ("fwd", tri._fwd_kernel, dict(common, COUNT_WORK=False, **tiles("fwd"))),
-        ("dq", tri._dq_kernel, dict(common, RPB_GRAD=rpb, RB=max(16, tri._next_pow2(nb)),
-                                    NSPLIT=3 if dtype == "fp32" else 2, **tiles("dq"))),
-        ("dkdv", tri._dkdv_kernel, dict(common, COUNT_WORK=False, **tiles("dkdv"))),
+        ("fwd", _kernels.fwd_kernel, dict(common, **tiles("fwd"))),
+        ("dq", _kernels.dq_kernel, dict(common, RPB_GRAD=rpb, RPB_BINS_PADDED=_launch.rpb_bins_padded(kernel_size),
+                                        BF16_PARTS=3 if dtype == "fp32" else 2, **tiles("dq"))),
+        ("dkdv", _kernels.dkdv_kernel, dict(common, **tiles("dkdv"))),
     ]
 
 
@@ -67,7 +70,7 @@ def compile_kernel(fn, constexprs, dtype, arch, num_warps, num_stages):
             constexprs[name] = 1
             signature[name] = "constexpr"
         elif name in POINTERS:
-            signature[name] = "*i32" if name == "WORK" else ("*fp32" if name in STATS else "*" + DTYPES[dtype])
+            signature[name] = "*fp32" if name in STATS else "*" + DTYPES[dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif name in FLOATS:
             signature[name] = "fp32"
@@ -104,7 +107,8 @@ def main(argv=None):
     p.add_argument("--num-stages", type=int, default=None, help="override TILES' num_stages")
     p.add_argument("--dump", default=None, help="write each kernel's TTGIR and PTX into this folder")
     args = p.parse_args(argv)
-    print(f"[triton_compile_check] triton {triton.__version__}; tiles {tri.TILES}")
+    tiles = {kind: dict(cfg) for kind, cfg in tri.TILES.items()}
+    print(f"[triton_compile_check] triton {triton.__version__}; tiles {tiles}")
     failures = 0
     for arch in args.arch:
         for dtype in args.dtype:

@@ -6,14 +6,21 @@ The functional op is :func:`na2d`, with NATTEN >= 0.20's heads-last layout
 trained with. :class:`NeighborhoodAttention2D` is the thin module on top. The window rule is in
 :mod:`.geometry`.
 
-Layout (as NATTEN's ``backends/`` and xformers' dispatch): one module per backend, each stating
-in ``reasons(...)`` why it cannot serve a call, and one ordered table in :mod:`.dispatch`:
+Layout (as NATTEN's ``backends/`` and xformers' op classes): one file per backend, each defining a
+``BACKEND`` (:class:`~.backend.Backend`) that declares its capabilities as data, and one ordered
+table in :mod:`.dispatch`; :mod:`.backend` holds the call description, the declarations and the
+one checker that turns them into reasons. Small-map padding is in :mod:`.padding`. The backends,
+in automatic-selection order:
 
 ``export`` (:mod:`.export`)
     plain tensor ops, symbolic sizes; serves exactly the calls made inside :func:`export_mode`
     or while torch traces for export.
+``triton`` (:mod:`.triton`)
+    fused Triton kernels, forward and backward, on CUDA tensors (on CPU tensors only under
+    ``TRITON_INTERPRET=1``, and then only when asked for by name).
 ``natten`` (:mod:`.natten`)
-    ``natten.na2d`` (fused, NATTEN >= 0.20); CUDA only and only without rpb.
+    ``natten.na2d`` (fused, NATTEN >= 0.20); CUDA only, only without rpb, and only where natten's
+    own compatibility query finds a kernel.
 ``cpu`` (:mod:`.cpu`)
     the compiled C++ kernel (``dinat_backbone._C``), forward and backward; the default on CPU.
 ``torch`` (:mod:`.reference`)
@@ -23,6 +30,7 @@ in ``reasons(...)`` why it cannot serve a call, and one ordered table in :mod:`.
 ``backend=`` or the ``DINAT_NA_BACKEND`` environment variable requests one; :func:`select_backend`
 says which backend a call runs and why the ones before it were skipped.
 """
+from .backend import Backend, Call, Capabilities
 from .cpu import kernel_available as cpu_kernel_available
 from .dispatch import (BACKEND_ENV, BACKEND_ORDER, BACKENDS, BackendSelection, TensorSpec, available_backends, na2d,
                        na2d_padded, select_backend)
@@ -42,6 +50,9 @@ __all__ = [
     "export_mode",
     "exporting",
     "BackendSelection",
+    "Backend",
+    "Call",
+    "Capabilities",
     "TensorSpec",
     "BACKENDS",
     "BACKEND_ORDER",

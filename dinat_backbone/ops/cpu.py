@@ -14,10 +14,12 @@ from typing import List
 
 import torch
 
+from .backend import Backend, Call, Capabilities
 from .inputs import compute_dtype
+from .reference import differentiable_grads
 
 NAME = "cpu"
-__all__ = ["NAME", "reasons", "run", "kernel_available", "max_kernel_size"]
+__all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size"]
 
 try:  # the extension registers torch.ops.dinat.* on import
     from .. import _C
@@ -63,21 +65,13 @@ def warn_missing_kernel_once():
             RuntimeWarning, stacklevel=4)
 
 
-def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> List[str]:
-    out = []
-    if query.device.type != "cpu":
-        out.append(f"needs CPU tensors, got {query.device}")
-    if not kernel_available():
-        out.append(missing_kernel_reason())
-    elif kernel_size > max_kernel_size():
-        out.append(f"kernel_size {kernel_size} > {max_kernel_size()}, the largest the compiled kernel handles")
-    if query.dtype not in _SUPPORTED_DTYPES:
-        out.append(f"dtype {query.dtype} (supported: float32, float64, bfloat16, float16)")
-    if attn_dropout > 0.0:
-        out.append("attention dropout (the fused kernel never materialises droppable weights)")
-    if exporting:
-        out.append("exporting: a custom op cannot go into an ONNX / torch.export graph")
-    return out
+def _capabilities() -> Capabilities:
+    return Capabilities(devices=("cpu",), dtypes=_SUPPORTED_DTYPES,
+                        max_kernel_size=max_kernel_size() if kernel_available() else None)
+
+
+def _extra_reasons(call: Call) -> List[str]:
+    return [] if kernel_available() else [missing_kernel_reason()]
 
 
 def _register_python_parts():
@@ -109,6 +103,10 @@ def _register_python_parts():
     def _backward(ctx, grad_out, _grad_weights):
         query, key, value, weights, rpb = ctx.saved_tensors
         kernel_size, dilation, scale, save_weights = ctx.params
+        if torch.is_grad_enabled():  # create_graph=True: the kernel's backward is not differentiable
+            grads = differentiable_grads(grad_out, (query, key, value, rpb), kernel_size, dilation, scale,
+                                         ctx.needs_input_grad[:4])
+            return (*grads, None, None, None, None)
         if not save_weights:
             raise RuntimeError(
                 "na2d (cpu kernel): backward needs the attention weights, but the forward ran with "
@@ -127,9 +125,10 @@ if kernel_available():
     _register_python_parts()
 
 
-def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop):
-    save_weights = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (query, key, value, rpb)
-    )
-    out, _ = torch.ops.dinat.na2d_forward(query, key, value, rpb, kernel_size, dilation, float(scale), save_weights)
+def run(query, key, value, rpb, scale, call: Call):
+    out, _ = torch.ops.dinat.na2d_forward(query, key, value, rpb, call.kernel_size, call.dilation, float(scale),
+                                          call.needs_grad)
     return out
+
+
+BACKEND = Backend(NAME, _capabilities, run, _extra_reasons)

@@ -1,42 +1,44 @@
 """The backend table and the functional op :func:`na2d`.
 
-One ordered table decides which backend runs a call: each backend module states, for a call, the
-reasons it cannot serve it (``reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout,
-exporting) -> list[str]``: device, dtype, rpb, kernel size, backward support, tracing, dropout).
-Automatic selection runs the first backend in :data:`BACKEND_ORDER` with no reasons; an explicit
-request (``backend=`` or ``DINAT_NA_BACKEND``) that cannot be served raises with that backend's
-reasons and the backends that could serve the call. What is selected is what runs: no backend
-hands a call to another. :func:`select_backend` says what a call would run and why the faster
+One ordered table decides which backend runs a call: the dispatcher describes the call once
+(:class:`~dinat_backbone.ops.backend.Call`: the map that will run, padded where the call pads,
+dtype, device, rpb, kernel size, dilation, gradient, dropout, exporting), and each backend's
+declared capabilities (:mod:`.backend`) say why it cannot serve it. Automatic selection runs the
+first backend in :data:`BACKEND_ORDER` with no reasons; an explicit request (``backend=`` or
+``DINAT_NA_BACKEND``) that cannot be served raises with that backend's reasons and the backends
+that could serve the call. What is selected is what runs: no backend hands a call to another, and
+no backend validates again. :func:`select_backend` says what a call would run and why the faster
 backends were skipped; the same is logged at DEBUG level for every call.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
 from . import cpu, export, natten, reference, triton
+from .backend import Backend, Call
 from .inputs import check_inputs
+from .padding import pad_map, padded_size
 
 __all__ = ["na2d", "na2d_padded", "select_backend", "available_backends", "BackendSelection", "TensorSpec",
            "BACKENDS", "BACKEND_ORDER", "BACKEND_ENV"]
 
 logger = logging.getLogger("dinat_backbone.ops")
 
-#: Backend modules in automatic-selection order, fastest first. ``export`` serves exactly the
-#: calls made while exporting (every other backend refuses those); ``torch`` serves everything else.
-#: A backend may also say why automatic selection passes it over although it could serve a call
-#: (``automatic_reasons``, same arguments): triton under Triton's interpreter, a test mode.
-BACKEND_ORDER = (export, triton, natten, cpu, reference)
-_TABLE = {b.NAME: b for b in BACKEND_ORDER}
+#: The backend table in automatic-selection order, fastest first (one entry per backend file).
+#: ``export`` serves exactly the calls made while exporting (every other backend refuses those);
+#: ``torch`` serves everything else.
+BACKEND_ORDER: Tuple[Backend, ...] = (export.BACKEND, triton.BACKEND, natten.BACKEND, cpu.BACKEND, reference.BACKEND)
+_TABLE = {b.name: b for b in BACKEND_ORDER}
 BACKENDS = tuple(_TABLE)
 BACKEND_ENV = "DINAT_NA_BACKEND"
 
 
 class TensorSpec(NamedTuple):
-    """What the backends' ``reasons`` read of a tensor, for asking about calls without tensors."""
+    """What a call description reads of a tensor, for asking about calls without tensors."""
     shape: Tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
@@ -59,26 +61,12 @@ def _requested(backend: Optional[str]) -> Optional[str]:
     return requested
 
 
-def _all_reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> Dict[str, List[str]]:
-    return {b.NAME: b.reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting)
-            for b in BACKEND_ORDER}
-
-
-def select_backend(query, rpb=None, kernel_size: int = 7, dilation: int = 1, *, needs_grad: Optional[bool] = None,
-                   attn_dropout: float = 0.0, backend: Optional[str] = None) -> BackendSelection:
-    """The backend :func:`na2d` runs for a call with these arguments (``query`` and ``rpb``: tensors
-    or :class:`TensorSpec`). ``needs_grad`` defaults to what the tensors say under the current grad
-    mode. Raises ValueError for an explicit request that cannot serve the call."""
-    if needs_grad is None:
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (query, rpb))
-    is_exporting = export.exporting()
+def _select(call: Call, backend: Optional[str]) -> BackendSelection:
     requested = _requested(backend)
     if requested is not None:
-        why = _TABLE[requested].reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, is_exporting)
+        why = _TABLE[requested].reasons(call)
         if why:
-            others = [name for name, r in _all_reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout,
-                                                       is_exporting).items() if not r]
+            others = [b.name for b in BACKEND_ORDER if not b.reasons(call)]
             source = f"backend={backend!r}" if backend else f"{BACKEND_ENV}={requested!r}"
             raise ValueError(
                 f"na2d: {source} cannot serve this call: {'; '.join(why)}. Backends that can: {others} "
@@ -86,45 +74,39 @@ def select_backend(query, rpb=None, kernel_size: int = 7, dilation: int = 1, *, 
         return BackendSelection(requested, ())
     skipped = []
     for b in BACKEND_ORDER:
-        why = b.reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, is_exporting)
-        if not why and hasattr(b, "automatic_reasons"):
-            why = b.automatic_reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, is_exporting)
+        why = b.reasons(call, automatic=True)
         if not why:
-            if b is reference and query.device.type == "cpu" and not cpu.kernel_available():
+            if b.name == reference.NAME and call.device.type == "cpu" and not cpu.kernel_available():
                 cpu.warn_missing_kernel_once()
-            return BackendSelection(b.NAME, tuple(skipped))
-        skipped.append((b.NAME, tuple(why)))
+            return BackendSelection(b.name, tuple(skipped))
+        skipped.append((b.name, tuple(why)))
     raise RuntimeError(f"na2d: no backend can serve this call: {dict(skipped)}")  # pragma: no cover
+
+
+def select_backend(query, rpb=None, kernel_size: int = 7, dilation: int = 1, *, needs_grad: Optional[bool] = None,
+                   attn_dropout: float = 0.0, backend: Optional[str] = None) -> BackendSelection:
+    """The backend :func:`na2d` runs for a call with these arguments (``query`` and ``rpb``: tensors
+    or :class:`TensorSpec`). ``needs_grad`` defaults to what the tensors say under the current grad
+    mode. Raises ValueError for an explicit request that cannot serve the call."""
+    call = Call.describe(query, rpb, kernel_size, dilation, needs_grad=needs_grad, attn_dropout=attn_dropout,
+                         exporting=export.exporting())
+    return _select(call, backend)
 
 
 def available_backends(device="cpu", with_rpb: bool = True, dtype: torch.dtype = torch.float32,
                        needs_grad: bool = True, kernel_size: int = 7) -> List[str]:
     """Backends that can serve a call on ``device`` (with or without rpb), in selection order
     (outside export mode)."""
-    spec = TensorSpec((1, kernel_size, kernel_size, 1, 32), dtype, torch.device(device), needs_grad)
-    rpb = TensorSpec((1, 2 * kernel_size - 1, 2 * kernel_size - 1), dtype, torch.device(device)) if with_rpb else None
-    return [b.NAME for b in BACKEND_ORDER
-            if not b.reasons(spec, rpb, kernel_size, 1, needs_grad, 0.0, export.exporting())
-            and not (hasattr(b, "automatic_reasons")
-                     and b.automatic_reasons(spec, rpb, kernel_size, 1, needs_grad, 0.0, export.exporting()))]
+    call = Call((1, kernel_size, kernel_size, 1, 32), dtype, torch.device(device), kernel_size, 1,
+                has_rpb=with_rpb, needs_grad=needs_grad, exporting=export.exporting())
+    return [b.name for b in BACKEND_ORDER if not b.reasons(call, automatic=True)]
 
 
-def _log(selection: BackendSelection, query, kernel_size, dilation, rpb):
+def _log(selection: BackendSelection, call: Call):
     if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
         skipped = "; ".join(f"{name}: {', '.join(why)}" for name, why in selection.skipped) or "none"
         logger.debug("na2d: ran %s for shape=%s K=%d d=%d rpb=%s (skipped: %s)", selection.name,
-                     tuple(query.shape), kernel_size, dilation, rpb is not None, skipped)
-
-
-def _pad_map(t: torch.Tensor, token: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """``t`` [B, X, Y, H, D] extended to [B, rows, cols, H, D] with copies of ``token`` [H, D]."""
-    B, X, Y, H, D = t.shape
-    token = token.to(t.dtype).reshape(1, 1, 1, H, D)
-    if rows > X:
-        t = torch.cat([t, token.expand(B, rows - X, Y, H, D)], dim=1)
-    if cols > Y:
-        t = torch.cat([t, token.expand(B, rows, cols - Y, H, D)], dim=2)
-    return t
+                     call.shape, call.kernel_size, call.dilation, call.has_rpb, skipped)
 
 
 def _na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, attn_drop, pad_tokens):
@@ -133,22 +115,25 @@ def _na2d(query, key, value, kernel_size, dilation, rpb, scale, backend, attn_dr
         raise ValueError(f"na2d: attn_drop must be in [0, 1), got {attn_drop}")
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, value, rpb))
-    selection = select_backend(query, rpb, kernel_size, dilation, needs_grad=needs_grad, attn_dropout=attn_drop,
-                               backend=backend)
-    _log(selection, query, kernel_size, dilation, rpb)
+    B, X, Y, H, D = query.shape
+    exporting = export.exporting()
+    rows, cols = X, Y
+    if pad_tokens is not None and not exporting:
+        rows, cols = padded_size(X, Y, kernel_size, dilation)
+        if (rows, cols) == (X, Y):
+            pad_tokens = None
+    # described as the map that runs: the padded one where this call pads. While exporting the
+    # padding is folded into the graph by the export backend (the only one serving exporting calls),
+    # with no branch on the (symbolic) map size.
+    call = Call.describe(query, rpb, kernel_size, dilation, key=key, value=value, attn_dropout=attn_drop,
+                         exporting=exporting, shape=(B, rows, cols, H, D), pad_tokens=pad_tokens)
+    selection = _select(call, backend)
+    _log(selection, call)
     chosen = _TABLE[selection.name]
-    if pad_tokens is None:
-        return chosen.run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
-    if chosen is export:  # branch-free: the padding is folded into the graph
-        return export.run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop,
-                          pad_key=pad_tokens[1], pad_value=pad_tokens[2])
-    X, Y, win = query.shape[1], query.shape[2], kernel_size * dilation
-    if X >= win and Y >= win:
-        return chosen.run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
-    rows, cols = max(X, win), max(Y, win)
-    q, k, v = (_pad_map(t, token, rows, cols) for t, token in zip((query, key, value), pad_tokens))
-    return chosen.run(q, k, v, kernel_size, dilation, rpb, scale, attn_drop)[:, :X, :Y]
+    if pad_tokens is None or chosen.declared().folds_padding:
+        return chosen.run(query, key, value, rpb, scale, call)
+    q, k, v = (pad_map(t, token, rows, cols) for t, token in zip((query, key, value), pad_tokens))
+    return chosen.run(q, k, v, rpb, scale, call)[:, :X, :Y]
 
 
 def na2d(query, key, value, kernel_size: int, dilation: int = 1, rpb: Optional[torch.Tensor] = None,

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .backend import Backend, Call, Capabilities
 from .geometry import axis_neighbourhood
+from .padding import extend_with_token
 
 NAME = "export"
-__all__ = ["NAME", "reasons", "run", "export_mode", "exporting", "tracing_for_export", "axis_indices", "na2d_export"]
+__all__ = ["NAME", "BACKEND", "run", "export_mode", "exporting", "tracing_for_export", "axis_indices", "na2d_export"]
 
 _EXPORT_MODE = contextvars.ContextVar("dinat_backbone_export_mode", default=False)
 
@@ -73,13 +75,8 @@ def exporting() -> bool:
     return _EXPORT_MODE.get() or tracing_for_export()
 
 
-def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> List[str]:
-    out = []
-    if not exporting:
-        out.append("serves only exported / traced graphs (inside export_mode() or torch export tracing)")
-    if attn_dropout > 0.0:
-        out.append("attention dropout (export graphs are for inference; call model.eval())")
-    return out
+#: any device and dtype; serves exactly the calls made while exporting, and folds small-map padding
+CAPABILITIES = Capabilities(export="only", folds_padding=True)
 
 
 def axis_indices(length, kernel_size: int, dilation: int, device=None, min_length: int = 0):
@@ -120,14 +117,8 @@ def na2d_export(query, key, value, kernel_size: int, dilation: int = 1, rpb: Opt
     win = K * int(dilation) if padded else 0
     keys_y, rpb_y = axis_indices(X, K, dilation, query.device, win)
     keys_x, rpb_x = axis_indices(Y, K, dilation, query.device, win)
-    if padded:
-        # one extra row and column holding the padding token; out-of-map keys point at it
-        def extend(t, pad):
-            pad = pad.to(t.dtype).reshape(1, 1, 1, H, D)
-            t = torch.cat([t, pad.expand(B, 1, Y, H, D)], dim=1)
-            return torch.cat([t, pad.expand(B, X + 1, 1, H, D)], dim=2)
-
-        key, value = extend(key, pad_key), extend(value, pad_value)
+    if padded:  # one extra row and column holding the padding token; out-of-map keys point at it
+        key, value = extend_with_token(key, pad_key), extend_with_token(value, pad_value)
         keys_y = torch.clamp(keys_y, max=X) if isinstance(X, int) else torch.minimum(keys_y, keys_y.new_full((), 0) + X)
         keys_x = torch.clamp(keys_x, max=Y) if isinstance(Y, int) else torch.minimum(keys_x, keys_x.new_full((), 0) + Y)
     # No reshape that splits a symbolic dimension (torch.export cannot prove the divisibility
@@ -153,5 +144,12 @@ def na2d_export(query, key, value, kernel_size: int, dilation: int = 1, rpb: Opt
     return out
 
 
-def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop, pad_key=None, pad_value=None):
-    return na2d_export(query, key, value, kernel_size, dilation, rpb, scale, pad_key=pad_key, pad_value=pad_value)
+def run(query, key, value, rpb, scale, call: Call):
+    pad_key = pad_value = None
+    if call.pad_tokens is not None:
+        _, pad_key, pad_value = call.pad_tokens
+    return na2d_export(query, key, value, call.kernel_size, call.dilation, rpb, scale, pad_key=pad_key,
+                       pad_value=pad_value)
+
+
+BACKEND = Backend(NAME, CAPABILITIES, run)

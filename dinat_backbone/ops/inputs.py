@@ -1,14 +1,27 @@
 """Input validation shared by every call of :func:`dinat_backbone.ops.na2d` (whatever backend runs)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-__all__ = ["check_inputs", "compute_dtype"]
+__all__ = ["check_inputs", "compute_dtype", "require_int"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """What the backends compute in: float64 stays float64, everything else runs in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def require_int(owner: str, name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``owner``'s argument: for constructor arguments that
+    size things (a float such as 7.0 or a bool is refused, not rounded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}); "
+                         f"pass e.g. {name}={max(minimum, int(value)) if isinstance(value, (int, float)) else minimum}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value}")
+    return int(value)
 
 
 def check_inputs(query, key, value, kernel_size, dilation, rpb, check_size: bool = True):

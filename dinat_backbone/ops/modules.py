@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 
 from .dispatch import na2d, na2d_padded
+from .inputs import require_int
+from .padding import zero_token_qkv
 
 __all__ = ["NeighborhoodAttention2D"]
 
@@ -25,6 +27,10 @@ class NeighborhoodAttention2D(nn.Module):
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, backend: Optional[str] = None):
         super().__init__()
+        owner = "NeighborhoodAttention2D"
+        dim, num_heads = require_int(owner, "dim", dim), require_int(owner, "num_heads", num_heads)
+        kernel_size = require_int(owner, "kernel_size", kernel_size, 3)
+        dilation = require_int(owner, "dilation", dilation)
         if dim % num_heads != 0:
             raise ValueError(f"NeighborhoodAttention2D: dim {dim} is not divisible by num_heads {num_heads}")
         if kernel_size < 3 or kernel_size % 2 == 0:
@@ -54,12 +60,9 @@ class NeighborhoodAttention2D(nn.Module):
         return qkv.reshape(B, X, Y, 3, self.num_heads, self.head_dim).unbind(3)
 
     def pad_tokens(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v of a zero input token (the qkv bias), each ``[heads, head_dim]``: what a map
-        zero-padded before the qkv projection holds in its padding."""
-        if self.qkv.bias is not None:
-            return self.qkv.bias.reshape(3, self.num_heads, self.head_dim).unbind(0)
-        zero = like.new_zeros(self.num_heads, self.head_dim)
-        return zero, zero, zero
+        """q, k, v of a zero input token, each ``[heads, head_dim]``: what a map zero-padded before
+        the qkv projection holds in its padding (:func:`dinat_backbone.ops.padding.zero_token_qkv`)."""
+        return zero_token_qkv(self.qkv.bias, self.num_heads, self.head_dim, like)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_small_maps: bool = False) -> torch.Tensor:
         """The attention itself, ``[B, X, Y, heads, head_dim]`` in and out."""

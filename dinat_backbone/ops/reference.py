@@ -7,23 +7,20 @@ saves q, k, v and the attention weights; gathered neighbours are produced one ke
 """
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import torch.nn.functional as F
 
+from .backend import Backend, Call, Capabilities
 from .geometry import neighborhood_indices
 from .inputs import compute_dtype
 
 NAME = "torch"
-__all__ = ["NAME", "reasons", "run", "attention_weights_forward"]
+__all__ = ["NAME", "BACKEND", "run", "attention_weights_forward", "differentiable_grads"]
 
 
-def reasons(query, rpb, kernel_size, dilation, needs_grad, attn_dropout, exporting) -> List[str]:
-    if exporting:
-        return ["exporting: its autograd.Function and size-keyed index cache cannot go into an exported graph "
-                "(the 'export' backend serves these calls)"]
-    return []
+#: any device and dtype, backward and attention dropout; not while exporting (an autograd.Function
+#: and a size-keyed index cache cannot go into an exported graph)
+CAPABILITIES = Capabilities(dropout=True)
 
 
 def _gather_row(x, keys_y, keys_x, a):
@@ -85,8 +82,8 @@ def _logits(q, k, rpb, kernel_size, dilation, scale):
 
 
 def _softmax_k2(logits):
-    shape = logits.shape
-    return torch.softmax(logits.reshape(*shape[:-2], -1), dim=-1).reshape(shape)
+    # flatten, not reshape(..., -1): -1 is ambiguous for an empty batch
+    return torch.softmax(logits.flatten(-2), dim=-1).reshape(logits.shape)
 
 
 class _NA2DFunction(torch.autograd.Function):
@@ -95,21 +92,26 @@ class _NA2DFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rpb, kernel_size, dilation, scale):
+        q_in, k_in, v_in = q, k, v
         in_dtype = q.dtype
         cdt = compute_dtype(in_dtype)
         q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
         logits, idx = _logits(q, k, rpb, kernel_size, dilation, scale)
         attn = _softmax_k2(logits)
         out = _av(attn, v, idx[0], idx[1])
-        ctx.save_for_backward(q, k, v, attn)
+        # and the inputs as given (the same tensors in float32 / float64), for a double backward
+        ctx.save_for_backward(q, k, v, attn, q_in, k_in, v_in, rpb)
+        ctx.dilation = dilation
         ctx.idx = idx
         ctx.meta = (kernel_size, scale, in_dtype, None if rpb is None else rpb.dtype)
         return out.to(in_dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        q, k, v, attn = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            return (*differentiable_grads(grad_out, ctx.saved_tensors[4:], ctx.meta[0], ctx.dilation, ctx.meta[1],
+                                          ctx.needs_input_grad[:4]), None, None, None)
+        q, k, v, attn = ctx.saved_tensors[:4]
         keys_y, keys_x, rpb_y, rpb_x = ctx.idx
         kernel_size, scale, in_dtype, rpb_dtype = ctx.meta
         g = grad_out.to(q.dtype)
@@ -142,9 +144,31 @@ def attention_weights_forward(query, key, value, kernel_size, dilation, rpb, sca
     return _av(attn, v, idx[0], idx[1]).to(query.dtype)
 
 
-def run(query, key, value, kernel_size, dilation, rpb, scale, attn_drop):
-    """``attn_drop > 0`` (dropout on the attention weights, training only) uses plain autograd;
+def differentiable_grads(grad_out, inputs, kernel_size, dilation, scale, needs_input_grad):
+    """dq, dk, dv, drpb (None where not needed) of na2d at ``inputs`` = (q, k, v, rpb) for ``grad_out``,
+    through plain differentiable ops, so that the gradients have a graph themselves: what every
+    backend's backward computes when ``create_graph=True`` (a Hessian, a gradient penalty). The fused
+    backwards are not differentiable; this recomputes the forward once, O(N * K^2) memory."""
+    wanted = [i for i, (t, need) in enumerate(zip(inputs, needs_input_grad)) if need and t is not None]
+    grads = [None] * 4
+    if not wanted:
+        return grads
+    with torch.enable_grad():
+        q, k, v, rpb = inputs
+        out = attention_weights_forward(q, k, v, kernel_size, dilation, rpb, scale)
+        found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True)
+    for i, g in zip(wanted, found):
+        grads[i] = g
+    return grads
+
+
+def run(query, key, value, rpb, scale, call: Call):
+    """``call.attn_dropout > 0`` (dropout on the attention weights, training only) uses plain autograd;
     otherwise the memory-lean autograd function."""
-    if attn_drop > 0.0:
-        return attention_weights_forward(query, key, value, kernel_size, dilation, rpb, scale, attn_drop)
-    return _NA2DFunction.apply(query, key, value, rpb, kernel_size, dilation, float(scale))
+    if call.attn_dropout > 0.0:
+        return attention_weights_forward(query, key, value, call.kernel_size, call.dilation, rpb, scale,
+                                         call.attn_dropout)
+    return _NA2DFunction.apply(query, key, value, rpb, call.kernel_size, call.dilation, float(scale))
+
+
+BACKEND = Backend(NAME, CAPABILITIES, run)

@@ -1,0 +1,39 @@
+"""Helpers the op test files share (tests/test_ops.py, tests/test_triton.py, tests/test_kernel_sweep.py):
+random inputs, the relative error the tolerances are stated in, and one forward + backward."""
+import torch
+
+__all__ = ["rel_err", "make_inputs", "forward_and_grads"]
+
+
+def rel_err(actual, expected) -> float:
+    """max |actual - expected| / max |expected|, in float64 (the tests' tolerances are in this measure)."""
+    expected = expected.double()
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, X, Y, H, D, K, use_rpb, dtype=torch.float64, *, seed=0, grad_out=False, as_float64=False,
+                device="cpu"):
+    """q, k, v ``[B, X, Y, H, D]``, rpb ``[H, 2K-1, 2K-1]`` (None without ``use_rpb``) and, with
+    ``grad_out``, a gradient for the output: drawn in float64 from ``seed`` and rounded to ``dtype``;
+    ``as_float64`` returns the rounded values as float64 (a float64 reference's exact inputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4 if grad_out else 3)]
+    rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
+    tensors.insert(3, rpb)
+
+    def cast(t):
+        if t is None:
+            return None
+        t = t.to(dtype)
+        return (t.to(torch.float64) if as_float64 else t).to(device)
+
+    return tuple(cast(t) for t in tensors)
+
+
+def forward_and_grads(fn, tensors, grad_out, dtype=None):
+    """``[out, *grads]``: ``fn(*tensors)`` on fresh leaf copies (cast to ``dtype`` when given), then
+    backward of ``grad_out``; the gradients of the tensors that are not None, in order."""
+    leaves = [None if t is None else t.detach().to(dtype or t.dtype).clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad_out.to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
