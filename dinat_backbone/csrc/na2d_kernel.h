@@ -1,7 +1,7 @@
 // Plain-C++ interface between the torch-facing op (na2d.cpp) and the compute kernels.
 //
-// The kernels are compiled once per instruction set (kernel_avx512.cpp, kernel_avx2.cpp,
-// kernel_generic.cpp) and picked at run time, so this header must not include torch or standard
+// The kernels (one source, na2d_kernel_impl.h) are compiled once per instruction set by the units
+// kernel_avx512.cpp, kernel_avx2.cpp, kernel_generic.cpp and picked at run time, so this header must not include torch or standard
 // library headers with inline functions: an ISA translation unit would otherwise emit
 // AVX-512 copies of shared inline functions that the linker could pick for generic callers.
 #pragma once

@@ -1,9 +1,11 @@
 // Neighbourhood-attention compute kernels, written with GCC/Clang vector extensions so that one
 // source compiles to SSE2, AVX2+FMA or AVX-512 depending on the including translation unit.
 //
-// Included by kernel_<isa>.cpp after it has set `#pragma GCC target(...)` and defined
+// Included by each kernel_<isa>.cpp (one per instruction set, nothing else in them) after it has
+// set `#pragma GCC target(...)` and defined
 //   NA_ISA        namespace name of the instruction set (avx512, avx2, generic)
 //   NA_VEC_BYTES  native vector size in bytes (64, 32, 16)
+//   NA_WITH_F64   1 in the unit that also builds the float64 entry points (generic)
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
 // Forward and backward pass 1 (see na2d_kernel.h): one task is a pair of query rows (all heads);
@@ -832,6 +834,28 @@ void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t t
     case 13: FN<T, LMAX, 13>(__VA_ARGS__); break;           \
     default: FN<T, LMAX, 0>(__VA_ARGS__); break;            \
   }
+
+// the entry points declared by DINAT_DECLARE_ISA in na2d_kernel.h
+static constexpr int kLanes = NA_VEC_BYTES / 4;  // widest query block (float lanes of one vector)
+
+void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
+  NA_DISPATCH_K(forward_rows, float, kLanes, a, begin, end)
+}
+void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, a, begin, end, drpb)
+}
+void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float, kLanes>(a, begin, end); }
+void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
+
+#if NA_WITH_F64
+// float64 is for accuracy checks, not speed: one instantiation with a run-time kernel size
+void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_rows<double, 4, 0>(a, begin, end); }
+void backward_query_f64(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
+  backward_query_rows<double, 4, 0>(a, begin, end, drpb);
+}
+void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<double, 4>(a, begin, end); }
+void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<double>(a, begin, end); }
+#endif
 
 }  // namespace NA_ISA
 }  // namespace dinat
