@@ -582,8 +582,8 @@ def gpu_targets(shapes, results, dtype, args=None) -> List[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bfloat16 autocast)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
-                   help="fp32, or bf16 autocast (default: fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "float32", "bfloat16"), default=None,
+                   help="fp32 (float32), or bf16 (bfloat16) autocast (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: small inputs (1x3x224x320 coco, 2x3x128x128 ade20k-512), 1 repetition, "
                         "no warm-up, "
@@ -626,7 +626,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    dtype = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[
+        args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
     dev = Device(args.device, dtype)
     from dinat_backbone import ops
 

@@ -76,9 +76,9 @@ def run_times(fn, device, repeats, warmup=3, min_seconds=1.0, max_runs=50):
     return min(times), statistics.median(times)
 
 
-def gemm_gflops(device, size, tries):
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def gemm_gflops(device, size, tries, dtype=torch.float32):
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
     a @ b
     for _ in range(tries):
@@ -88,6 +88,53 @@ def gemm_gflops(device, size, tries):
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+# issue 23 (reported, not judged): the compiled kernel's bfloat16 speed-up over its float32 at these shapes
+BF16_SPEEDUP_TARGET = {"fwd": 1.6, "fwd+bwd": 1.4}
+
+
+def cpu_bf16_rows(shape_label, flops, K, d, q, k, v, rpb, device, repeats, gemm_size, gemm_tries):
+    """The compiled kernel on bfloat16 q, k, v (rpb float32, as under autocast), against the bfloat16
+    GEMM rate; on a CPU with AVX512_BF16 (bfloat16 products) also its conversion path (ISA avx512),
+    the path of CPUs without bfloat16 instructions."""
+    from dinat_backbone import _C
+
+    gemm = gemm_gflops(device, gemm_size, gemm_tries, torch.bfloat16)
+    progress(f"[benchmark_na] {shape_label}: bfloat16 GEMM ceiling just before: {gemm:.1f} GFLOP/s")
+    active = _C.isa()
+    runs = [(active, "bf16 products" if active == "avx512bf16" else "conversion path")]
+    if active == "avx512bf16":
+        runs.append(("avx512", "conversion path"))
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    fn = lambda q, k, v, rpb: ops.na2d(q, k, v, K, d, rpb, backend="cpu")  # noqa: E731
+    rows = []
+    for isa, how in runs:
+        label = f"na2d backend=cpu bfloat16 ({isa}, {how})"
+        _C.set_isa(isa)  # for forward and backward alike
+        try:
+            rows.append((shape_label, label, flops, gemm, measure(label, fn, (qb, kb, vb, rpb), device, repeats)))
+        finally:
+            _C.set_isa(active)
+    return rows
+
+
+def print_bf16_speedups(rows):
+    """float32 time / bfloat16 time of the compiled kernel per shape, beside the issue-23 targets."""
+    f32 = {r[0]: r[4] for r in rows if r[1] == "na2d backend=cpu (compiled kernel)"}
+    lines = []
+    for shape_label, label, _, _, res in rows:
+        if "bfloat16" not in label or shape_label not in f32:
+            continue
+        cells = []
+        for key in ("fwd", "fwd+bwd"):
+            a, b = f32[shape_label].get(key), res.get(key)
+            if isinstance(a, tuple) and isinstance(b, tuple):
+                cells.append(f"{key} {a[0] / b[0]:.2f}x (target >= {BF16_SPEEDUP_TARGET[key]}x)")
+        lines.append(f"  {shape_label:<28} {label:<50} " + ", ".join(cells))
+    if lines:
+        print("\nbfloat16 speed-up of the compiled kernel over its float32 (best vs best; issue 23, reported only):")
+        print("\n".join(lines))
 
 
 def natten_op():
@@ -318,6 +365,8 @@ def main(argv=None):
             fn = lambda q, k, v, rpb, backend=backend: ops.na2d(q, k, v, K, d, rpb, backend=backend)  # noqa: E731
             timing = measure(label, fn, (q, k, v, rpb), device, repeats, with_bwd)
             rows.append((shape_label, label, flops, gemm, timing))
+        if any(c[0] == "cpu" for c in candidates):
+            rows += cpu_bf16_rows(shape_label, flops, K, d, q, k, v, rpb, device, repeats, gemm_size, gemm_tries)
 
         natten_label = "natten.functional.na2d (natten's own op, no rpb)"
         if natten_fn is None:
@@ -371,6 +420,8 @@ def main(argv=None):
         print("(not judged: see the --quick note above the table)")
     else:
         print("(goal = meets the 25/15 goal, min = meets the 10/5 minimum, below = neither)")
+    print("(bfloat16 rows: GEMM and efficiency against the bfloat16 matmul of the same size)")
+    print_bf16_speedups(rows)
     gpu_results = gpu_targets(repeats) if device.type == "cuda" and args.targets else None
     if args.json:
         with open(args.json, "w") as f:
