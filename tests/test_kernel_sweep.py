@@ -5,8 +5,18 @@ K + K/2 query rows) that short axes overflow (K < X < 2K at dilation 1: every qu
 middle key rows). The earlier grids never had such a shape with a backward pass. This sweep runs
 every X, and separately every Y, from K*d to (2K+2)*d for K = 3..13 and d = 1..3, with heads and
 head dims cycling over several values, forward and backward, on every instruction set this CPU
-has (float32) and the float64 path, each against an independent float64 reference
-(tests/reference.py, gathered neighbours and plain autograd).
+has (float32), the float64 path, bfloat16 (the best instruction set, which on a CPU with
+AVX512_BF16 multiplies in bfloat16, and the conversion path of the others) and float16, each
+against an independent float64 reference (tests/reference.py, gathered neighbours and plain
+autograd). The inputs are bfloat16 numbers (in float64), so that the bfloat16 runs get exactly the
+reference's inputs and their tolerance measures the kernel, not the rounding of its inputs.
+
+Tolerances (max |error| / max |reference|, outputs; gradients twice that):
+- float32 2e-5, float64 1e-10;
+- bfloat16 1.6e-2: the outputs are rounded to bfloat16 (2^-8 relative each), and the products take
+  the softmax weights and dS rounded to bfloat16 pairs (vdpbf16ps); softmax, dS, the sums and the
+  rpb gradient are float32 / float64;
+- float16 2e-3: float32 compute on converted copies, outputs rounded to float16 (2^-11 relative).
 
 `make asan` (tools/asan_check.sh) runs this file against a build of the kernel with
 AddressSanitizer, so an out-of-bounds access fails loudly instead of corrupting the heap.
@@ -29,7 +39,9 @@ DILATIONS = (1, 2, 3)
 # heads change the lane layout (lane = y * heads + head)
 HEAD_SHAPES = ((1, 4), (2, 8), (3, 5), (4, 4), (2, 3), (1, 17))
 # max |error| / max |reference|, as in test_ops.py
-TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+# from the least to the most capable; avx512bf16 differs from avx512 only for bfloat16 inputs
+ISA_ORDER = ("generic", "avx2", "avx512", "avx512bf16")
 
 
 def sweep_shapes(K, d):
@@ -50,9 +62,15 @@ def instruction_sets():
 
     previous = _C.isa()
     try:
-        return sorted({_C.set_isa(name) for name in ("generic", "avx2", "avx512")})
+        available = {_C.set_isa(name) for name in ISA_ORDER}
     finally:
         _C.set_isa(previous)
+    return [name for name in ISA_ORDER if name in available]
+
+
+def bf16_numbers(*shape, generator):
+    """Normal samples that are bfloat16 numbers, in float64."""
+    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(torch.bfloat16).double()
 
 
 @pytest.mark.parametrize("d", DILATIONS)
@@ -66,8 +84,8 @@ def test_kernel_sweep_matches_reference(K, d):
     failures = []
     try:
         for n, (B, X, Y, H, D, use_rpb) in enumerate(sweep_shapes(K, d)):
-            q, k, v, grad_out = (torch.randn(B, X, Y, H, D, generator=gen, dtype=torch.float64) for _ in range(4))
-            rpb = torch.randn(H, 2 * K - 1, 2 * K - 1, generator=gen, dtype=torch.float64) if use_rpb else None
+            q, k, v, grad_out = (bf16_numbers(B, X, Y, H, D, generator=gen) for _ in range(4))
+            rpb = bf16_numbers(H, 2 * K - 1, 2 * K - 1, generator=gen) if use_rpb else None
             expected = forward_and_grads(lambda q, k, v, r: na2d_reference_gathered(q, k, v, K, d, r),
                                          (q, k, v, rpb), grad_out)
             # the best instruction set on every shape, the others (and float64, which runs the
@@ -76,6 +94,13 @@ def test_kernel_sweep_matches_reference(K, d):
             extra = others[n % len(others)] if n % 2 == 0 else None
             runs = [(best, torch.float32)] + ([(best, torch.float64)] if extra == "float64" else
                                              [(extra, torch.float32)] if extra else [])
+            # bfloat16 on every shape (the best ISA: bfloat16 products where the CPU has them), the
+            # conversion path of the next ISA on every other shape, float16 on every third
+            runs.append((best, torch.bfloat16))
+            if n % 2 == 1 and len(isas) > 1:
+                runs.append((isas[-2], torch.bfloat16))
+            if n % 3 == 0:
+                runs.append((best, torch.float16))
             for isa, dtype in runs:
                 _C.set_isa(isa)
                 cast = [None if t is None else t.to(dtype) for t in (q, k, v, rpb)]
@@ -88,3 +113,35 @@ def test_kernel_sweep_matches_reference(K, d):
     finally:
         _C.set_isa(previous)
     assert not failures, f"K={K} d={d}: {len(failures)} mismatches, first: " + "; ".join(failures[:5])
+
+
+# head_dim 32 as in DiNAT (full channel-pair loops, 16-lane blocks), dilations 1, 2, 4
+MODEL_SHAPES = ((1, 24, 28, 2, 32, 7, 1), (1, 28, 30, 4, 32, 7, 2), (2, 16, 21, 3, 32, 5, 3), (1, 29, 30, 2, 32, 7, 4))
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_kernel_half_dtypes_at_model_head_dim(dtype):
+    """bfloat16 / float16 in, outputs and gradients in the input dtype, on every instruction set."""
+    from dinat_backbone import _C
+
+    previous = _C.isa()
+    gen = torch.Generator().manual_seed(23)
+    failures = []
+    try:
+        for B, X, Y, H, D, K, d in MODEL_SHAPES:
+            q, k, v, grad_out = (bf16_numbers(B, X, Y, H, D, generator=gen) for _ in range(4))
+            rpb = bf16_numbers(H, 2 * K - 1, 2 * K - 1, generator=gen)
+            expected = forward_and_grads(lambda q, k, v, r: na2d_reference_gathered(q, k, v, K, d, r),
+                                         (q, k, v, rpb), grad_out)
+            for isa in instruction_sets():
+                _C.set_isa(isa)
+                cast = [t.to(dtype) for t in (q, k, v, rpb)]
+                got = forward_and_grads(lambda q, k, v, r: ops.na2d(q, k, v, K, d, r, backend="cpu"), cast, grad_out)
+                for name, g, e in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
+                    assert g.dtype == dtype, (isa, name, g.dtype)
+                    err = rel_err(g, e)
+                    if not err < TOL[dtype] * (1 if name == "out" else 2):
+                        failures.append(f"{isa} B={B} X={X} Y={Y} H={H} K={K} d={d}: {name} {err:.2e}")
+    finally:
+        _C.set_isa(previous)
+    assert not failures, f"{len(failures)} mismatches: " + "; ".join(failures[:5])

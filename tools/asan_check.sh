@@ -3,8 +3,10 @@
 #
 # Builds dinat_backbone._C with -fsanitize=address in a scratch copy of the package (the installed
 # kernel is left alone), preloads libasan into Python and runs the kernel's exhaustive small-shape
-# sweep and the op tests against that build. An out-of-bounds read or write in the kernel then
-# aborts with ASan's report and a non-zero exit status, instead of corrupting the heap quietly.
+# sweep (float32, float64, bfloat16 on every instruction set the CPU has, including the bfloat16
+# products of avx512bf16, and float16) and the op tests against that build. An out-of-bounds read
+# or write in the kernel then aborts with ASan's report and a non-zero exit status, instead of
+# corrupting the heap quietly.
 #   bash tools/asan_check.sh                # sweep + op tests
 #   bash tools/asan_check.sh -k "13-3"      # extra pytest arguments
 set -euo pipefail

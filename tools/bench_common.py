@@ -73,6 +73,10 @@ TARGETS: Dict[str, Target] = {t_name: t for t_name, t in [
     ("op_gpu_floor_fwdbwd", Target("triton forward+backward / memory floor", "≤", 10.0, "near the bandwidth bound")),
     ("op_gpu_vs_sdpa", Target("dense SDPA / triton", "≥", 20.0, "the neighbourhood saves what it should")),
     ("op_gpu_vs_torch", Target("torch backend / triton", "≥", 10.0, "the fused kernel beats the unfused one")),
+    ("op_cpu_bf16_fwd", Target("compiled kernel bfloat16 forward speed-up over float32", "≥", 1.6,
+                               "a CPU with AVX512_BF16 earns its bfloat16 products; reported")),
+    ("op_cpu_bf16_fwdbwd", Target("compiled kernel bfloat16 fwd+bwd speed-up over float32", "≥", 1.4,
+                                  "a CPU with AVX512_BF16 earns its bfloat16 products; reported")),
     ("op_gpu_vs_flex", Target("flex_attention (block mask + rpb score_mod) / triton", "≥", 2.0,
                               "better than what a user would pick today")),
 ]}

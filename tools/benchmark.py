@@ -482,7 +482,7 @@ def gpu_targets(shapes, results, dtype, args=None) -> List[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bfloat16 autocast)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None,
+    p.add_argument("--dtype", choices=("fp32", "bf16", "float32", "bfloat16"), default=None,
                    help="fp32, or bf16 autocast (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: small inputs (1x3x224x320 coco, 2x3x128x128 ade20k-512), 1 repetition, "
@@ -620,7 +620,7 @@ def draw_plot(args, results, env: str, path: str):
 
 def autocast_dtype(args) -> Optional[torch.dtype]:
     """bf16 autocast (the default on CUDA) or None for float32 (the default on CPU)."""
-    return {"fp32": None, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    return {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
 
 
 def describe_environment(args, dev: Device) -> str:

@@ -60,9 +60,9 @@ QUICK_NOTE = ("--quick: efficiencies against a 2048^2 GEMM (best of 2) from one 
 # ----------------------------------------------------------------------------------------------
 # Ceilings and peers
 # ----------------------------------------------------------------------------------------------
-def gemm_gflops(dev: Device, size, tries):
-    a = torch.randn(size, size, device=dev.device)
-    b = torch.randn(size, size, device=dev.device)
+def gemm_gflops(dev: Device, size, tries, dtype=torch.float32):
+    a = torch.randn(size, size, device=dev.device, dtype=dtype)
+    b = torch.randn(size, size, device=dev.device, dtype=dtype)
     a @ b
     dev.sync()
     best, _ = best_and_median(lambda: a @ b, dev, tries, warmup=0, min_seconds=0.0)
@@ -322,6 +322,49 @@ def report_kernel():
         progress("[benchmark_na] compiled CPU kernel: NOT BUILT (pure-PyTorch fallback only)")
 
 
+def cpu_bf16_rows(args, dev: Device, shape_label, flops, K, d, q, k, v, rpb):
+    """The compiled kernel on bfloat16 q, k, v (rpb float32, as under autocast), against the bfloat16
+    GEMM rate; on a CPU with AVX512_BF16 (bfloat16 products) also its conversion path (ISA avx512),
+    the path of CPUs without bfloat16 instructions."""
+    from dinat_backbone import _C
+
+    gemm = gemm_gflops(dev, args.gemm_size, args.gemm_tries, torch.bfloat16)
+    progress(f"[benchmark_na] {shape_label}: bfloat16 GEMM ceiling just before: {gemm:.1f} GFLOP/s")
+    active = _C.isa()
+    runs = [(active, "bf16 products" if active == "avx512bf16" else "conversion path")]
+    if active == "avx512bf16":
+        runs.append(("avx512", "conversion path"))
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    rows = []
+    for isa, how in runs:
+        label = f"na2d backend=cpu bfloat16 ({isa}, {how})"
+        fn = lambda q, k, v, rpb: ops.na2d(q, k, v, K, d, rpb, backend="cpu")  # noqa: E731
+        _C.set_isa(isa)  # for forward and backward alike
+        try:
+            rows.append((shape_label, label, flops, gemm, measure(label, fn, (qb, kb, vb, rpb), dev, args.repeats)))
+        finally:
+            _C.set_isa(active)
+    return rows
+
+
+def print_bf16_speedups(rows):
+    """float32 time / bfloat16 time of the compiled kernel per shape, beside their targets (reported)."""
+    f32 = {r[0]: r[4] for r in rows if r[1] == "na2d backend=cpu (compiled kernel)"}
+    lines = []
+    for shape_label, label, _, _, res in rows:
+        if "bfloat16" not in label or shape_label not in f32:
+            continue
+        cells = []
+        for key, target in (("fwd", TARGETS["op_cpu_bf16_fwd"]), ("fwd+bwd", TARGETS["op_cpu_bf16_fwdbwd"])):
+            a, b = f32[shape_label].get(key), res.get(key)
+            if isinstance(a, tuple) and isinstance(b, tuple):
+                cells.append(f"{key} {a[0] / b[0]:.2f}x (target {target.op} {target.limit}x)")
+        lines.append(f"  {shape_label:<28} {label:<50} " + ", ".join(cells))
+    if lines:
+        print("\nbfloat16 speed-up of the compiled kernel over its float32 (best vs best; reported, not judged):")
+        print("\n".join(lines))
+
+
 def backends_to_time(args, dev: Device):
     """(backend, label, with backward) of the na2d backends the table times on this device."""
     candidates = []
@@ -353,6 +396,8 @@ def time_shape(args, dev: Device, shape, natten_fn):
     for backend, label, with_bwd in backends_to_time(args, dev):
         fn = lambda q, k, v, rpb, backend=backend: ops.na2d(q, k, v, K, d, rpb, backend=backend)  # noqa: E731
         rows.append((shape_label, label, flops, gemm, measure(label, fn, (q, k, v, rpb), dev, args.repeats, with_bwd)))
+        if backend == "cpu":
+            rows += cpu_bf16_rows(args, dev, shape_label, flops, K, d, q, k, v, rpb)
     natten_label = "natten.functional.na2d (natten's own op, no rpb)"
     if natten_fn is None:
         rows.append((shape_label, natten_label, flops, gemm, {"fwd": "not installed", "fwd+bwd": "not installed"}))
@@ -408,6 +453,7 @@ def print_table(args, dev: Device, rows):
         print("(not judged: see the --quick note above the table)")
     else:
         print("(goal = meets the 25/15 goal, min = meets the 10/5 minimum, below = neither)")
+    print("(bfloat16 rows: GEMM and efficiency against the bfloat16 matmul of the same size)")
     return records
 
 
@@ -425,6 +471,7 @@ def main(argv=None):
         natten_fn = natten_op()
         rows = [row for shape in SHAPES for row in time_shape(args, dev, shape, natten_fn)]
         results = print_table(args, dev, rows)
+        print_bf16_speedups(rows)
     gpu_results = gpu_targets(args.repeats, profile=args.profile) if dev.is_cuda and args.targets else None
     if args.json:
         with open(args.json, "w") as f:

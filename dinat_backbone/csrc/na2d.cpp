@@ -7,6 +7,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -24,14 +28,27 @@ using at::Tensor;
 // ---------------------------------------------------------------------------------------------
 // Instruction-set selection
 // ---------------------------------------------------------------------------------------------
-enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+// avx512bf16: the avx512 kernels plus bfloat16 products for bfloat16 inputs
+enum class Isa { generic = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
+constexpr Isa kAllIsas[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16};
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+// AVX512_BF16: CPUID leaf 7 sub-leaf 1, EAX bit 5 (asked directly: not every compiler's
+// __builtin_cpu_supports knows the name)
+bool cpu_has_avx512_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 1, eax, ebx, ecx, edx);
+  return (eax >> 5) & 1u;
+}
+#endif
 
 Isa best_supported_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
-    return Isa::avx512;
+    return cpu_has_avx512_bf16() ? Isa::avx512bf16 : Isa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
   return Isa::generic;
@@ -39,18 +56,20 @@ Isa best_supported_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512bf16: return "avx512bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "generic";
   }
 }
 
-// DINAT_CPU_ISA=generic|avx2|avx512 caps the instruction set (for testing the other code paths)
+// DINAT_CPU_ISA=generic|avx2|avx512|avx512bf16 caps the instruction set (for testing the other code
+// paths; avx512 on a CPU with AVX512_BF16 runs bfloat16 inputs through the conversion path)
 Isa initial_isa() {
   Isa best = best_supported_isa();
   const char* env = std::getenv("DINAT_CPU_ISA");
   if (env == nullptr || *env == '\0') return best;
-  for (Isa cand : {Isa::generic, Isa::avx2, Isa::avx512})
+  for (Isa cand : kAllIsas)
     if (std::strcmp(env, isa_name(cand)) == 0) return static_cast<int>(cand) <= static_cast<int>(best) ? cand : best;
   return best;
 }
@@ -68,10 +87,18 @@ struct Kernels {
   void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // dilation > 1, sub-grid tasks
 };
 
-Kernels kernels_for(at::ScalarType compute_dtype) {
-  if (compute_dtype == at::kDouble)
+// storage: the dtype the tensors are handed to the kernels in (float64, float32, or bfloat16 read
+// and written as such by the float32 kernels)
+Kernels kernels_for(at::ScalarType storage) {
+  if (storage == at::kDouble)
     return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::backward_key_gather_f64};
   switch (static_cast<Isa>(active_isa().load())) {
+    case Isa::avx512bf16:
+      if (storage == at::kBFloat16)
+        return {16, avx512bf16::forward_bf16, avx512bf16::backward_query_bf16, avx512bf16::backward_key_f32,
+                avx512bf16::backward_key_gather_f32};
+      return {16, avx512bf16::forward_f32, avx512bf16::backward_query_f32, avx512bf16::backward_key_f32,
+              avx512bf16::backward_key_gather_f32};
     case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::backward_key_gather_f32};
     case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::backward_key_gather_f32};
     default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::backward_key_gather_f32};
@@ -92,15 +119,33 @@ void check_qkv(const Tensor& t, const char* name, const Tensor& like) {
 
 at::ScalarType compute_dtype_of(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// compute dtype, head_dim contiguous; any other strides are used as they are
+// The dtype the kernels get the tensors in: bfloat16 as it is when all of them are bfloat16 (the
+// float32 kernels convert on load and store, the avx512bf16 ones multiply in bfloat16); otherwise
+// the compute dtype (float16 and mixed dtypes are converted to float32 copies first).
+at::ScalarType storage_dtype_of(std::initializer_list<const Tensor*> tensors) {
+  bool all_bf16 = true;
+  for (const Tensor* t : tensors) all_bf16 = all_bf16 && t->scalar_type() == at::kBFloat16;
+  return all_bf16 ? at::kBFloat16 : compute_dtype_of(**tensors.begin());
+}
+
+// storage dtype, head_dim contiguous; any other strides are used as they are
 Tensor prepare(const Tensor& t, at::ScalarType dtype) {
   Tensor out = t.to(dtype);
   if (out.stride(4) != 1 && out.size(4) > 1) out = out.contiguous();
   return out;
 }
 
+int32_t elem_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kElemF32;
+    case at::kDouble: return kElemF64;
+    case at::kBFloat16: return kElemBF16;
+    default: TORCH_CHECK(false, "dinat::na2d: internal error: no kernel storage for dtype ", t.scalar_type());
+  }
+}
+
 Strided strided(const Tensor& t) {
-  return Strided{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+  return Strided{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3), elem_of(t)};
 }
 
 struct AxisTables {
@@ -318,13 +363,14 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   check_qkv(query, "query", query);
   check_qkv(key, "key", query);
   check_qkv(value, "value", query);
-  const at::ScalarType cdt = compute_dtype_of(query);
-  const Kernels kern = kernels_for(cdt);
+  const at::ScalarType cdt = compute_dtype_of(query), sdt = storage_dtype_of({&query, &key, &value});
+  const Kernels kern = kernels_for(sdt);
   Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
-  const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt);
+  const Tensor q = prepare(query, sdt), k = prepare(key, sdt), v = prepare(value, sdt);
   const Tensor bias = bias_table(rpb, P, cdt);
   Tensor out = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
-  Tensor weights = save_weights ? padded_empty({P.B, P.X, P.K * P.K, P.Y, P.H}, q.options()) : at::empty({0}, q.options());
+  const auto wopt = q.options().dtype(cdt);  // the weights stay in the compute dtype
+  Tensor weights = save_weights ? padded_empty({P.B, P.X, P.K * P.K, P.Y, P.H}, wopt) : at::empty({0}, wopt);
   ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), pack_args(k, P), pack_args(v, P), strided(out),
                    bias.data_ptr(), save_weights ? weights.data_ptr() : nullptr, scale};
   at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
@@ -339,14 +385,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   check_qkv(key, "key", query);
   check_qkv(value, "value", query);
   check_qkv(grad_out, "grad_out", query);
-  const at::ScalarType cdt = compute_dtype_of(query);
-  const Kernels kern = kernels_for(cdt);
+  const at::ScalarType cdt = compute_dtype_of(query), sdt = storage_dtype_of({&query, &key, &value, &grad_out});
+  const Kernels kern = kernels_for(sdt);
   Problem P = make_problem(query, kernel_size, dilation, kern.lanes);
   TORCH_CHECK(weights.dim() == 5 && weights.size(0) == P.B && weights.size(1) == P.X && weights.size(2) == P.K * P.K &&
                   weights.size(3) == P.Y && weights.size(4) == P.H,
               "dinat::na2d_backward: weights must be the [B, X, K*K, Y, heads] tensor saved by na2d_forward(save_weights=True), got ",
               weights.sizes());
-  const Tensor q = prepare(query, cdt), k = prepare(key, cdt), v = prepare(value, cdt), go = prepare(grad_out, cdt);
+  const Tensor q = prepare(query, sdt), k = prepare(key, sdt), v = prepare(value, sdt), go = prepare(grad_out, sdt);
   Tensor w = weights.to(cdt).contiguous();
   if (!has_vector_pad(w)) {  // weights not made by na2d_forward
     Tensor copy = padded_empty(w.sizes(), w.options());
@@ -404,17 +450,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
 
 std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
 
-// Cap the instruction set ("generic", "avx2", "avx512"); returns the one now active, which is
+// Cap the instruction set ("generic", "avx2", "avx512", "avx512bf16"); returns the one now active, which is
 // lower than requested when the CPU lacks it.
 std::string set_isa(const std::string& name) {
   Isa best = best_supported_isa();
-  for (Isa cand : {Isa::generic, Isa::avx2, Isa::avx512}) {
+  for (Isa cand : kAllIsas) {
     if (name == isa_name(cand)) {
       active_isa().store(static_cast<int>(static_cast<int>(cand) <= static_cast<int>(best) ? cand : best));
       return active_isa_name();
     }
   }
-  TORCH_CHECK(false, "dinat: unknown instruction set '", name, "'; choose generic, avx2 or avx512");
+  TORCH_CHECK(false, "dinat: unknown instruction set '", name, "'; choose generic, avx2, avx512 or avx512bf16");
 }
 
 }  // namespace
@@ -447,7 +493,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &dinat::active_isa_name, "instruction set of the kernels in use");
   m.def("best_isa", []() { return std::string(dinat::isa_name(dinat::best_supported_isa())); },
         "best instruction set this CPU supports");
-  m.def("set_isa", &dinat::set_isa, "cap the instruction set (generic, avx2, avx512); returns the active one");
+  m.def("set_isa", &dinat::set_isa, "cap the instruction set (generic, avx2, avx512, avx512bf16); returns the active one");
   m.def("max_kernel_size", []() { return static_cast<int>(dinat::kMaxKernelSize); },
         "largest kernel size the compiled kernel handles (its stack buffers are sized by it)");
 }

@@ -1,7 +1,7 @@
 // Plain-C++ interface between the torch-facing op (na2d.cpp) and the compute kernels.
 //
-// The kernels are compiled once per instruction set (kernel_avx512.cpp, kernel_avx2.cpp,
-// kernel_generic.cpp) and picked at run time, so this header must not include torch or standard
+// The kernels (one source, na2d_kernel_impl.h) are compiled once per instruction set by the units
+// kernel_avx512bf16.cpp, kernel_avx512.cpp, kernel_avx2.cpp, kernel_generic.cpp and picked at run time, so this header must not include torch or standard
 // library headers with inline functions: an ISA translation unit would otherwise emit
 // AVX-512 copies of shared inline functions that the linker could pick for generic callers.
 #pragma once
@@ -13,10 +13,16 @@ namespace dinat {
 // as _C.max_kernel_size(), where the op's backend table sends larger kernels elsewhere.
 constexpr int kMaxKernelSize = 31;
 
+// Storage types of the tensors the kernels read and write (Strided::elem). The float32 kernels
+// also read and write bfloat16 tensors, converting on load and store (float32 compute); the
+// float64 kernels take float64 only.
+constexpr int32_t kElemF32 = 0, kElemF64 = 1, kElemBF16 = 2;
+
 // A [batch, X, Y, heads, head_dim] tensor with head_dim contiguous; strides in elements.
 struct Strided {
   void* ptr;
   int64_t sb, sx, sy, sh;
+  int32_t elem;  // kElem*
 };
 
 // Dilation turns the problem into dilation-1 problems on the d x d residue-class sub-grids
@@ -125,9 +131,17 @@ struct BackwardKeyArgs {
   void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);          \
   }
 
+DINAT_DECLARE_ISA(avx512bf16)
 DINAT_DECLARE_ISA(avx512)
 DINAT_DECLARE_ISA(avx2)
 DINAT_DECLARE_ISA(generic)
+
+// bfloat16 tensors with bfloat16 products (vdpbf16ps; float32 accumulation, softmax and dS): forward
+// and backward pass 1; pass 2 runs the float32 kernels on the same tensors
+namespace avx512bf16 {
+void forward_bf16(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
+void backward_query_bf16(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);
+}  // namespace avx512bf16
 
 namespace generic {
 void forward_f64(const ForwardArgs& a, int64_t task_begin, int64_t task_end);

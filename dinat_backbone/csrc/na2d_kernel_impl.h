@@ -1,9 +1,13 @@
 // Neighbourhood-attention compute kernels, written with GCC/Clang vector extensions so that one
 // source compiles to SSE2, AVX2+FMA or AVX-512 depending on the including translation unit.
 //
-// Included by kernel_<isa>.cpp after it has set `#pragma GCC target(...)` and defined
+// Included by each kernel_<isa>.cpp (one per instruction set, nothing else in them) after it has
+// set `#pragma GCC target(...)` and defined
 //   NA_ISA        namespace name of the instruction set (avx512, avx2, generic)
 //   NA_VEC_BYTES  native vector size in bytes (64, 32, 16)
+//   NA_WITH_F64   1 in the unit that also builds the float64 entry points (generic)
+//   NA_BF16_ENTRY 1 in the unit that also builds the bfloat16-product entry points (avx512bf16), and
+//   NA_BF16_DOT   1 there where the target has AVX512_BF16 (x86-64)
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
 // Forward and backward pass 1 (see na2d_kernel.h): one task is a pair of query rows (all heads);
@@ -17,6 +21,14 @@
 // atomics): for dilation 1 vectorised across keys and heads the same way (backward_key_rows), for
 // dilated maps per key on residue-class sub-grids, vectorised over head_dim (backward_key_gather).
 #include "na2d_kernel.h"
+
+#ifndef NA_BF16_DOT
+#define NA_BF16_DOT 0
+#endif
+#if NA_BF16_DOT
+// only the vdpbf16ps intrinsics; their definitions are extern gnu_inline, never emitted out of line
+#include <immintrin.h>
+#endif
 
 #ifndef NA_ISA
 #error "define NA_ISA and NA_VEC_BYTES before including na2d_kernel_impl.h"
@@ -50,6 +62,70 @@ NA_INLINE void vstore(T* p, V v) {
 template <class V, class T>
 NA_INLINE V splat(T s) {
   return V{} + s;
+}
+
+// bfloat16 storage (tensors tagged kBF16): loads widen to float exactly, stores round to nearest
+// even like torch's float -> bfloat16 conversion (NaN -> 0x7fc0), so the conversion path gives the
+// same bits as converting whole tensors before and after the float32 kernel.
+struct Bf16 {
+  uint16_t bits;
+};
+
+template <int W>
+struct Bf16VecT {
+  typedef uint16_t half __attribute__((vector_size(2 * W)));
+  typedef uint32_t word __attribute__((vector_size(4 * W)));
+};
+
+// upper 16 bits of float bit patterns rounded to nearest even (finite values and infinities; NaN
+// inputs stay NaN unless their payload sits in the low half only)
+template <class U>
+NA_INLINE U bf16_round_bits(U u) {
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+template <class V>
+NA_INLINE V load_as(const float* p) {
+  return vload<V>(p);
+}
+template <class V>
+NA_INLINE V load_as(const double* p) {
+  return vload<V>(p);
+}
+template <class V>
+NA_INLINE V load_as(const Bf16* p) {
+  typedef Bf16VecT<sizeof(V) / 4> B;
+  return (V)(__builtin_convertvector(vload<typename B::half>(p), typename B::word) << 16);
+}
+template <class V>
+NA_INLINE void store_as(float* p, V v) {
+  vstore(p, v);
+}
+template <class V>
+NA_INLINE void store_as(double* p, V v) {
+  vstore(p, v);
+}
+template <class V>
+NA_INLINE void store_as(Bf16* p, V v) {
+  typedef Bf16VecT<sizeof(V) / 4> B;
+  const typename B::word nan = (typename B::word)(v != v);
+  const typename B::word r = (bf16_round_bits((typename B::word)v) & ~nan) | (nan & 0x7fc0u);
+  vstore(p, __builtin_convertvector(r, typename B::half));
+}
+NA_INLINE float to_compute(float x) { return x; }
+NA_INLINE double to_compute(double x) { return x; }
+NA_INLINE float to_compute(Bf16 x) {
+  const uint32_t u = (uint32_t)x.bits << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+NA_INLINE void put(float* p, float x) { *p = x; }
+NA_INLINE void put(double* p, double x) { *p = x; }
+NA_INLINE void put(Bf16* p, float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  p->bits = x != x ? uint16_t(0x7fc0) : uint16_t(bf16_round_bits(u));
 }
 
 template <typename T>
@@ -172,20 +248,20 @@ NA_INLINE void transpose_tile(typename VecT<float, W>::type* r) {
   if constexpr (W >= 2) transpose_stage<W, 1>(r);
 }
 
-// one row (task = b * X + x) into row[D][yp]; W = 1: scalar copies (double)
-template <typename T, int W>
+// one row (task = b * X + x) of a tensor stored as S into row[D][yp] of T; W = 1: scalar copies (double)
+template <typename T, int W, typename S>
 NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
   const Strided& src = A.src;
   const int64_t D = A.D, yp = A.yp, H = A.H, YH = A.Y * A.H;
   {
     const int64_t x = task % A.X, b = task / A.X;
-    const T* base = static_cast<const T*>(src.ptr) + b * src.sb + x * src.sx;
+    const S* base = static_cast<const S*>(src.ptr) + b * src.sb + x * src.sx;
     int64_t j = 0;
     int64_t y = 0, h = 0;  // lane j = y * H + h, stepped rather than divided (64-bit divisions per
                            // lane cost as much as the copy itself)
     if constexpr (W > 1) {
       typedef typename VecT<T, W>::type V;
-      const T* ptrs[W];
+      const S* ptrs[W];
       // lanes densely strided ([.., Y, H, D], D contiguous): a group's W lanes are W * D consecutive
       // elements, and the next group's are prefetched while this one is transposed (a row is a
       // few 4 KiB pages, each of which restarts the hardware prefetcher; measured 40 % faster)
@@ -197,22 +273,22 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
         }
         if (dense && j + 2 * W <= YH) {
           const char* next = reinterpret_cast<const char*>(ptrs[0] + W * D);
-          for (int64_t off = 0; off < W * D * (int64_t)sizeof(T); off += 64) __builtin_prefetch(next + off);
+          for (int64_t off = 0; off < W * D * (int64_t)sizeof(S); off += 64) __builtin_prefetch(next + off);
         }
         int64_t c = 0;
         for (; c + W <= D; c += W) {
           V r[W];
-          for (int l = 0; l < W; ++l) r[l] = vload<V>(ptrs[l] + c);
+          for (int l = 0; l < W; ++l) r[l] = load_as<V>(ptrs[l] + c);
           transpose_tile<W>(r);
           for (int l = 0; l < W; ++l) vstore(row + (c + l) * yp + j, r[l]);
         }
         for (; c < D; ++c)
-          for (int l = 0; l < W; ++l) row[c * yp + j + l] = ptrs[l][c];
+          for (int l = 0; l < W; ++l) row[c * yp + j + l] = to_compute(ptrs[l][c]);
       }
     }
     for (; j < YH; ++j) {
-      const T* s = base + y * src.sy + h * src.sh;
-      for (int64_t c = 0; c < D; ++c) row[c * yp + j] = s[c];
+      const S* s = base + y * src.sy + h * src.sh;
+      for (int64_t c = 0; c < D; ++c) row[c * yp + j] = to_compute(s[c]);
       if (++h == H) h = 0, ++y;
     }
     for (int64_t c = 0; c < D; ++c)
@@ -227,32 +303,97 @@ constexpr int pack_width() {
   return sizeof(T) == 4 ? NA_VEC_BYTES / 4 : 1;
 }
 
+// pack_row for the tensor's storage type (bfloat16 rows widen to float on the way)
+template <typename T>
+NA_INLINE void pack_any(const PackArgs& A, int64_t task, T* row) {
+  if constexpr (sizeof(T) == 4)
+    if (A.src.elem == kElemBF16) return pack_row<T, pack_width<T>(), Bf16>(A, task, row);
+  pack_row<T, pack_width<T>(), T>(A, task, row);
+}
+
+// Row layouts of the bfloat16 dot-product path (NA_BF16_DOT): each 32-bit word holds the two
+// bfloat16 values that one vdpbf16ps lane multiplies and adds, low half first.
+//   channel_pairs  word[cp][j] = (row[2cp][j], row[2cp+1][j])   (0 past D): a reduction over
+//                  channels (q.k, dO.v) takes two channels per instruction
+//   shifted_pairs  word[c][j] = (row[c][j], row[c][j + shift])  (0 past the row), shift = d * H:
+//                  lanes of window columns t and t+1 (weights.v, dS.k) take two columns per instruction
+enum class RowLayout { plain, channel_pairs, shifted_pairs };
+
+// a float row [D][yp] (yp a multiple of 16) into one of the pair layouts, in words[.][yp]
+NA_INLINE void to_pairs(const float* f, float* words, int64_t D, int64_t yp, RowLayout layout, int64_t shift) {
+  constexpr int W = NA_VEC_BYTES / 4;
+  typedef typename Bf16VecT<W>::word U;
+  if (layout == RowLayout::channel_pairs) {
+    for (int64_t cp = 0; cp < (D + 1) / 2; ++cp) {
+      const float* lo = f + 2 * cp * yp;
+      const float* hi = 2 * cp + 1 < D ? lo + yp : nullptr;
+      for (int64_t j = 0; j < yp; j += W) {
+        const U a = bf16_round_bits(vload<U>(lo + j));
+        const U b = hi ? bf16_round_bits(vload<U>(hi + j)) : U{};
+        vstore(words + cp * yp + j, a | (b << 16));
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < D; ++c) {
+      const float* row = f + c * yp;
+      int64_t j = 0;
+      for (; j + W + shift <= yp; j += W)
+        vstore(words + c * yp + j, bf16_round_bits(vload<U>(row + j)) | (bf16_round_bits(vload<U>(row + j + shift)) << 16));
+      for (; j < yp; ++j) {
+        uint32_t a, b = 0;
+        __builtin_memcpy(&a, row + j, 4);
+        if (j + shift < yp) __builtin_memcpy(&b, row + j + shift, 4);
+        const uint32_t w = bf16_round_bits(a) | (bf16_round_bits(b) << 16);
+        __builtin_memcpy(words + c * yp + j, &w, 4);
+      }
+    }
+  }
+}
+
+// a row in the given layout (pair layouts through the float row `scratch`, [D][yp] + 16)
+template <typename T>
+NA_INLINE void pack_layout(const PackArgs& A, int64_t task, T* dst, RowLayout layout, int64_t shift, T* scratch) {
+  if constexpr (sizeof(T) == 4) {
+    if (layout != RowLayout::plain) {
+      pack_any<T>(A, task, scratch);
+      return to_pairs(scratch, dst, A.D, A.yp, layout, shift);
+    }
+  }
+  pack_any<T>(A, task, dst);
+}
+
 // Per-thread cache of transposed rows ([D][yp] + 16 zeros each, see PackArgs) of one tensor,
 // direct-mapped by the row's index inside its residue class. A thread runs its tasks in order and
 // consecutive tasks need mostly the same rows (the windows of neighbouring rows overlap), so each
 // row is transposed about once per thread, and the copies stay in cache: transposing whole tensors
 // in a separate pass made a tensor-sized round trip through memory and took ~20 % of the op.
-// Callers keep at most n_slots rows of consecutive sub-grid index in use at a time.
+// Callers keep at most n_slots rows of consecutive sub-grid index in use at a time. Rows are in
+// `layout` (pair layouts hold 32-bit words in the float slots, see RowLayout).
 template <typename T>
 struct RowCache {
   const PackArgs& src;
   int64_t n_slots, slot_elems, dil;
+  RowLayout layout;
+  int64_t shift;
   T* buf;
   int64_t* tags;
-  RowCache(const PackArgs& s, int64_t slots, int64_t d)
-      : src(s), n_slots(slots), slot_elems(s.D * s.yp + 16), dil(d), buf(new T[slots * (s.D * s.yp + 16)]()),
-        tags(new int64_t[slots]) {
+  T* scratch;
+  RowCache(const PackArgs& s, int64_t slots, int64_t d, RowLayout lay = RowLayout::plain, int64_t sh = 0)
+      : src(s), n_slots(slots), slot_elems(s.D * s.yp + 16), dil(d), layout(lay), shift(sh),
+        buf(new T[slots * (s.D * s.yp + 16)]()), tags(new int64_t[slots]),
+        scratch(lay == RowLayout::plain ? nullptr : new T[s.D * s.yp + 16]()) {
     for (int64_t i = 0; i < n_slots; ++i) tags[i] = -1;
   }
   ~RowCache() {
     delete[] buf;
     delete[] tags;
+    delete[] scratch;
   }
   const T* row(int64_t b, int64_t x) {
     const int64_t slot = (x / dil) % n_slots, tag = b * src.X + x;
     T* dst = buf + slot * slot_elems;
     if (tags[slot] != tag) {
-      pack_row<T, pack_width<T>()>(src, tag, dst);
+      pack_layout<T>(src, tag, dst, layout, shift, scratch);
       tags[slot] = tag;
     }
     return dst;
@@ -300,9 +441,26 @@ NA_INLINE void block_cols(const int32_t* block, int64_t dH, int K, int64_t* col)
   for (int t = 0; t < K; ++t) col[t] = block[0] + (t - block[2]) * dH;
 }
 
+// acc + a * b, or with PAIRS (rows in a pair layout) acc + a.lo * b.lo + a.hi * b.hi per lane of
+// bfloat16 pairs (vdpbf16ps)
+template <bool PAIRS, class V>
+NA_INLINE V madd(V acc, V a, V b) {
+#if NA_BF16_DOT
+  if constexpr (PAIRS) {
+    if constexpr (sizeof(V) == 64) return (V)_mm512_dpbf16_ps((__m512)acc, (__m512bh)a, (__m512bh)b);
+    else if constexpr (sizeof(V) == 32) return (V)_mm256_dpbf16_ps((__m256)acc, (__m256bh)a, (__m256bh)b);
+    else return (V)_mm_dpbf16_ps((__m128)acc, (__m128bh)a, (__m128bh)b);
+  }
+#else
+  static_assert(!PAIRS, "pair layouts need a unit built with NA_BF16_DOT");
+#endif
+  return acc + a * b;
+}
+
 // dst[r][t][lanes] = sum_c src[r][c][lanes] * krow[c][col[t] + lanes], t < K, for NR rows r
+// (PAIRS: D counts channel pairs)
 // sharing the key loads (dst slots LMAX apart)
-template <typename T, int L, int KT, int NR>
+template <typename T, int L, int KT, int NR, bool PAIRS>
 NA_INLINE void block_dot_rows(const T* const* src, const T* krow, const int64_t* col, int K, int64_t D, int64_t yp,
                               T* const* dst, int64_t slot) {
   typedef typename VecT<T, L>::type V;
@@ -316,7 +474,7 @@ NA_INLINE void block_dot_rows(const T* const* src, const T* krow, const int64_t*
     const T* kc = krow + c * yp;
     for (int t = 0; t < K; ++t) {
       const V kv = vload<V>(kc + col[t]);
-      for (int r = 0; r < NR; ++r) racc[r][t] += qv[r] * kv;
+      for (int r = 0; r < NR; ++r) racc[r][t] = madd<PAIRS>(racc[r][t], qv[r], kv);
     }
   }
   for (int r = 0; r < NR; ++r)
@@ -325,41 +483,42 @@ NA_INLINE void block_dot_rows(const T* const* src, const T* krow, const int64_t*
 
 // out[r][c][lanes] (+)= sum_t w[r][t][lanes] * vrow[c][col[t] + lanes] for CB channels and NR rows
 // sharing the value loads (slots LMAX apart); first[r]: start from zero rather than out[r]
-template <typename T, int L, int CB, int NR>
+// (PAIRS: slot t holds the weights of columns t and t+1, vrow is in shifted pairs)
+template <typename T, int L, int CB, int NR, bool PAIRS>
 NA_INLINE void block_wsum_rows_chunk(const T* const* w, const T* vrow, const int64_t* col, int K, int64_t yp,
                                      T* const* out, int64_t c0, int64_t slot, const bool* first) {
   typedef typename VecT<T, L>::type V;
   V acc[NR][CB];
   for (int r = 0; r < NR; ++r)
     for (int j = 0; j < CB; ++j) acc[r][j] = first[r] ? V{} : vload<V>(out[r] + (c0 + j) * slot);
-  for (int t = 0; t < K; ++t) {
+  for (int t = 0; t < K; t += PAIRS ? 2 : 1) {
     V wv[NR];
     for (int r = 0; r < NR; ++r) wv[r] = vload<V>(w[r] + t * slot);
     const T* src = vrow + c0 * yp + col[t];
     for (int j = 0; j < CB; ++j) {
       const V vv = vload<V>(src + j * yp);
-      for (int r = 0; r < NR; ++r) acc[r][j] += wv[r] * vv;
+      for (int r = 0; r < NR; ++r) acc[r][j] = madd<PAIRS>(acc[r][j], wv[r], vv);
     }
   }
   for (int r = 0; r < NR; ++r)
     for (int j = 0; j < CB; ++j) vstore(out[r] + (c0 + j) * slot, acc[r][j]);
 }
 
-template <typename T, int L, int NR>
+template <typename T, int L, int NR, bool PAIRS>
 NA_INLINE void block_wsum_rows(const T* const* w, const T* vrow, const int64_t* col, int K, int64_t D, int64_t yp,
                                T* const* out, int64_t slot, const bool* first) {
   // accumulators in registers: NR * CB of them plus NR weights and a value (16 vector registers
   // below AVX-512, 32 with it)
   constexpr int CB = (NA_VEC_BYTES >= 64 || NR == 1) ? 8 : 4;
   int64_t c0 = 0;
-  for (; c0 + CB <= D; c0 += CB) block_wsum_rows_chunk<T, L, CB, NR>(w, vrow, col, K, yp, out, c0, slot, first);
-  for (; c0 < D; ++c0) block_wsum_rows_chunk<T, L, 1, NR>(w, vrow, col, K, yp, out, c0, slot, first);
+  for (; c0 + CB <= D; c0 += CB) block_wsum_rows_chunk<T, L, CB, NR, PAIRS>(w, vrow, col, K, yp, out, c0, slot, first);
+  for (; c0 < D; ++c0) block_wsum_rows_chunk<T, L, 1, NR, PAIRS>(w, vrow, col, K, yp, out, c0, slot, first);
 }
 
 // out[y][h][c] = scale * out_t[c][l] for the block's valid lanes l (j0 + l = y * H + h)
-template <typename T>
-NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
-                           const int32_t* block, int64_t D, T scale) {
+template <typename T, typename S>
+NA_INLINE void store_block_as(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
+                              const int32_t* block, int64_t D, T scale) {
   int64_t y = block[0] / H, h = block[0] - y * H;
   constexpr int W = pack_width<T>();
   if constexpr (W > 1) {
@@ -367,21 +526,29 @@ NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int
     // D elements after lane l - 1, so W x W tiles transpose in registers into contiguous stores
     if (block[1] == W && slot >= W && out.sh == D && out.sy == H * D && D % W == 0) {
       typedef typename VecT<T, W>::type V;
-      T* op = at_mut<T>(out, b, x, y, h);
+      S* op = at_mut<S>(out, b, x, y, h);
       for (int64_t c0 = 0; c0 < D; c0 += W) {
         V r[W];
         for (int l = 0; l < W; ++l) r[l] = vload<V>(out_t + (c0 + l) * slot);
         transpose_tile<W>(r);
-        for (int l = 0; l < W; ++l) vstore(op + l * D + c0, r[l] * scale);
+        for (int l = 0; l < W; ++l) store_as(op + l * D + c0, r[l] * scale);
       }
       return;
     }
   }
   for (int64_t l = 0; l < block[1]; ++l) {
-    T* op = at_mut<T>(out, b, x, y, h);
-    for (int64_t c = 0; c < D; ++c) op[c] = out_t[c * slot + l] * scale;
+    S* op = at_mut<S>(out, b, x, y, h);
+    for (int64_t c = 0; c < D; ++c) put(op + c, out_t[c * slot + l] * scale);
     if (++h == H) h = 0, ++y;
   }
+}
+// store_block_as for the output's storage type
+template <typename T>
+NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
+                           const int32_t* block, int64_t D, T scale) {
+  if constexpr (sizeof(T) == 4)
+    if (out.elem == kElemBF16) return store_block_as<T, Bf16>(out_t, slot, out, b, x, H, block, D, scale);
+  store_block_as<T, T>(out_t, slot, out, b, x, H, block, D, scale);
 }
 
 // Per-thread buffers for the kRowGroup rows of a task, row r at offset r * (size of one):
@@ -430,7 +597,7 @@ NA_INLINE RowGroup row_group(const Geometry& g, const LaneGeometry& lg, int64_t 
 //   l(r)[i][a*K + t] = s(r) . rows[first[r] + a*d] at the window columns of block i   (QK or dO.V)
 //   per_block(r, i, block, L)   (softmax or dS, in place in l(r))
 //   o(r)[i][c] = sum_{a,t} l(r)[i][a*K+t] * wrows[first[r] + a*d][c][cols]   (AV or dS.K)
-template <typename T, int LMAX, int KT, class PerBlock>
+template <typename T, int LMAX, int KT, bool PAIRS, class PerBlock>
 NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, const RowGroup& rg,
                         RowCache<T>& dot_rows, RowCache<T>& sum_rows, RowBuffers<T>& rb, PerBlock&& per_block) {
   const int K = KT ? KT : (int)g.K;
@@ -471,7 +638,8 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
     }
     with_lanes<LMAX>(block[3], [&](auto lc) {
       with_rows(count, [&](auto rc) {
-        block_dot_rows<T, decltype(lc)::value, KT, decltype(rc)::value>(src, krow, col, K, D, yp, dst, LMAX);
+        block_dot_rows<T, decltype(lc)::value, KT, decltype(rc)::value, PAIRS>(src, krow, col, K, PAIRS ? (D + 1) / 2 : D,
+                                                                              yp, dst, LMAX);
       });
     });
   });
@@ -492,20 +660,39 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
     }
     with_lanes<LMAX>(block[3], [&](auto lc) {
       with_rows(count, [&](auto rc) {
-        block_wsum_rows<T, decltype(lc)::value, decltype(rc)::value>(w, vrow, col, K, D, yp, out, LMAX, first);
+        block_wsum_rows<T, decltype(lc)::value, decltype(rc)::value, PAIRS>(w, vrow, col, K, D, yp, out, LMAX, first);
       });
     });
   });
 }
 
-template <typename T, int LMAX, int KT>
+// the K*K float vectors of a block (slots LMAX apart) into bfloat16 pairs of window columns
+// (t, t+1) at slot t of every even t (see RowLayout::shifted_pairs), rounded to nearest even
+template <int L>
+NA_INLINE void to_column_pairs(float* p, int K, int64_t slot) {
+  typedef typename VecT<float, L>::type V;
+  typedef typename Bf16VecT<L>::word U;
+  for (int a = 0; a < K; ++a)
+    for (int t = 0; t < K; t += 2) {
+      float* lo = p + (a * K + t) * slot;
+      const U w0 = bf16_round_bits((U)vload<V>(lo));
+      const U w1 = t + 1 < K ? bf16_round_bits((U)vload<V>(lo + slot)) : U{};
+      vstore(lo, (V)(w0 | (w1 << 16)));
+    }
+}
+
+// PAIRS: bfloat16 products (NA_BF16_DOT units): q / dO rows and the dot rows in channel pairs, the
+// sum rows in shifted pairs, softmax weights / dS rounded to bfloat16 pairs before the weighted sum;
+// the softmax, the saved weights, dS and the rpb gradient stay float32
+template <typename T, int LMAX, int KT, bool PAIRS>
 void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
   const int KK = K * K, K2 = 2 * K - 1;
   const int64_t YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
-  RowCache<T> kc(A.k, K + kRowGroup, g.dil), vc(A.v, K + kRowGroup, g.dil);
+  RowCache<T> kc(A.k, K + kRowGroup, g.dil, PAIRS ? RowLayout::channel_pairs : RowLayout::plain),
+      vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain, g.dil * g.H);
   const T scale = (T)A.scale;
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
@@ -548,23 +735,27 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
           else __builtin_memcpy(wq + k * YH, &w, sizeof(T) * count);
         }
       }
+      if constexpr (PAIRS) to_column_pairs<L>(lg, K, LMAX);
     };
-    for (int r = 0; r < rg.n; ++r) pack_row<T, pack_width<T>()>(A.q, b * g.X + rg.x[r], rb.s(r));
-    row_pass<T, LMAX, KT>(g, A.lg, b, rg, kc, vc, rb, softmax);
+    for (int r = 0; r < rg.n; ++r)
+      pack_layout<T>(A.q, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain, 0, kc.scratch);
+    row_pass<T, LMAX, KT, PAIRS>(g, A.lg, b, rg, kc, vc, rb, softmax);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
         store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.out, b, rg.x[r], g.H, A.lg.blocks + 4 * i, D, T(1));
   }
 }
 
-template <typename T, int LMAX, int KT>
+template <typename T, int LMAX, int KT, bool PAIRS>
 void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t task_end, double* drpb) {
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
   const int KK = K * K, K2 = 2 * K - 1;
   const int64_t H = g.H, YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
-  RowCache<T> kc(A.k, K + kRowGroup, g.dil), vc(A.v, K + kRowGroup, g.dil);
+  // dP = dO.v reduces over channels, dQ = dS.k over window columns (see forward_rows)
+  RowCache<T> kc(A.k, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain, g.dil * g.H),
+      vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::channel_pairs : RowLayout::plain);
   const int64_t lane_table = H * K2 * K2 * kBiasLanes;
   T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every task
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -610,9 +801,12 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
           T* drp = dr + (a * K2 + t) * kBiasLanes;
           vstore(drp, vload<V>(drp) + ds);
         }
+      if constexpr (PAIRS) to_column_pairs<L>(dl, K, LMAX);
     };
-    for (int r = 0; r < rg.n; ++r) pack_row<T, pack_width<T>()>(A.grad_out, b * g.X + rg.x[r], rb.s(r));
-    row_pass<T, LMAX, KT>(g, A.lg, b, rg, vc, kc, rb, dsoft);
+    for (int r = 0; r < rg.n; ++r)
+      pack_layout<T>(A.grad_out, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain, 0,
+                     vc.scratch);
+    row_pass<T, LMAX, KT, PAIRS>(g, A.lg, b, rg, vc, kc, rb, dsoft);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
         store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.grad_q, b, rg.x[r], H, A.lg.blocks + 4 * i, D, (T)A.scale);
@@ -733,9 +927,9 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
 // With dilation the key-block loads of backward_key_rows spread over d*H lanes per window column
 // and miss L1; this path was measured faster there.
 // dK, dV for NV*WD channels starting at c0 of one key, summed over the queries whose window holds it
-template <typename T, int WD, int NV>
+template <typename T, typename S, int WD, int NV>
 NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t kp, int64_t ks, int64_t i_lo,
-                         int64_t i_hi, int64_t j_lo, int64_t j_hi, int K, int64_t c0, T* gk, T* gv) {
+                         int64_t i_hi, int64_t j_lo, int64_t j_hi, int K, int64_t c0, S* gk, S* gv) {
   typedef typename VecT<T, WD>::type VD;
   const Geometry& g = A.g;
   const int64_t d = g.dil;
@@ -753,23 +947,24 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
       const int64_t y = j * d + ti.ry;
       const int64_t widx = ((row_idx + a * K + t) * g.Y + y) * g.H + ti.h;
       const T ws = grad_logits[widx], wp = weights[widx];
-      const T* qp = at<T>(A.q.src, ti.b, x, y, ti.h) + c0;
-      const T* gp = at<T>(A.grad_out.src, ti.b, x, y, ti.h) + c0;
+      const S* qp = at<S>(A.q.src, ti.b, x, y, ti.h) + c0;
+      const S* gp = at<S>(A.grad_out.src, ti.b, x, y, ti.h) + c0;
       for (int n = 0; n < NV; ++n) {
-        acc_k[n] += ws * vload<VD>(qp + n * WD);
-        acc_v[n] += wp * vload<VD>(gp + n * WD);
+        acc_k[n] += ws * load_as<VD>(qp + n * WD);
+        acc_v[n] += wp * load_as<VD>(gp + n * WD);
       }
     }
   }
   const T scale = (T)A.scale;
   for (int n = 0; n < NV; ++n) {
-    vstore(gk + c0 + n * WD, acc_k[n] * scale);
-    vstore(gv + c0 + n * WD, acc_v[n]);
+    store_as(gk + c0 + n * WD, acc_k[n] * scale);
+    store_as(gv + c0 + n * WD, acc_v[n]);
   }
 }
 
-template <typename T>
-void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+// S: storage type of q, dO, dK, dV (T, or bfloat16 for T = float)
+template <typename T, typename S>
+void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
   constexpr int WD = NA_VEC_BYTES / sizeof(T);
   const Geometry& g = A.g;
   const int K = (int)g.K;
@@ -789,14 +984,15 @@ void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t t
       const int64_t ky = ks * d + ti.ry;
       // heads innermost: they read the same lines of the saved weights and dS
       for (ti.h = 0; ti.h < g.H; ++ti.h) {
-      T* gk = at_mut<T>(A.grad_k, ti.b, kx, ky, ti.h);
-      T* gv = at_mut<T>(A.grad_v, ti.b, kx, ky, ti.h);
+      S* gk = at_mut<S>(A.grad_k, ti.b, kx, ky, ti.h);
+      S* gv = at_mut<S>(A.grad_v, ti.b, kx, ky, ti.h);
       int64_t c0 = 0;
       for (; c0 + 2 * WD <= D; c0 += 2 * WD)
-        key_chunk<T, WD, 2>(A, ti, kp, ks, i_lo, i_hi, j_lo, j_hi, K, c0, gk, gv);
-      for (; c0 + WD <= D; c0 += WD) key_chunk<T, WD, 1>(A, ti, kp, ks, i_lo, i_hi, j_lo, j_hi, K, c0, gk, gv);
+        key_chunk<T, S, WD, 2>(A, ti, kp, ks, i_lo, i_hi, j_lo, j_hi, K, c0, gk, gv);
+      for (; c0 + WD <= D; c0 += WD) key_chunk<T, S, WD, 1>(A, ti, kp, ks, i_lo, i_hi, j_lo, j_hi, K, c0, gk, gv);
       if (c0 < D) {
-        for (int64_t c = c0; c < D; ++c) gk[c] = gv[c] = 0;
+        T rk[WD], rv[WD];  // the remaining (< WD) channels, summed in the compute type
+        for (int64_t c = c0; c < D; ++c) rk[c - c0] = rv[c - c0] = 0;
         for (int64_t i = i_lo; i <= i_hi; ++i) {
           const int64_t a = kp - g.x_start[ti.rx * g.Xs + i];
           const int64_t x = i * d + ti.rx;
@@ -804,13 +1000,17 @@ void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t t
             const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
             const int64_t y = j * d + ti.ry;
             const int64_t widx = ((((ti.b * g.X + x) * KK) + a * K + t) * g.Y + y) * g.H + ti.h;
-            const T* qp = at<T>(A.q.src, ti.b, x, y, ti.h);
-            const T* gp = at<T>(A.grad_out.src, ti.b, x, y, ti.h);
+            const S* qp = at<S>(A.q.src, ti.b, x, y, ti.h);
+            const S* gp = at<S>(A.grad_out.src, ti.b, x, y, ti.h);
             for (int64_t c = c0; c < D; ++c) {
-              gk[c] += grad_logits[widx] * qp[c] * (T)A.scale;
-              gv[c] += weights[widx] * gp[c];
+              rk[c - c0] += grad_logits[widx] * to_compute(qp[c]) * (T)A.scale;
+              rv[c - c0] += weights[widx] * to_compute(gp[c]);
             }
           }
+        }
+        for (int64_t c = c0; c < D; ++c) {
+          put(gk + c, rk[c - c0]);
+          put(gv + c, rv[c - c0]);
         }
       }
       }
@@ -818,20 +1018,60 @@ void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t t
   }
 }
 
+template <typename T>
+void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+  if constexpr (sizeof(T) == 4)
+    if (A.q.src.elem == kElemBF16) return backward_key_gather_as<T, Bf16>(A, task_begin, task_end);
+  backward_key_gather_as<T, T>(A, task_begin, task_end);
+}
+
 }  // namespace
 
 // kernel size as a template argument for the common sizes (loops unrolled, accumulators in
 // registers); others run the generic instantiation
-#define NA_DISPATCH_K(FN, T, LMAX, ...)                     \
+#define NA_DISPATCH_K(FN, T, LMAX, PAIRS, ...)              \
   switch (a.g.K) {                                          \
-    case 3: FN<T, LMAX, 3>(__VA_ARGS__); break;             \
-    case 5: FN<T, LMAX, 5>(__VA_ARGS__); break;             \
-    case 7: FN<T, LMAX, 7>(__VA_ARGS__); break;             \
-    case 9: FN<T, LMAX, 9>(__VA_ARGS__); break;             \
-    case 11: FN<T, LMAX, 11>(__VA_ARGS__); break;           \
-    case 13: FN<T, LMAX, 13>(__VA_ARGS__); break;           \
-    default: FN<T, LMAX, 0>(__VA_ARGS__); break;            \
+    case 3: FN<T, LMAX, 3, PAIRS>(__VA_ARGS__); break;      \
+    case 5: FN<T, LMAX, 5, PAIRS>(__VA_ARGS__); break;      \
+    case 7: FN<T, LMAX, 7, PAIRS>(__VA_ARGS__); break;      \
+    case 9: FN<T, LMAX, 9, PAIRS>(__VA_ARGS__); break;      \
+    case 11: FN<T, LMAX, 11, PAIRS>(__VA_ARGS__); break;    \
+    case 13: FN<T, LMAX, 13, PAIRS>(__VA_ARGS__); break;    \
+    default: FN<T, LMAX, 0, PAIRS>(__VA_ARGS__); break;     \
   }
+
+// the entry points declared by DINAT_DECLARE_ISA in na2d_kernel.h
+static constexpr int kLanes = NA_VEC_BYTES / 4;  // widest query block (float lanes of one vector)
+
+// float32 and, through conversions on load and store, bfloat16 tensors
+void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
+  NA_DISPATCH_K(forward_rows, float, kLanes, false, a, begin, end)
+}
+void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, false, a, begin, end, drpb)
+}
+#if NA_BF16_ENTRY
+// bfloat16 tensors with bfloat16 products (vdpbf16ps) for both attention products (conversions
+// where the unit was built without them, never selected there)
+void forward_bf16(const ForwardArgs& a, int64_t begin, int64_t end) {
+  NA_DISPATCH_K(forward_rows, float, kLanes, NA_BF16_DOT != 0, a, begin, end)
+}
+void backward_query_bf16(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, NA_BF16_DOT != 0, a, begin, end, drpb)
+}
+#endif
+void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float, kLanes>(a, begin, end); }
+void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
+
+#if NA_WITH_F64
+// float64 is for accuracy checks, not speed: one instantiation with a run-time kernel size
+void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_rows<double, 4, 0, false>(a, begin, end); }
+void backward_query_f64(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
+  backward_query_rows<double, 4, 0, false>(a, begin, end, drpb);
+}
+void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<double, 4>(a, begin, end); }
+void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<double>(a, begin, end); }
+#endif
 
 }  // namespace NA_ISA
 }  // namespace dinat
