@@ -54,3 +54,20 @@ def test_unrecognised_keys_are_used_as_they_are_and_logged(caplog):
         out = convert_checkpoint({"levels.0.blocks.0.norm1.weight": torch.ones(16)})
     assert list(out) == ["levels.0.blocks.0.norm1.weight"]
     assert "its 1 keys are used as they are (first: levels.0.blocks.0.norm1.weight)" in caplog.text
+
+
+def test_one_pretrained_loading_path_for_init_cfg(tmp_path):
+    """``init_cfg`` becomes a loaded checkpoint in one function (the core models and the mm wrappers
+    call it); a key it does not read is an error, not silently ignored."""
+    from dinat_backbone.checkpoint import load_pretrained_from_cfg
+
+    src = DiNAT(**SMALL)
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": OrderedDict((f"backbone.{k}", v) for k, v in src.state_dict().items())}, path)
+    dst = DiNAT(**SMALL, init_cfg=dict(type="Pretrained", checkpoint=str(path), prefix="backbone"))
+    dst.init_weights()
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    with pytest.raises(ValueError, match=r"init_cfg type='Pretrained' has no key\(s\) \['strict'\]"):
+        load_pretrained_from_cfg(DiNAT(**SMALL), dict(type="Pretrained", checkpoint=str(path), strict=True))
+    with pytest.raises(ValueError, match=r"init_cfg must be None or dict\(type='Pretrained'"):
+        DiNAT(**SMALL, init_cfg=dict(type="Kaiming")).init_weights()

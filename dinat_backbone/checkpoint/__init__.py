@@ -36,8 +36,8 @@ The package in three parts: :mod:`.convert` (format conversion, a dict to a dict
 """
 from .convert import checkpoint_family, convert_checkpoint
 from .files import load_checkpoint_file
-from .load import load_pretrained, resize_rpb
+from .load import load_pretrained, load_pretrained_from_cfg, resize_rpb
 from .urls import CHECKPOINT_URLS
 
-__all__ = ["convert_checkpoint", "load_checkpoint_file", "load_pretrained", "resize_rpb", "checkpoint_family",
-           "CHECKPOINT_URLS"]
+__all__ = ["convert_checkpoint", "load_checkpoint_file", "load_pretrained", "load_pretrained_from_cfg", "resize_rpb",
+           "checkpoint_family", "CHECKPOINT_URLS"]

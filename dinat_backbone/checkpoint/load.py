@@ -97,3 +97,23 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     if not result.missing_keys and not result.unexpected_keys:
         logger.info("load_pretrained: all %d keys matched", len(state))
     return result
+
+
+#: the keys of ``init_cfg=dict(type='Pretrained', ...)`` that :func:`load_pretrained_from_cfg` reads
+PRETRAINED_CFG_KEYS = ("type", "checkpoint", "prefix", "map_location")
+
+
+def load_pretrained_from_cfg(model: nn.Module, init_cfg: Mapping, logger: Optional[logging.Logger] = None):
+    """Load ``init_cfg=dict(type='Pretrained', checkpoint=path_or_url[, prefix=..., map_location=...])``
+    into ``model`` through :func:`load_pretrained`: the one place an ``init_cfg`` becomes a loaded
+    checkpoint (the core models' ``init_weights`` and the mm wrappers both call it)."""
+    cfg = dict(init_cfg)
+    if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
+        raise ValueError(f"{type(model).__name__}: init_cfg must be None or dict(type='Pretrained', "
+                         f"checkpoint=path_or_url), got {init_cfg}")
+    unknown = sorted(set(cfg) - set(PRETRAINED_CFG_KEYS))
+    if unknown:
+        raise ValueError(f"{type(model).__name__}: init_cfg type='Pretrained' has no key(s) {unknown}; it takes "
+                         f"{list(PRETRAINED_CFG_KEYS)}")
+    return load_pretrained(model, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
+                           map_location=cfg.get("map_location", "cpu"))
