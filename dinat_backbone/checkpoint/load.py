@@ -59,7 +59,9 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
     """
     logger = logger or _logger
     source = _describe(checkpoint)
-    obj = load_checkpoint_file(checkpoint, map_location)
+    own = model.state_dict()
+    model_bytes = sum(v.numel() * v.element_size() for v in own.values() if isinstance(v, torch.Tensor))
+    obj = load_checkpoint_file(checkpoint, map_location, model_bytes=model_bytes, logger=logger)
     if prefix:
         prefix = prefix if prefix.endswith(".") else prefix + "."  # mmengine accepts 'backbone' too
         obj = _strip_prefix(_strip_module_prefix(obj), prefix)
@@ -67,8 +69,6 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
             raise ValueError(f"load_pretrained: no key of the checkpoint starts with prefix {prefix!r}")
     state = convert_checkpoint(obj, logger=logger)
     _check_family(model, state)
-
-    own = model.state_dict()
     if not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"load_pretrained: {source} holds no tensors (keys {sorted(map(str, state))[:8]}), "
                          "so it is not a state dict of a model")
