@@ -246,3 +246,103 @@ def test_no_network_says_the_download_failed_and_what_to_do(server):
                                                ) as err:
             load()
         assert err.value.__cause__ is None and err.value.__suppress_context__  # no urllib traceback above it
+
+
+# ----------------------------------------------------------------------------------------------
+# a checkpoint of another size, or one that leaves weights unloaded (issue 20)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mini_and_tiny():
+    torch.manual_seed(0)
+    return DiNAT(arch="mini").eval(), DiNAT(arch="tiny").eval()
+
+
+def test_a_mini_checkpoint_in_a_tiny_model_is_an_error_naming_mini(mini_and_tiny):
+    """12 of stage 3's 18 blocks stayed random, reported as one ~9,000-character line of keys."""
+    mini, tiny = mini_and_tiny
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    with pytest.raises(ValueError, match=r"is a checkpoint of another size: it has depths \(3, 4, 6, 5\), embed_dim 64 "
+                                         r"= DiNAT-mini, the model DiNAT has depths \(3, 4, 18, 5\), embed_dim 64 = "
+                                         r"DiNAT-tiny; 12 of stage 3's 18 blocks would keep random weights \(missing: "
+                                         r"levels\.2\.blocks\.6-17 \(12 whole blocks\)\)\. Build the model with "
+                                         r"arch='mini' .*dinat_tiny_in1k_224\.pth") as err:
+        load_pretrained(tiny, mini.state_dict())
+    assert len(str(err.value)) < 600
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())  # nothing was loaded
+    # the reverse: blocks of the checkpoint would be dropped
+    with pytest.raises(ValueError, match=r"12 of stage 3's 18 checkpoint blocks would be dropped\. Build the model "
+                                         r"with arch='tiny'"):
+        load_pretrained(mini, tiny.state_dict())
+
+
+def test_a_shape_mismatch_names_both_variants(mini_and_tiny):
+    torch.manual_seed(0)
+    small = DiNAT(arch="small")
+    with pytest.raises(ValueError, match=r"shape mismatch for patch_embed\.proj\.0\.weight: checkpoint "
+                                         r"\[48, 3, 3, 3\], model \[32, 3, 3, 3\]; the checkpoint has .*embed_dim 96 = "
+                                         r"DiNAT-small, the model .*embed_dim 64 = DiNAT-tiny: build the model with "
+                                         r"arch='small'"):
+        load_pretrained(mini_and_tiny[1], small.state_dict())
+
+
+def test_missing_weights_are_an_error_summarised_by_module(caplog):
+    cfg = dict(SMALL, depths=(1, 2, 1, 1))
+    sd = DiNAT(**cfg).state_dict()
+    del sd["levels.3.blocks.0.mlp.fc2.bias"], sd["patch_embed.proj.0.weight"]
+    for key in [k for k in sd if k.startswith("levels.1.blocks.0.")]:
+        del sd[key]
+    with pytest.raises(ValueError, match=r"leaves \d+ of the model's \d+ weights unloaded \(they would keep their "
+                                         r"random init\): levels\.1\.blocks\.0 \(1 whole block\); "
+                                         r"patch_embed\.proj\.0\.weight; levels\.3\.blocks\.0\.mlp\.fc2\.bias\. "
+                                         r".*allow_missing=True"):
+        load_pretrained(DiNAT(**cfg), sd)
+    # allowed explicitly: logged, summarised the same way; the output norms alone may always be missing
+    with caplog.at_level(logging.WARNING, logger="dinat_backbone.checkpoint"):
+        result = load_pretrained(DiNAT(**cfg), sd, allow_missing=True)
+    assert "levels.1.blocks.0 (1 whole block)" in caplog.text and len(result.missing_keys) > 3
+    no_norms = {k: v for k, v in DiNAT(**cfg).state_dict().items() if not k.startswith("norm")}
+    assert load_pretrained(DiNAT(**cfg), no_norms).missing_keys  # the classification layout: fine
+    model = DiNAT(**SMALL, init_cfg=dict(type="Pretrained", checkpoint=sd, allow_missing=True))
+    model.init_weights()
+
+
+def test_extract_features_refuses_a_checkpoint_of_another_arch_from_a_url(server, mini_and_tiny, tmp_path, capsys):
+    """--arch tiny with DiNAT-mini weights exited 0 with 12 random blocks; the URL path is the same."""
+    from PIL import Image
+
+    from conftest import load_tool
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (64, 48), (90, 120, 200)).save(image)
+    server.routes = {"/w/dinat_mini_in1k_224.pth": (200, "application/octet-stream",
+                                                    _checkpoint_bytes(mini_and_tiny[0]))}
+    url = f"{server.base}/w/dinat_mini_in1k_224.pth"
+    tool = load_tool("extract_features")
+    feats = tool.main([str(image), "--arch", "mini", "--checkpoint", url])
+    assert [f.shape[0] for f in feats] == [64, 128, 256, 512]
+    with pytest.raises(ValueError, match=r"it has depths \(3, 4, 6, 5\), embed_dim 64 = DiNAT-mini, the model DiNAT "
+                                         r"has depths \(3, 4, 18, 5\).*arch='mini' \(--arch mini\)"):
+        tool.main([str(image), "--arch", "tiny", "--checkpoint", url])
+    assert server.hits == {"/w/dinat_mini_in1k_224.pth": 1}
+
+
+@pytest.mark.parametrize("argv, url", [
+    (["--arch", "tiny"], "/imagenet1k/dinat_tiny_in1k_224.pth"),
+    (["--model", "nat", "--arch", "small"], "/nat/checkpoints/CLS/nat_small.pth"),
+    (["--model", "dinat_s", "--arch", "tiny"], "/imagenet1k/dinat_s_tiny_in1k_224.pth"),
+])
+def test_the_random_weights_warning_suggests_the_checkpoint_of_the_arch(argv, url, capsys):
+    """It suggested the mini URL for every --arch."""
+    import argparse
+
+    from conftest import load_tool
+
+    from dinat_backbone import MODEL_FAMILIES
+
+    tool = load_tool("extract_features")
+    args = tool.build_parser().parse_args(["img.png", *argv])
+    cls, kwargs = tool._common.model_choice(argparse.ArgumentParser(), args)
+    tool.warn_random_weights(cls, kwargs["arch"])
+    err = capsys.readouterr().err
+    assert "RANDOM weights" in err and url in err and "mini" not in err
+    assert cls is MODEL_FAMILIES[args.model]
