@@ -346,3 +346,150 @@ def test_the_random_weights_warning_suggests_the_checkpoint_of_the_arch(argv, ur
     err = capsys.readouterr().err
     assert "RANDOM weights" in err and url in err and "mini" not in err
     assert cls is MODEL_FAMILIES[args.model]
+
+
+# ----------------------------------------------------------------------------------------------
+# the project's own training checkpoints (mmengine's message hub holds HistoryBuffer objects)
+# ----------------------------------------------------------------------------------------------
+_TRAIN_SCRIPT = r'''
+import sys, torch
+from torch.utils.data import Dataset
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from dinat_backbone import DiNAT
+
+class Detectorish(BaseModel):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = DiNAT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), drop_path_rate=0.0)
+        self.head = torch.nn.Linear(128, 2)
+
+    def forward(self, inputs, data_samples=None, mode="tensor"):
+        feats = self.backbone(torch.stack(inputs) if isinstance(inputs, list) else inputs)
+        out = self.head(feats[-1].mean((2, 3)))
+        return {"loss": out.square().mean()} if mode == "loss" else out
+
+class Images(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return dict(inputs=torch.randn(3, 32, 32))
+
+runner = Runner(model=Detectorish(), work_dir=sys.argv[1],
+                train_dataloader=dict(dataset=Images(), sampler=dict(type="DefaultSampler", shuffle=False),
+                                      batch_size=2, collate_fn=dict(type="default_collate")),
+                train_cfg=dict(by_epoch=False, max_iters=2),
+                optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-3)),
+                default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=2, by_epoch=False)))
+runner.train()
+torch.save(runner.model.backbone.state_dict(), sys.argv[1] + "/backbone_after_training.pth")
+'''
+
+
+def _run_python(code, *args, cwd=None, timeout=300):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory):
+    """A real checkpoint of an mmengine Runner (2 iterations, AdamW): what tools/train.py writes."""
+    work = tmp_path_factory.mktemp("train")
+    done = _run_python(_TRAIN_SCRIPT, work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    path = work / "iter_2.pth"
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in unsafe and "builtins.getattr" in unsafe
+    return path, work / "backbone_after_training.pth"
+
+
+_READ_WITHOUT_MM = r'''
+import sys, torch
+from dinat_backbone import DiNAT, load_pretrained
+from dinat_backbone.checkpoint import load_checkpoint_file
+path, reference = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
+before = set(torch.serialization.get_safe_globals())
+model = DiNAT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), drop_path_rate=0.0)
+result = load_pretrained(model, path)
+assert not result.missing_keys and not result.unexpected_keys, result
+assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
+assert set(load_checkpoint_file(path)) >= {"backbone.patch_embed.proj.0.weight", "head.weight"}
+assert set(torch.serialization.get_safe_globals()) == before  # the allow-list is as it was
+import sys as s
+if len(s.argv) > 3:  # tools/train.py's allow-list (the real mmengine classes) registered: still read the same
+    from mmengine.logging.history_buffer import HistoryBuffer
+    torch.serialization.add_safe_globals([HistoryBuffer])
+    model2 = DiNAT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), drop_path_rate=0.0)
+    load_pretrained(model2, path)
+    assert HistoryBuffer in torch.serialization.get_safe_globals()
+else:
+    assert "mmengine" not in s.modules and "dinat_backbone.mm" not in s.modules, "imported the mm stack"
+print("ok")
+'''
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["fresh-process", "with-train-allow-list"])
+def test_training_checkpoints_load_without_the_mm_glue(training_checkpoint, registered):
+    """They failed unless dinat_backbone.mm happened to be imported, suggesting weights_only=False."""
+    path, reference = training_checkpoint
+    done = _run_python(_READ_WITHOUT_MM, path, reference, *(["registered"] if registered else []))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_training_checkpoints_in_the_tools(training_checkpoint, tmp_path):
+    path, reference = training_checkpoint
+    out = tmp_path / "native.pth"
+    import subprocess  # the tools run as the user runs them: a fresh process each, no mm glue imported
+    import sys
+
+    from conftest import ROOT, TOOLS
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, os.path.join(TOOLS, "convert_checkpoint.py"), str(path), str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    converted, expected = torch.load(out, weights_only=True), torch.load(reference, weights_only=True)
+    assert set(converted) == set(expected) and all(torch.equal(converted[k], v) for k, v in expected.items())
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (40, 32), (90, 120, 200)).save(image)
+    done = subprocess.run([sys.executable, os.path.join(TOOLS, "extract_features.py"), str(image), "--checkpoint",
+                           str(path), "--arch", "mini"], capture_output=True, text=True, env=env, timeout=300)
+    # the file loads (no weights_only / HistoryBuffer error); its backbone is not DiNAT-mini, which is said
+    assert done.returncode != 0 and "shape mismatch for patch_embed" in done.stderr, done.stderr[-3000:]
+    assert "weights_only" not in done.stderr and "HistoryBuffer" not in done.stderr
+
+
+class _Gadget:
+    """An object a checkpoint should never run: stands for any class the reader does not know."""
+
+    def __reduce__(self):
+        return (OrderedDict.fromkeys, (["a"],))
+
+
+class _GetattrGadget:
+    def __reduce__(self):
+        return (getattr, (OrderedDict, "fromkeys"))
+
+
+@pytest.mark.parametrize("extra, named", [
+    (_Gadget(), None),
+    (_GetattrGadget(), "getattr(<class 'collections.OrderedDict'>, 'fromkeys') is not read from a checkpoint"),
+])
+def test_other_objects_are_refused_without_suggesting_weights_only_false(tmp_path, extra, named):
+    path = tmp_path / "odd.pth"
+    torch.save({"state_dict": DiNAT(**SMALL).state_dict(), "meta": extra}, path)
+    with pytest.raises(RuntimeError, match=rf"^load_pretrained: {escaped(path)} holds objects other than tensors") as e:
+        load_pretrained(DiNAT(**SMALL), str(path))
+    assert "weights_only=False" not in str(e.value) and "save the weights alone" in str(e.value)
+    if named:
+        assert named in str(e.value)

@@ -259,6 +259,16 @@ def _read_safetensors(src: _Source, map_location):
                            f"{src.again}") from None
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """The weights-only unpickler's own reason, without torch's advice around it (which suggests
+    turning weights_only off)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    reason = text.split(marker, 1)[1] if marker in text else text
+    reason = reason.split("Check the documentation of torch.load")[0]
+    return " ".join(reason.split())[:300]
+
+
 def _read_torch(src: _Source, map_location):
     source = src.path
     try:
@@ -280,7 +290,7 @@ def _read_torch(src: _Source, map_location):
         held = f" ({', '.join(others)})" if others else ""
         raise RuntimeError(
             f"load_pretrained: {src.shown} holds objects other than tensors{held}, which are not read from a "
-            f"checkpoint (torch.load(weights_only=True) refused: {str(exc).splitlines()[0][:300]}). Tensors, plain "
+            f"checkpoint (torch.load(weights_only=True) refused: {_unpickler_reason(exc)}). Tensors, plain "
             "containers and mmengine's training state are read; save the weights alone in the program that "
             "wrote the file, e.g. torch.save(checkpoint['state_dict'], 'weights.pth'), and pass that file."
         ) from None
