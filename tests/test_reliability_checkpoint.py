@@ -493,3 +493,94 @@ def test_other_objects_are_refused_without_suggesting_weights_only_false(tmp_pat
     assert "weights_only=False" not in str(e.value) and "save the weights alone" in str(e.value)
     if named:
         assert named in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/test.py: a checkpoint that leaves the model's weights unloaded (issue 20)
+# ----------------------------------------------------------------------------------------------
+def _toy_det_config():
+    from conftest import ROOT
+
+    return os.path.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
+
+
+def _toy_detector():
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from conftest import load_tool
+
+    load_tool("_common").import_scope("mmdet")
+    cfg = Config.fromfile(_toy_det_config())
+    init_default_scope("mmdet")
+    from mmdet.registry import MODELS
+
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model)
+
+
+def test_weights_left_unloaded_by_a_full_model_checkpoint():
+    """The torch-only part of the check: keys and shapes of the built model against the file."""
+    from dinat_backbone.checkpoint.load import summarize_by_module, weights_left_unloaded
+
+    model = torch.nn.Sequential(OrderedDict(backbone=DiNAT(**SMALL), head=torch.nn.Linear(128, 3)))
+    full = {f"module.{k}": v for k, v in model.state_dict().items()}  # a DDP-saved file
+    assert weights_left_unloaded(model, full) == ([], [])
+    backbone_only = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    backbone_only["backbone.patch_embed.proj.0.bias"] = torch.zeros(3)
+    missing, mismatched = weights_left_unloaded(model, backbone_only)
+    assert missing == ["head.weight", "head.bias"]
+    assert mismatched == ["backbone.patch_embed.proj.0.bias [3] -> [8]"]
+    assert summarize_by_module(missing, model.state_dict()) == "head.weight (all 1); head.bias (all 1)"
+    assert summarize_by_module(missing, model.state_dict(), depth=1) == "head (all 2)"
+
+
+def test_tools_test_refuses_a_checkpoint_that_loads_none_of_the_detector(server, tmp_path):
+    """A DiNAT backbone file on the DiNAT detector evaluated to mAP 0.000 with exit 0; it is an error
+    before the evaluation, naming what is missing (here fetched from a URL, through the cache)."""
+    from conftest import load_tool
+
+    detector = _toy_detector()
+    backbone_only = {k[len("backbone."):]: v for k, v in detector.state_dict().items() if k.startswith("backbone.")}
+    server.routes = {"/ckpt/model.pth": (200, "application/octet-stream", _checkpoint_bytes_of(backbone_only))}
+    url = f"{server.base}/ckpt/model.pth"
+    load_tool("make_toy_data").ensure(quiet=True)
+    with pytest.raises(SystemExit) as info:
+        load_tool("test").main([_toy_det_config(), url, "--work-dir", str(tmp_path / "work")])
+    message = str(info.value.code)
+    assert message.startswith(f"tools/test.py: the checkpoint {url} does not fit the model built from the config: ")
+    assert re.search(r"(\d+) of the model's \1 weights are not in it: backbone\.patch_embed \(all \d+\); "
+                     r"backbone\.levels \(all \d+\)", message), message
+    assert "backbone-only file" in message and "--allow-missing-weights" in message
+    assert server.hits == {"/ckpt/model.pth": 1}
+
+
+def test_tools_test_allow_missing_weights_warns_instead(tmp_path):
+    """--allow-missing-weights: the same account as a warning; a full checkpoint passes silently."""
+    from conftest import load_tool
+
+    detector = _toy_detector()
+    partial = {k: v for k, v in detector.state_dict().items() if not k.startswith("roi_head.mask_head.")}
+    path = tmp_path / "partial.pth"
+    torch.save({"state_dict": partial, "meta": {}}, path)
+    tool = load_tool("test")
+    with pytest.raises(SystemExit, match=r"weights are not in it: roi_head\.mask_head \(all \d+\)"):
+        tool.check_checkpoint_covers_model(detector, str(path), str(path))
+    with pytest.warns(UserWarning, match=r"roi_head\.mask_head \(all \d+\).*--allow-missing-weights: evaluating "
+                                         r"anyway"):
+        tool.check_checkpoint_covers_model(detector, str(path), str(path), allow_missing=True)
+    tool.check_checkpoint_covers_model(detector, str(_saved(tmp_path, detector.state_dict())), "full.pth")
+
+
+def _checkpoint_bytes_of(state) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _saved(tmp_path, state):
+    path = tmp_path / "full.pth"
+    torch.save({"state_dict": state}, path)
+    return path

@@ -267,3 +267,40 @@ def load_pretrained_from_cfg(model: nn.Module, init_cfg: Mapping, logger: Option
                          f"{list(PRETRAINED_CFG_KEYS)}")
     return load_pretrained(model, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
                            map_location=cfg.get("map_location", "cpu"), allow_missing=bool(cfg.get("allow_missing")))
+
+
+def _without_wrappers(key: str) -> str:
+    while key.startswith("module."):  # DDP / TTA wrappers, as mmengine's load_from strips them
+        key = key[len("module."):]
+    return key
+
+
+def weights_left_unloaded(model: nn.Module, state: Mapping) -> Tuple[list, list]:
+    """``(missing, mismatched)``: the model's state-dict keys a full-model checkpoint (e.g. a detector's
+    ``state_dict``) does not provide, and those it provides in another shape; ``module.`` wrapper
+    prefixes are ignored on both sides. What mmengine's ``load_from`` would leave as initialised."""
+    theirs = {_without_wrappers(k): v for k, v in state.items()}
+    missing, mismatched = [], []
+    for key, value in model.state_dict().items():
+        key = _without_wrappers(key)
+        other = theirs.get(key)
+        if other is None:
+            missing.append(key)
+        elif isinstance(other, torch.Tensor) and other.shape != value.shape:
+            mismatched.append(f"{key} {list(other.shape)} -> {list(value.shape)}")
+    return missing, mismatched
+
+
+def summarize_by_module(keys, all_keys, depth: int = 2, limit: int = 12) -> str:
+    """``backbone.levels (all 96); neck.lateral_convs (2 of 8)``: keys counted per module path of
+    ``depth`` components against the model's ``all_keys``."""
+    from collections import Counter
+
+    def module_of(key):
+        return ".".join(key.split(".")[:depth])
+
+    total = Counter(map(module_of, all_keys))
+    found = Counter(map(module_of, keys))
+    parts = [f"{m} ({'all ' + str(n) if n == total[m] else f'{n} of {total[m]}'})" for m, n in found.items()]
+    more = len(parts) - limit
+    return "; ".join(parts[:limit]) + (f"; ... and {more} more modules" if more > 0 else "")
