@@ -584,3 +584,18 @@ def _saved(tmp_path, state):
     path = tmp_path / "full.pth"
     torch.save({"state_dict": state}, path)
     return path
+
+
+def test_local_checkpoint_for_the_mm_tools(server, tmp_path):
+    """tools/test.py (the checkpoint) and tools/train.py (--resume / load_from) hand mmengine the
+    whole-URL cache's file; a path passes unchanged."""
+    from dinat_backbone.checkpoint.download import cached_path, local_checkpoint
+
+    body = _checkpoint_bytes(_seeded(6))
+    server.routes = {"/r/iter_100.pth": (200, "application/octet-stream", body)}
+    url = f"{server.base}/r/iter_100.pth"
+    assert local_checkpoint(url) == cached_path(url) == local_checkpoint(url)
+    with open(cached_path(url), "rb") as f:
+        assert f.read() == body
+    assert server.hits == {"/r/iter_100.pth": 1}
+    assert local_checkpoint(str(tmp_path / "x.pth")) == str(tmp_path / "x.pth")

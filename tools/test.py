@@ -123,14 +123,6 @@ def _seg_tta(cfg):
     cfg.model = cfg.tta_model
 
 
-def local_checkpoint(checkpoint: str) -> str:
-    """A URL's cached download (the cache is keyed by the whole URL and only holds complete files;
-    mmengine's own download caches by file name); a path as it is."""
-    from dinat_backbone.checkpoint.download import download_checkpoint, is_url
-
-    return download_checkpoint(checkpoint) if is_url(checkpoint) else checkpoint
-
-
 def check_checkpoint_covers_model(model, path: str, shown: str, allow_missing: bool = False) -> None:
     """Exit before the evaluation when the checkpoint leaves model weights unloaded: mmengine's
     ``load_from`` only logs them, and the model is then evaluated with random weights."""
@@ -184,7 +176,11 @@ def main(argv=None):
     _common.check_data_paths(cfg, ("test",), "tools/test.py")
     if args.out is not None and scope == "mmdet" and not args.out.endswith((".pkl", ".pickle")):
         raise SystemExit(f"tools/test.py: --out {args.out}: mmdet configs dump predictions to a .pkl file")
-    cfg.load_from = local_checkpoint(args.checkpoint)  # after the cheap checks: a download takes a while
+    from dinat_backbone.checkpoint.download import local_checkpoint
+
+    # after the cheap checks (a download takes a while); the cache is keyed by the whole URL and holds
+    # only complete files (mmengine's own download caches by file name)
+    cfg.load_from = local_checkpoint(args.checkpoint)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 

@@ -139,4 +139,11 @@ def download_checkpoint(url: str, timeout: float = DOWNLOAD_TIMEOUT, logger=None
     return path
 
 
-__all__ = ["CheckpointDownloadError", "download_checkpoint", "cached_path", "cache_dir", "is_url", "DOWNLOAD_TIMEOUT"]
+def local_checkpoint(path_or_url: str, logger=None) -> str:
+    """A URL's cached download (:func:`download_checkpoint`), a path as it is: for callers that hand
+    the file to another loader (mmengine's ``load_from`` / ``resume`` cache URLs by file name)."""
+    return download_checkpoint(path_or_url, logger=logger) if is_url(path_or_url) else path_or_url
+
+
+__all__ = ["CheckpointDownloadError", "download_checkpoint", "local_checkpoint", "cached_path", "cache_dir", "is_url",
+           "DOWNLOAD_TIMEOUT"]
