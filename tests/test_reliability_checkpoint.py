@@ -599,3 +599,61 @@ def test_local_checkpoint_for_the_mm_tools(server, tmp_path):
         assert f.read() == body
     assert server.hits == {"/r/iter_100.pth": 1}
     assert local_checkpoint(str(tmp_path / "x.pth")) == str(tmp_path / "x.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+# compressed zip records: bounded before torch.load allocates them (issue 20)
+# ----------------------------------------------------------------------------------------------
+def _repacked(tmp_path, name, replace=None, level=6):
+    """The small model's torch.save file re-packed with deflated records; ``replace`` gives the
+    bytes of its first storage record (a crafted file)."""
+    import zipfile
+
+    plain = tmp_path / "plain.pth"
+    torch.save(DiNAT(**SMALL).state_dict(), plain)
+    out = tmp_path / name
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if replace is not None and info.filename.endswith("/data/0"):
+                data = replace
+            dst.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=level)
+    return out
+
+
+def test_a_small_file_that_expands_to_much_more_is_refused_before_loading(tmp_path, monkeypatch):
+    bomb = _repacked(tmp_path, "bomb.pth", replace=bytes(64 << 20), level=9)
+    assert os.path.getsize(bomb) < (2 << 20)
+    allocated = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: allocated.append(a) or {})  # must not be reached
+    with pytest.raises(ValueError, match=rf"^load_pretrained: {escaped(bomb)} is not a checkpoint to load: its \d+ "
+                                         r"compressed record\(s\) would expand from .* to 6\d\.\d MiB in memory "
+                                         r"\(e\.g\. .*/data/0: 64\.0 MiB\), more than 16x their compressed size"):
+        load_pretrained(DiNAT(**SMALL), str(bomb))
+    from dinat_backbone.checkpoint import load_checkpoint_file
+
+    with pytest.raises(ValueError, match=r"more than 16x their compressed size"):
+        load_checkpoint_file(str(bomb))  # no model: the expansion bound alone
+    assert allocated == []
+
+
+def test_compressed_records_are_bounded_by_the_models_own_size(tmp_path):
+    """A record that compresses plausibly (2x) but is far larger than the model's whole state."""
+    model = DiNAT(**SMALL)
+    model_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    generator = torch.Generator().manual_seed(0)
+    nibbles = torch.randint(0, 16, (20 * model_bytes,), dtype=torch.uint8, generator=generator).numpy().tobytes()
+    big = _repacked(tmp_path, "big.pth", replace=nibbles)
+    with pytest.raises(ValueError, match=r"would expand from .* in memory .*more than 16x the model's own "
+                                         r"weights \(\d+\.\d [KM]iB\)"):
+        load_pretrained(model, str(big))
+
+
+def test_a_repacked_checkpoint_still_loads(tmp_path):
+    """Deflated records of real weights expand about 1.1x: within both bounds."""
+    torch.manual_seed(0)
+    path = _repacked(tmp_path, "deflated.pth")
+    reference = torch.load(tmp_path / "plain.pth", weights_only=True)
+    model = DiNAT(**SMALL)
+    load_pretrained(model, str(path))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
