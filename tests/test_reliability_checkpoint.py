@@ -657,3 +657,68 @@ def test_a_repacked_checkpoint_still_loads(tmp_path):
     model = DiNAT(**SMALL)
     load_pretrained(model, str(path))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# errors that name the file and come before the work (issue 20)
+# ----------------------------------------------------------------------------------------------
+def test_a_bad_safetensors_file_is_named(tmp_path):
+    """safetensors' own SafetensorError names no file."""
+    import safetensors.torch
+
+    good = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in DiNAT(**SMALL).state_dict().items()}, str(good))
+    data = good.read_bytes()
+    for name, content in (("cut.safetensors", data[: len(data) // 2]), ("text.safetensors", b"hello, not a file\n"),
+                          ("header.safetensors", (40).to_bytes(8, "little") + b"{not json" + bytes(40))):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(RuntimeError, match=rf"^load_pretrained: {escaped(path)} is not a readable \.safetensors "
+                                               r"file \(.+\): fetch or write it again") as err:
+            load_pretrained(DiNAT(**SMALL), str(path))
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+    load_pretrained(DiNAT(**SMALL), str(good))
+
+
+def test_a_missing_path_or_a_folder_is_named_before_reading(tmp_path):
+    from dinat_backbone.checkpoint import load_checkpoint_file
+
+    with pytest.raises(FileNotFoundError, match=rf"^load_pretrained: checkpoint not found: {escaped(tmp_path)}/no"):
+        load_checkpoint_file(str(tmp_path / "no.pth"))
+    (tmp_path / "run").mkdir()
+    torch.save({}, tmp_path / "run" / "iter_10.pth")
+    with pytest.raises(IsADirectoryError, match=rf"^load_pretrained: {escaped(tmp_path)}/run is a folder, not a "
+                                                r"checkpoint file: give the file inside it \(it holds iter_10\.pth\)"):
+        load_pretrained(DiNAT(**SMALL), str(tmp_path / "run"))
+
+
+def _usage_error(tool, argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        tool.main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_convert_checkpoint_checks_its_paths_before_reading(tmp_path, capsys, monkeypatch):
+    """A missing or folder source was a traceback; an unwritable output failed after the loading."""
+    from conftest import load_tool
+
+    tool = load_tool("convert_checkpoint")
+    src = tmp_path / "w.pth"
+    torch.save(DiNAT(**SMALL).state_dict(), src)
+    read = []
+    monkeypatch.setattr(tool, "load_checkpoint_file", lambda *a, **k: read.append(a))  # must not be reached
+    assert _usage_error(tool, [str(tmp_path / "no.pth"), str(tmp_path / "o.pth")], capsys).endswith(
+        f"error: checkpoint not found: {tmp_path}/no.pth")
+    assert _usage_error(tool, [str(tmp_path), str(tmp_path / "o.pth")], capsys).endswith(
+        f"error: {tmp_path} is a folder: give the checkpoint file inside it")
+    assert _usage_error(tool, [str(src), str(tmp_path)], capsys).endswith(
+        f"error: output {tmp_path} is a folder: give a file name, e.g. {tmp_path}/converted.pth")
+    assert _usage_error(tool, [str(src), str(tmp_path / "nope" / "o.pth")], capsys).endswith(
+        f"error: output {tmp_path}/nope/o.pth: its folder {tmp_path}/nope does not exist (create it first)")
+    assert _usage_error(tool, [str(src), str(src / "o.pth")], capsys).endswith(
+        f"error: output {src}/o.pth: its folder {src} is a file, not a folder")
+    # /proc takes no new files, even from root (a read-only folder would not stop root)
+    assert "error: output /proc/o.pth cannot be written: /proc does not take new files (" in \
+        _usage_error(tool, [str(src), "/proc/o.pth"], capsys)
+    assert read == []

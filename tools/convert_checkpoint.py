@@ -3,6 +3,9 @@
 
     python tools/convert_checkpoint.py SRC DST [--to native|mm] [--model dinat|nat|dinat_s [--arch ARCH]]
 
+SRC and DST are checked before anything is read: a missing or folder source, a folder or
+unwritable output is a usage error naming it.
+
 SRC: a path or URL in any layout :func:`dinat_backbone.convert_checkpoint` understands (original
 ImageNet ``.pth``, original / mmdet / mmseg detector and segmentor checkpoints, HF transformers
 ``DinatModel`` / ``DinatForImageClassification`` / ``DinatBackbone`` state dicts, mmengine
@@ -19,6 +22,7 @@ built model of that size (strict; the arch choices are the family's ``arch_setti
 import argparse
 import os.path as osp
 import sys
+import tempfile
 from collections import OrderedDict
 
 import torch
@@ -46,9 +50,31 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
+def check_paths(parser, args) -> None:
+    """Usage errors before the (possibly long) read: a missing or folder source, an output that
+    cannot be written (a folder, a missing or read-only parent folder)."""
+    if "://" not in args.src:
+        if osp.isdir(args.src):
+            parser.error(f"{args.src} is a folder: give the checkpoint file inside it")
+        if not osp.isfile(args.src):
+            parser.error(f"checkpoint not found: {args.src}")
+    if osp.isdir(args.dst):
+        parser.error(f"output {args.dst} is a folder: give a file name, e.g. {osp.join(args.dst, 'converted.pth')}")
+    parent = osp.dirname(osp.abspath(args.dst))
+    if not osp.isdir(parent):
+        what = "is a file, not a folder" if osp.exists(parent) else "does not exist (create it first)"
+        parser.error(f"output {args.dst}: its folder {parent} {what}")
+    try:  # the real test (permissions, read-only file systems), not os.access's guess
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        parser.error(f"output {args.dst} cannot be written: {parent} does not take new files ({exc.strerror or exc})")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_paths(parser, args)
     obj = load_checkpoint_file(args.src)
     state = convert_checkpoint(obj)
     state = OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
