@@ -120,7 +120,8 @@ def check_paths(parser, args):
     if args.vis and osp.splitext(args.vis)[1].lower() not in Image.registered_extensions():
         parser.error(f"--vis {args.vis}: give an image file name, e.g. stages.png")
     if args.checkpoint and "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+        what = "is a folder: give the checkpoint file inside it" if osp.isdir(args.checkpoint) else "file not found"
+        parser.error(f"--checkpoint {args.checkpoint}: {what}")
 
 
 def warn_random_weights(cls, arch, file=sys.stderr):
