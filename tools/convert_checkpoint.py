@@ -33,6 +33,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _common  # noqa: E402
 from dinat_backbone import convert_checkpoint  # noqa: E402
 from dinat_backbone.checkpoint import checkpoint_family, load_checkpoint_file  # noqa: E402
+from dinat_backbone.checkpoint.load import describe_variant, summarize_keys  # noqa: E402
 
 
 def build_parser():
@@ -95,8 +96,11 @@ def main(argv=None) -> int:
         unexpected = sorted(set(state) - set(own))
         bad = [k for k in state if k in own and own[k].shape != state[k].shape]
         if missing or unexpected or bad:
-            print(f"[convert] does not match {args.model}-{args.arch}: missing {missing[:10]}"
-                  f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, shape {bad[:10]}")
+            stage_attr = model.stage_attr
+            theirs, ours = describe_variant(model, state)[0], describe_variant(model, own)[0]
+            print(f"[convert] does not match {args.model}-{args.arch}: the file has {theirs}, the model {ours}; "
+                  f"missing {summarize_keys(missing, stage_attr, own) or 'none'}; unexpected "
+                  f"{summarize_keys(unexpected, stage_attr, state) or 'none'}; other shapes {bad[:10] or 'none'}")
             # output norms are not in classification checkpoints: only those may be missing
             if unexpected or bad or any(not k.startswith("norm") for k in missing):
                 return 1

@@ -72,7 +72,7 @@ def _model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def _variant(model: nn.Module, state: Mapping) -> Tuple[str, Optional[str]]:
+def describe_variant(model: nn.Module, state: Mapping) -> Tuple[str, Optional[str]]:
     """``("depths (3, 4, 6, 5), embed_dim 64 = 'mini'", 'mini')`` for a native state dict, from the
     model family's ``arch_settings``; the arch is None when no named variant has those sizes."""
     stage_attr = getattr(model, "stage_attr", None)
@@ -161,7 +161,8 @@ def _check_complete(model: nn.Module, state: Mapping, own: Mapping, source: str)
     if stage_attr:
         theirs, ours = stage_depths(state, stage_attr), stage_depths(own, stage_attr)
         if theirs and theirs != ours:
-            (their_text, their_arch), (our_text, our_arch) = _variant(model, state), _variant(model, own)
+            (their_text, their_arch), (our_text, our_arch) = (describe_variant(model, state),
+                                                              describe_variant(model, own))
             advice = _advice(model, their_arch, our_arch)
             fate = []
             for i, (a, b) in enumerate(zip(theirs, ours)):
@@ -227,7 +228,8 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, Mapping], strict: b
                         key, list(value.shape), list(target))
             state[key] = resize_rpb(value, target[1])
             continue
-        (their_text, their_arch), (our_text, our_arch) = _variant(model, state), _variant(model, own)
+        (their_text, their_arch), (our_text, our_arch) = (describe_variant(model, state),
+                                                              describe_variant(model, own))
         raise ValueError(
             f"load_pretrained: shape mismatch for {key}: checkpoint {list(value.shape)}, model {list(target)}; "
             f"the checkpoint has {their_text}, the model {our_text}: "
