@@ -13,9 +13,7 @@ import os
 import re
 import socket
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 import torch
 
@@ -86,6 +84,9 @@ def download_checkpoint(url: str, timeout: float = DOWNLOAD_TIMEOUT, logger=None
     """The local path of ``url``'s checkpoint: the cached file when there is one, else downloaded
     into :func:`cached_path` (complete and checked before the rename; nothing stays behind on a
     failure). Raises :class:`CheckpointDownloadError` naming the URL and what to do instead."""
+    import urllib.error  # here: importing the package stays light (urllib.request pulls in http / ssl)
+    import urllib.request
+
     path = cached_path(url)
     if os.path.isfile(path):
         return path
