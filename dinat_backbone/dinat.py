@@ -532,15 +532,10 @@ class DiNATBackboneBase(nn.Module):
             self._init_random_weights()
         if cfg is None:
             return
-        cfg = dict(cfg)
-        if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
-            raise ValueError(f"{type(self).__name__}: init_cfg must be None or dict(type='Pretrained', "
-                             f"checkpoint=path_or_url), got {self.init_cfg}")
-        from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
+        from .checkpoint import load_pretrained_from_cfg  # local import: checkpoint imports this module's names
 
         # keys the checkpoint lacks (e.g. output norms) keep the usual random init, done once above / at construction
-        load_pretrained(self, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
-                        map_location=cfg.get("map_location", "cpu"))
+        load_pretrained_from_cfg(self, cfg, logger=logger)
         self._freeze_stages()
 
     # -- freezing --------------------------------------------------------------------------------

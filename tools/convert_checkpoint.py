@@ -3,6 +3,9 @@
 
     python tools/convert_checkpoint.py SRC DST [--to native|mm] [--model dinat|nat|dinat_s [--arch ARCH]]
 
+SRC and DST are checked before anything is read: a missing or folder source, a folder or
+unwritable output is a usage error naming it.
+
 SRC: a path or URL in any layout :func:`dinat_backbone.convert_checkpoint` understands (original
 ImageNet ``.pth``, original / mmdet / mmseg detector and segmentor checkpoints, HF transformers
 ``DinatModel`` / ``DinatForImageClassification`` / ``DinatBackbone`` state dicts, mmengine
@@ -19,6 +22,7 @@ built model of that size (strict; the arch choices are the family's ``arch_setti
 import argparse
 import os.path as osp
 import sys
+import tempfile
 from collections import OrderedDict
 
 import torch
@@ -29,6 +33,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _common  # noqa: E402
 from dinat_backbone import convert_checkpoint  # noqa: E402
 from dinat_backbone.checkpoint import checkpoint_family, load_checkpoint_file  # noqa: E402
+from dinat_backbone.checkpoint.load import describe_variant, summarize_keys  # noqa: E402
 
 
 def build_parser():
@@ -46,9 +51,31 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
+def check_paths(parser, args) -> None:
+    """Usage errors before the (possibly long) read: a missing or folder source, an output that
+    cannot be written (a folder, a missing or read-only parent folder)."""
+    if "://" not in args.src:
+        if osp.isdir(args.src):
+            parser.error(f"{args.src} is a folder: give the checkpoint file inside it")
+        if not osp.isfile(args.src):
+            parser.error(f"checkpoint not found: {args.src}")
+    if osp.isdir(args.dst):
+        parser.error(f"output {args.dst} is a folder: give a file name, e.g. {osp.join(args.dst, 'converted.pth')}")
+    parent = osp.dirname(osp.abspath(args.dst))
+    if not osp.isdir(parent):
+        what = "is a file, not a folder" if osp.exists(parent) else "does not exist (create it first)"
+        parser.error(f"output {args.dst}: its folder {parent} {what}")
+    try:  # the real test (permissions, read-only file systems), not os.access's guess
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        parser.error(f"output {args.dst} cannot be written: {parent} does not take new files ({exc.strerror or exc})")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_paths(parser, args)
     obj = load_checkpoint_file(args.src)
     state = convert_checkpoint(obj)
     state = OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
@@ -69,8 +96,11 @@ def main(argv=None) -> int:
         unexpected = sorted(set(state) - set(own))
         bad = [k for k in state if k in own and own[k].shape != state[k].shape]
         if missing or unexpected or bad:
-            print(f"[convert] does not match {args.model}-{args.arch}: missing {missing[:10]}"
-                  f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}, shape {bad[:10]}")
+            stage_attr = model.stage_attr
+            theirs, ours = describe_variant(model, state)[0], describe_variant(model, own)[0]
+            print(f"[convert] does not match {args.model}-{args.arch}: the file has {theirs}, the model {ours}; "
+                  f"missing {summarize_keys(missing, stage_attr, own) or 'none'}; unexpected "
+                  f"{summarize_keys(unexpected, stage_attr, state) or 'none'}; other shapes {bad[:10] or 'none'}")
             # output norms are not in classification checkpoints: only those may be missing
             if unexpected or bad or any(not k.startswith("norm") for k in missing):
                 return 1

@@ -120,14 +120,22 @@ def check_paths(parser, args):
     if args.vis and osp.splitext(args.vis)[1].lower() not in Image.registered_extensions():
         parser.error(f"--vis {args.vis}: give an image file name, e.g. stages.png")
     if args.checkpoint and "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint}: file not found")
+        what = "is a folder: give the checkpoint file inside it" if osp.isdir(args.checkpoint) else "file not found"
+        parser.error(f"--checkpoint {args.checkpoint}: {what}")
 
 
-def warn_random_weights(file=sys.stderr):
+def warn_random_weights(cls, arch, file=sys.stderr):
+    """The random-weights warning, suggesting the official checkpoint of the model's own family and
+    arch (a checkpoint of another size is an error when loaded)."""
+    from dinat_backbone.checkpoint.urls import pretrained_url
+
+    url = pretrained_url(cls.__name__, arch)
+    example = (f"e.g. for {cls.__name__}-{arch}:\n[features] {url}" if url else
+               f"(no official {cls.__name__}-{arch} checkpoint is published: give your own)")
     bar = "!" * 78
     print(f"{bar}\n[features] WARNING: no --checkpoint given: the backbone has RANDOM weights, so these\n"
-          "[features] features (and the --vis picture) mean nothing. Pass --checkpoint PATH_OR_URL, e.g.\n"
-          "[features] https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth\n"
+          "[features] features (and the --vis picture) mean nothing. Pass --checkpoint PATH_OR_URL,\n"
+          f"[features] {example}\n"
           f"[features] (README, Checkpoints: every official file and format).\n{bar}", file=file, flush=True)
 
 
@@ -140,7 +148,7 @@ def main(argv=None):
     if args.checkpoint:
         kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=args.checkpoint)
     else:
-        warn_random_weights()
+        warn_random_weights(cls, kwargs.get("arch", cls.default_arch))
     model = cls(**kwargs)
     model.init_weights()
     model.eval().to(args.device)

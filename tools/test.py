@@ -10,6 +10,10 @@ mmdet's tools/test.py. The task is picked from the config's ``default_scope``.
 ``WORK_DIR/TIMESTAMP/DIR/<image file name>`` (as mmdet's tools/test.py), mmseg
 ``DIR/vis_data/vis_image/test_<image file name>_0.png`` (as mmseg's tools/test.py).
 The config, the checkpoint and the dataset's files are checked first; a missing one is named.
+A checkpoint that leaves any of the built model's weights unloaded (e.g. a backbone-only or
+another model's file, which evaluated to mAP 0.000 with exit 0) is an error naming the modules it
+misses, before the evaluation; ``--allow-missing-weights`` evaluates anyway. A URL checkpoint is
+downloaded once into a cache keyed by the whole URL (``dinat_backbone.checkpoint.download``).
 ``--tta``: mmdet flip TTA / the config's ``tta_model``; mmseg the config's multi-scale + flip
 ``tta_pipeline`` (the ADE20K "multi-scale" numbers).
 """
@@ -30,7 +34,8 @@ import _common  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Test (and evaluate) a model with a DiNAT backbone")
     parser.add_argument("config", help="test config file path")
-    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("checkpoint", help="checkpoint file or http(s) URL (downloaded once into a cache keyed by the "
+                        "whole URL)")
     parser.add_argument("--work-dir", help="the directory to save the file containing evaluation metrics")
     parser.add_argument("--out", type=str,
                         help="mmdet: dump predictions to a pickle file; mmseg: folder for prediction PNGs")
@@ -43,6 +48,9 @@ def parse_args(argv=None):
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="job launcher")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--allow-missing-weights", action="store_true",
+                        help="evaluate even when the checkpoint leaves some of the model's weights unloaded (they "
+                             "keep their random init); without it that is an error naming them")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
     args = parser.parse_args(argv)
     if "LOCAL_RANK" not in os.environ:
@@ -115,6 +123,36 @@ def _seg_tta(cfg):
     cfg.model = cfg.tta_model
 
 
+def check_checkpoint_covers_model(model, path: str, shown: str, allow_missing: bool = False) -> None:
+    """Exit before the evaluation when the checkpoint leaves model weights unloaded: mmengine's
+    ``load_from`` only logs them, and the model is then evaluated with random weights."""
+    from dinat_backbone.checkpoint import load_checkpoint_file
+    from dinat_backbone.checkpoint.load import summarize_by_module, weights_left_unloaded
+
+    state = load_checkpoint_file(path)
+    missing, mismatched = weights_left_unloaded(model, state)
+    if not missing and not mismatched:
+        return
+    own = [k for k in model.state_dict()]
+    what = []
+    if missing:
+        what.append(f"{len(missing)} of the model's {len(own)} weights are not in it: "
+                    f"{summarize_by_module(missing, own)}")
+    if mismatched:
+        what.append(f"{len(mismatched)} have another shape: {', '.join(mismatched[:5])}"
+                    f"{' ...' if len(mismatched) > 5 else ''}")
+    hint = ""
+    if any(k.startswith(("patch_embed.", "levels.", "layers.", "encoder.", "dinat.")) for k in state):
+        hint = (" It looks like a backbone-only file (e.g. ImageNet weights): those initialise training "
+                "(init_cfg=dict(type='Pretrained', ...)); testing needs the trained model's checkpoint.")
+    message = (f"tools/test.py: the checkpoint {shown} does not fit the model built from the config: "
+               f"{'; '.join(what)}. Those weights would be evaluated as initialised (random).{hint}")
+    if not allow_missing:
+        raise SystemExit(message + " Pass the checkpoint trained with this config, or --allow-missing-weights "
+                                   "to evaluate anyway.")
+    warnings.warn(message + " (--allow-missing-weights: evaluating anyway)")
+
+
 def build_cfg(args):
     cfg, scope = _common.load_config(args)
     cfg.load_from = args.checkpoint
@@ -138,10 +176,16 @@ def main(argv=None):
     _common.check_data_paths(cfg, ("test",), "tools/test.py")
     if args.out is not None and scope == "mmdet" and not args.out.endswith((".pkl", ".pickle")):
         raise SystemExit(f"tools/test.py: --out {args.out}: mmdet configs dump predictions to a .pkl file")
+    from dinat_backbone.checkpoint.download import local_checkpoint
+
+    # after the cheap checks (a download takes a while); the cache is keyed by the whole URL and holds
+    # only complete files (mmengine's own download caches by file name)
+    cfg.load_from = local_checkpoint(args.checkpoint)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    check_checkpoint_covers_model(runner.model, cfg.load_from, args.checkpoint, args.allow_missing_weights)
     if args.out is not None and scope == "mmdet":
         from mmdet.evaluation import DumpDetResults
 

@@ -77,6 +77,10 @@ def main(argv=None):
         _common.check_file(args.resume, "--resume checkpoint", "tools/train.py")
     cfg = build_cfg(args)
     _common.check_data_paths(cfg, ("train", "val") if cfg.get("val_cfg", None) else ("train",), "tools/train.py")
+    if cfg.get("load_from", None):  # --resume URL or a config's load_from URL: the whole-URL cache, not mmengine's
+        from dinat_backbone.checkpoint.download import local_checkpoint
+
+        cfg.load_from = local_checkpoint(cfg.load_from)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
