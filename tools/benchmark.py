@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_SHAPES = [("coco", 1, 800, 1216, "coco"), ("ade20k-512", 2, 512, 512, "ade20k-512")]
 QUICK_SHAPES = [("coco", 1, 224, 320, "coco"), ("ade20k-512", 2, 128, 128, "ade20k-512")]
@@ -624,6 +625,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import _outputs  # tools/_outputs.py: an unwritable --markdown fails now, not after the run
+
+    _outputs.check_outputs({"--markdown": args.markdown})
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
@@ -677,8 +681,7 @@ def main(argv=None):
                 log(line)
     log(f"\n[benchmark] done in {time.perf_counter() - t_start:.0f} s")
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+        _outputs.write_text(args.markdown, table + "\n")
     return 0
 
 

@@ -34,6 +34,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dinat_backbone import ops  # noqa: E402
 
 SHAPES = [  # (B, X, Y, heads, head_dim, dilation)
@@ -273,6 +274,9 @@ def main(argv=None):
     parser.add_argument("--no-targets", dest="targets", action="store_false",
                         help="CUDA: skip the issue-11 GPU targets section (DiNAT-L shapes in bfloat16)")
     args = parser.parse_args(argv)
+    import _outputs  # tools/_outputs.py: an unwritable --json fails now, not after the run
+
+    _outputs.check_outputs({"--json": args.json}, error=parser.error)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -373,9 +377,9 @@ def main(argv=None):
         print("(goal = meets the 25/15 goal, min = meets the 10/5 minimum, below = neither)")
     gpu_results = gpu_targets(repeats) if device.type == "cuda" and args.targets else None
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": str(device), "threads": torch.get_num_threads(),
-                       "repeats": repeats, "results": results, "gpu_targets": gpu_results}, f, indent=2)
+        _outputs.write_text(args.json, json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                                                   "repeats": repeats, "results": results,
+                                                   "gpu_targets": gpu_results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+import _outputs  # noqa: E402
 from dinat_backbone.export import export_mode  # noqa: E402
 
 
@@ -117,7 +118,9 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: str, dynamic: bo
         if not verbose:
             warnings.simplefilter("ignore")
         program = _quiet(not verbose, torch.onnx.export, model, (example,), **kwargs)
-    program.save(path)
+    # the file and any external-data file beside it appear complete or not at all
+    with _outputs.atomic_output(path) as tmp:
+        program.save(tmp)
     return output_names
 
 
@@ -229,14 +232,21 @@ def check(model: torch.nn.Module, path: str, inputs, output_names=None):
     return results
 
 
+def output_path(args) -> str:
+    kind, arch = args.model_cls.__name__, args.model_kwargs["arch"]
+    return args.output or f"{kind.lower()}_{arch}{'_dynamic' if args.dynamic else ''}.onnx"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    path = output_path(args)
+    # the output first: an unwritable path or the checkpoint itself must not cost a minutes-long export
+    _outputs.check_outputs({"--output": path}, {"--checkpoint": args.checkpoint})
     torch.manual_seed(args.seed)
     model = build_model(args)
     H, W = args.shape
     example = torch.randn(args.batch, 3, H, W)
     kind, arch = args.model_cls.__name__, args.model_kwargs["arch"]
-    path = args.output or f"{kind.lower()}_{arch}{'_dynamic' if args.dynamic else ''}.onnx"
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[export] {kind}-{arch} ({n_params / 1e6:.1f} M params, dilations={model.dilations}) "
           f"input {tuple(example.shape)}, {'dynamic batch/height/width' if args.dynamic else 'fixed shape'}",

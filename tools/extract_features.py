@@ -28,6 +28,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common  # noqa: E402
+import _outputs  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -102,7 +103,7 @@ def make_vis(img: Image.Image, feats, strides, path, panel=224):
         resample = Image.BICUBIC if i == 0 else Image.NEAREST
         canvas.paste(tile.resize(size, resample), (x, pad + text_h))
         draw.text((x, pad), label, fill="black")
-    canvas.save(path)
+    canvas.save(path)  # staged: main passes atomic_output's temporary
 
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -121,6 +122,9 @@ def check_paths(parser, args):
         parser.error(f"--vis {args.vis}: give an image file name, e.g. stages.png")
     if args.checkpoint and "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: file not found")
+    # an output may not be an input (--vis IMAGE replaced the photo) nor the other output
+    _outputs.check_outputs({"--out": args.out, "--vis": args.vis},
+                      {"input image": args.image, "--checkpoint": args.checkpoint}, error=parser.error)
 
 
 def warn_random_weights(file=sys.stderr):
@@ -152,13 +156,15 @@ def main(argv=None):
         print(f"[features] {name}: stride {s}, shape {list(f.shape)}")
     if args.out:
         names = list(model.out_features)
-        if args.out.lower().endswith(NUMPY_SUFFIXES):
-            np.savez(args.out, strides=np.array(strides), **{n: f.numpy() for n, f in zip(names, feats)})
-        else:
-            torch.save({**dict(zip(names, feats)), "strides": strides}, args.out)
+        with _outputs.atomic_output(args.out) as tmp:
+            if args.out.lower().endswith(NUMPY_SUFFIXES):
+                np.savez(tmp, strides=np.array(strides), **{n: f.numpy() for n, f in zip(names, feats)})
+            else:
+                torch.save({**dict(zip(names, feats)), "strides": strides}, tmp)
         print(f"[features] wrote {args.out}")
     if args.vis:
-        make_vis(img, feats, strides, args.vis)
+        with _outputs.atomic_output(args.vis) as tmp:
+            make_vis(img, feats, strides, tmp)
         print(f"[features] wrote {args.vis}")
     return feats
 

@@ -1,0 +1,196 @@
+"""Reliability of the tools (issue 20): outputs never destroy inputs and appear complete or not at
+all, the toy data is safe under concurrent runs and never deletes what it did not write, tool
+inputs are checked before the work, and torch.compile(dynamic=True) holds at batch >= 2."""
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinat_backbone import DiNAT
+
+from conftest import TOOLS, load_tool
+
+sys.path.insert(0, TOOLS)
+import _outputs  # noqa: E402
+
+
+def _tool_error(capsys, tool, *argv):
+    """Run ``tool``'s main(argv) expecting a usage error; returns its message (stderr + exit text)."""
+    with pytest.raises(SystemExit) as exc:
+        load_tool(tool).main(list(argv))
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    return err + ("" if isinstance(exc.value.code, int) else str(exc.value.code))
+
+
+def _small_checkpoint(path):
+    torch.manual_seed(0)
+    torch.save(DiNAT(arch="mini").state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    rng = np.random.RandomState(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray((rng.rand(40, 52, 3) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# data loss: an output is never an input, and appears complete or not at all
+# ------------------------------------------------------------------------------------------------
+def _links(tmp_path, target):
+    """Other names of ``target``: the same path spelled differently, a symlink, a hard link."""
+    sym = tmp_path / "sym_link"
+    sym.symlink_to(target)
+    hard = tmp_path / "hard_link"
+    os.link(target, hard)
+    return [str(target), os.path.join(str(tmp_path), ".", os.path.basename(target)), str(sym), str(hard)]
+
+
+def test_convert_checkpoint_refuses_dst_equal_to_src_in_every_spelling(tmp_path, capsys):
+    src = _small_checkpoint(tmp_path / "detector.pth")
+    before = src.read_bytes()
+    for dst in _links(tmp_path, src):
+        err = _tool_error(capsys, "convert_checkpoint", str(src), dst)
+        assert "DST" in err and "source checkpoint" in err and "another output path" in err, err
+        assert src.read_bytes() == before
+
+
+def test_convert_checkpoint_checks_dst_before_reading_src(tmp_path, capsys):
+    # a source that cannot even be loaded: the DST problem is reported first, so nothing was loaded
+    src = tmp_path / "src.pth"
+    src.write_text("not a checkpoint")
+    (tmp_path / "a_file").write_text("x")
+    for dst, expected in ((tmp_path, "is a folder"),
+                          (tmp_path / "missing" / "out.pth", "mkdir -p"),
+                          (tmp_path / "a_file" / "out.pth", "is a file, not a folder"),
+                          ("/proc/out.pth", "cannot be written")):
+        err = _tool_error(capsys, "convert_checkpoint", str(src), str(dst))
+        assert f"DST {dst}" in err and expected in err, err
+
+
+def test_convert_checkpoint_replaces_an_existing_dst_atomically(tmp_path):
+    src = _small_checkpoint(tmp_path / "in.pth")
+    dst = tmp_path / "out.pth"
+    dst.write_text("old")
+    assert load_tool("convert_checkpoint").main([str(src), str(dst)]) == 0
+    assert set(torch.load(dst, weights_only=True)) == set(torch.load(src, weights_only=True))
+    assert sorted(os.listdir(tmp_path)) == ["in.pth", "out.pth"]  # no temporaries left behind
+
+
+def test_extract_features_refuses_outputs_that_are_inputs(tmp_path, photo, capsys):
+    ckpt = _small_checkpoint(tmp_path / "w.pth")
+    photo_bytes, ckpt_bytes = photo.read_bytes(), ckpt.read_bytes()
+    cases = [(["--vis", str(photo)], "--vis", "input image"),
+             (["--vis", str(tmp_path / "." / "photo.png")], "--vis", "input image"),
+             (["--out", str(ckpt.with_suffix(".pth")), "--checkpoint", str(ckpt)], "--out", "--checkpoint"),
+             (["--out", str(tmp_path / "f.pt"), "--vis", str(tmp_path / "v.png")], "--vis", "also --out")]
+    (tmp_path / "v.png").symlink_to(tmp_path / "f.pt")  # --vis names --out's file (which does not exist yet)
+    (tmp_path / "photo_link.png").symlink_to(photo)
+    cases.append((["--vis", str(tmp_path / "photo_link.png")], "--vis", "input image"))
+    for extra, option, expected in cases:
+        err = _tool_error(capsys, "extract_features", str(photo), *extra)
+        assert option in err and expected in err, (extra, err)
+        assert "WARNING" not in err  # refused before the model was built (its random-weights warning)
+    assert photo.read_bytes() == photo_bytes and ckpt.read_bytes() == ckpt_bytes
+
+
+def test_extract_features_checks_unwritable_outputs_first(tmp_path, photo, capsys):
+    (tmp_path / "feats.pt").mkdir()
+    for option, path, expected in (("--out", tmp_path / "no" / "f.pt", "does not exist"),
+                                   ("--vis", tmp_path / "no" / "v.png", "does not exist"),
+                                   ("--out", tmp_path / "feats.pt", "is a folder")):
+        err = _tool_error(capsys, "extract_features", str(photo), option, str(path))
+        assert f"{option} {path}" in err and expected in err and "WARNING" not in err, err
+
+
+def test_export_onnx_refuses_the_checkpoint_and_unwritable_paths_before_exporting(tmp_path, capsys):
+    ckpt = _small_checkpoint(tmp_path / "w.pth")
+    before = ckpt.read_bytes()
+    (tmp_path / "a_file").write_text("x")
+    for output, expected in ((ckpt, "--checkpoint"), (tmp_path / "a_file" / "m.onnx", "is a file, not a folder"),
+                             ("/proc/m.onnx", "cannot be written"), (tmp_path, "is a folder")):
+        t0 = time.perf_counter()
+        with pytest.raises(SystemExit) as exc:
+            load_tool("export_onnx").main(["--checkpoint", str(ckpt), "--output", str(output)])
+        message = str(exc.value.code)
+        assert f"--output {output}" in message and expected in message, message
+        assert "[export]" not in capsys.readouterr().out  # nothing was built or exported
+        assert time.perf_counter() - t0 < 30
+    assert ckpt.read_bytes() == before
+
+
+def test_atomic_output_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    dst = tmp_path / "model.pth"
+    dst.write_text("the previous, complete file")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with _outputs.atomic_output(str(dst)) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("disk full")
+    assert dst.read_text() == "the previous, complete file"
+    assert os.listdir(tmp_path) == ["model.pth"]
+    # a writer that writes nothing is an error, not an empty or missing file
+    with pytest.raises(RuntimeError, match="wrote nothing"):
+        with _outputs.atomic_output(str(dst)):
+            pass
+    assert dst.read_text() == "the previous, complete file" and os.listdir(tmp_path) == ["model.pth"]
+
+
+def test_atomic_output_moves_side_files_keeps_links_and_gives_normal_permissions(tmp_path):
+    dst = tmp_path / "m.onnx"
+    with _outputs.atomic_output(str(dst)) as tmp:
+        assert os.path.basename(tmp) == "m.onnx" and os.path.dirname(os.path.dirname(tmp)) == str(tmp_path)
+        with open(tmp, "w") as f:
+            f.write("graph")
+        with open(tmp + ".data", "w") as f:  # an exporter's external data, named after the file
+            f.write("weights")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(dst).st_mode & 0o777 == 0o666 & ~umask
+    # a destination that is a symlink: its target gets the new contents, the link stays a link
+    target = tmp_path / "real.txt"
+    target.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    _outputs.write_text(str(link), "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_every_tool_that_writes_files_goes_through_the_atomic_helper():
+    """The class, not the examples: a tool writing with a bare open(..., 'w') / torch.save(x, path) /
+    np.savez / .save(path) bypasses the atomic rename (the mm tools write through mmengine). A line
+    writing to a temporary says so: a ``tmp`` name or a ``# staged:`` comment saying where the path
+    comes from."""
+    import re
+
+    # make_toy_data writes a whole dataset into a staging folder and renames the folder into place
+    whole_folder = {"make_toy_data.py"}
+    writers = re.compile(r"open\([^)]*['\"][wa]b?['\"]|torch\.save\(|np\.savez|\.save\(")
+    offenders = []
+    for name in sorted(os.listdir(TOOLS)):
+        if not name.endswith(".py") or name == "_outputs.py" or name in whole_folder:
+            continue
+        with open(os.path.join(TOOLS, name)) as f:
+            lines = f.read().splitlines()
+        for i, line in enumerate(lines):
+            if writers.search(line) and "tmp" not in line and "# staged:" not in line:
+                offenders.append(f"{name}:{i + 1}: {line.strip()}")
+    assert not offenders, "write through tools/_outputs.atomic_output:\n" + "\n".join(offenders)
+
+
+def test_mm_test_tool_refuses_out_equal_to_its_checkpoint_or_config(tmp_path):
+    config, ckpt = tmp_path / "cfg.py", tmp_path / "w.pth"
+    config.write_text("default_scope = 'mmdet'\n")
+    ckpt.write_bytes(b"weights")
+    for out, what in ((ckpt, "CHECKPOINT"), (config, "CONFIG")):
+        with pytest.raises(SystemExit, match=f"--out {out} is the {what}"):
+            load_tool("test").main([str(config), str(ckpt), "--out", str(out)])
+    assert ckpt.read_bytes() == b"weights"
