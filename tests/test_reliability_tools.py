@@ -2,6 +2,7 @@
 all, the toy data is safe under concurrent runs and never deletes what it did not write, tool
 inputs are checked before the work, and torch.compile(dynamic=True) holds at batch >= 2."""
 import os
+import subprocess
 import sys
 import time
 
@@ -194,3 +195,88 @@ def test_mm_test_tool_refuses_out_equal_to_its_checkpoint_or_config(tmp_path):
         with pytest.raises(SystemExit, match=f"--out {out} is the {what}"):
             load_tool("test").main([str(config), str(ckpt), "--out", str(out)])
     assert ckpt.read_bytes() == b"weights"
+
+
+# ------------------------------------------------------------------------------------------------
+# the toy data: safe under concurrent runs, complete or regenerated, never deleting a user's files
+# ------------------------------------------------------------------------------------------------
+toy = load_tool("make_toy_data")
+ADE_FILES = 2 * sum(toy.SPLITS_ADE.values())  # an image and a label map per sample
+
+
+def _toy_run(out, *extra):
+    return subprocess.Popen([sys.executable, os.path.join(TOOLS, "make_toy_data.py"), "--out", str(out),
+                             "--only", "ade", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=240):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, out
+
+
+def test_toy_data_two_concurrent_runs_give_one_complete_dataset(tmp_path):
+    # before: one fixed <root>.tmp folder shared by both runs (3 of 5 tries crashed, once 42 of 64 images)
+    for attempt in range(4):
+        out = tmp_path / f"try{attempt}"
+        runs = [_toy_run(out), _toy_run(out, *(["--force"] if attempt % 2 else []))]
+        results = [_finish(p) for p in runs]
+        assert all(rc == 0 for rc, _ in results), results
+        root = out / "toy_ade"
+        assert toy.is_complete(str(root)), results
+        assert len(toy._contents(str(root))) == ADE_FILES
+        assert sorted(os.listdir(out)) == [".toy_ade.lock", "toy_ade"]  # no staging folders left
+
+
+def test_toy_data_incomplete_dataset_is_detected_and_regenerated(tmp_path):
+    root = tmp_path / "toy_ade"
+    toy.ensure(str(tmp_path), only="ade", quiet=True)
+    images = sorted((root / "images" / "training").iterdir())
+    images[5].unlink()  # a lost file
+    images[6].write_bytes(images[6].read_bytes()[:100])  # a truncated one
+    assert not toy.is_complete(str(root))
+    toy.ensure(str(tmp_path), only="ade", quiet=True)
+    assert toy.is_complete(str(root)) and len(toy._contents(str(root))) == ADE_FILES
+    # the first generator's stamp ("1", no contents) on 42 of 64 training images: regenerated too
+    for image in sorted((root / "images" / "training").iterdir())[42:]:
+        image.unlink()
+    (root / ".toy_version").write_text("1\n")
+    assert not toy.is_complete(str(root))
+    toy.ensure(str(tmp_path), only="ade", quiet=True)
+    assert len(list((root / "images" / "training").iterdir())) == toy.SPLITS_ADE["training"]
+
+
+def test_toy_data_never_replaces_a_folder_holding_user_files(tmp_path, capsys):
+    root = tmp_path / "toy_ade"
+    (root / "mine").mkdir(parents=True)
+    (root / "mine" / "notes.txt").write_text("my work")
+    for force in ([], ["--force"]):
+        assert toy.main(["--out", str(tmp_path), "--only", "ade", *force]) == 1
+        err = capsys.readouterr().err
+        assert str(root) in err and "mine/notes.txt" in err and "refusing to replace it" in err, err
+        assert (root / "mine" / "notes.txt").read_text() == "my work"
+    # a generated dataset into which the user put a file of theirs: not replaced either
+    (root / "mine" / "notes.txt").unlink()
+    (root / "mine").rmdir()
+    toy.ensure(str(tmp_path), only="ade", quiet=True)
+    (root / "extra.json").write_text("{}")
+    with pytest.raises(toy.ToyDataError, match="holds files the generator did not write.*extra.json"):
+        toy.ensure(str(tmp_path), only="ade", force=True, quiet=True)
+    assert (root / "extra.json").exists() and len(toy._contents(str(root))) == ADE_FILES + 1
+
+
+def test_toy_data_survives_a_run_killed_mid_way(tmp_path):
+    root = tmp_path / "toy_ade"
+    for delay in (0.3, 0.8):
+        proc = _toy_run(tmp_path, "--force")
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(timeout=60)
+        # killed before the rename: no dataset or the previous complete one; never a partial one under the name
+        assert not root.exists() or toy.is_complete(str(root))
+    rc, text = _finish(_toy_run(tmp_path))
+    assert rc == 0 and toy.is_complete(str(root)), text
+    assert sorted(os.listdir(tmp_path)) == [".toy_ade.lock", "toy_ade"]  # the dead runs' staging removed
