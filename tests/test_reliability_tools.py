@@ -13,7 +13,7 @@ from PIL import Image
 
 from dinat_backbone import DiNAT
 
-from conftest import TOOLS, load_tool
+from conftest import ROOT, TOOLS, load_tool
 
 sys.path.insert(0, TOOLS)
 import _outputs  # noqa: E402
@@ -280,3 +280,120 @@ def test_toy_data_survives_a_run_killed_mid_way(tmp_path):
     rc, text = _finish(_toy_run(tmp_path))
     assert rc == 0 and toy.is_complete(str(root)), text
     assert sorted(os.listdir(tmp_path)) == [".toy_ade.lock", "toy_ade"]  # the dead runs' staging removed
+
+
+# ------------------------------------------------------------------------------------------------
+# tool inputs checked first, with errors naming the file and the fix
+# ------------------------------------------------------------------------------------------------
+features = load_tool("extract_features")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, suffix):
+    # before: convert('RGB') clipped every value above 255 to white
+    values = (np.linspace(0, 65535, 40 * 52).reshape(40, 52)).astype(np.uint16)
+    path = tmp_path / f"grey16{suffix}"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    rgb = np.asarray(features.read_image(path))
+    assert rgb.shape == (40, 52, 3) and rgb.dtype == np.uint8
+    expected = np.round(values / 257.0).astype(np.uint8)
+    assert all(np.array_equal(rgb[..., c], expected) for c in range(3))
+    assert rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb)) > 200
+
+
+def test_images_of_every_pillow_mode_become_rgb(tmp_path):
+    rng = np.random.RandomState(1)
+    rgb = (rng.rand(20, 30, 3) * 255).astype(np.uint8)
+    base = Image.fromarray(rgb)
+    for mode in ("L", "LA", "RGBA", "P", "1", "CMYK"):
+        path = tmp_path / f"img_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+        base.convert(mode).save(path)
+        out = features.read_image(path)
+        assert out.mode == "RGB" and out.size == (30, 20), mode
+    # images with no value range to scale are refused, naming the file: floating point, 32-bit integers
+    Image.fromarray(rgb[..., 0].astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(features.ImageReadError, match="float.tif.*floating-point"):
+        features.read_image(tmp_path / "float.tif")
+    Image.fromarray(rgb[..., 0].astype(np.int32)).save(tmp_path / "int32.tif")
+    with pytest.raises(features.ImageReadError, match="int32.tif: a 32-bit integer image"):
+        features.read_image(tmp_path / "int32.tif")
+
+
+@pytest.mark.parametrize("orientation, transpose", [(3, Image.ROTATE_180), (6, Image.ROTATE_270),
+                                                    (8, Image.ROTATE_90), (2, Image.FLIP_LEFT_RIGHT)])
+def test_exif_rotated_jpegs_are_read_the_right_way_up(tmp_path, orientation, transpose):
+    rng = np.random.RandomState(2)
+    pixels = Image.fromarray((rng.rand(24, 40, 3) * 255).astype(np.uint8))  # landscape as stored
+    plain, rotated = tmp_path / "plain.jpg", tmp_path / "rotated.jpg"
+    pixels.save(plain, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # what a camera held on its side writes
+    pixels.save(rotated, quality=95, exif=exif)
+    got = features.read_image(rotated)
+    want = Image.open(plain).convert("RGB").transpose(transpose)
+    assert got.size == want.size and np.array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_extract_features_reads_the_exif_orientation_end_to_end(tmp_path, capsys):
+    pixels = Image.fromarray((np.random.RandomState(3).rand(40, 72, 3) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pixels.save(tmp_path / "portrait.jpg", exif=exif)
+    features.main([str(tmp_path / "portrait.jpg"), "--arch", "mini", "--out", str(tmp_path / "f.pt")])
+    stage1 = torch.load(tmp_path / "f.pt", weights_only=True)["stage1"]
+    assert tuple(stage1.shape[1:]) == (72 // 4, 40 // 4)  # portrait: 72 high, 40 wide
+
+
+def test_extract_features_names_a_corrupt_image_before_building_the_model(tmp_path, photo, capsys):
+    good = tmp_path / "good.jpg"
+    Image.open(photo).save(good)
+    cases = {"random.jpg": os.urandom(2000), "empty.png": b"", "text.png": b"hello, not an image\n",
+             "truncated.jpg": good.read_bytes()[: len(good.read_bytes()) // 2]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        err = _tool_error(capsys, "extract_features", str(tmp_path / name))
+        assert f"{tmp_path / name}: not a readable image" in err and "Traceback" not in err, err
+        assert "WARNING" not in err  # before the model (and its random-weights warning)
+
+
+def test_extract_features_refuses_sizes_that_are_not_positive_or_too_large(photo, capsys):
+    for size in ("0", "-1", "-224"):
+        err = _tool_error(capsys, "extract_features", str(photo), "--size", size)
+        assert f"--size {size}: give the short side in pixels, a positive number" in err, err
+    err = _tool_error(capsys, "extract_features", str(photo), "--size", "100000")
+    assert "--size 100000" in err and "M pixels" in err and "give a smaller size" in err, err
+
+
+def _resume_cases(tmp_path):
+    torch.save(DiNAT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)).state_dict(), tmp_path / "weights.pth")
+    torch.save({"meta": {"epoch": 1}, "state_dict": {}}, tmp_path / "no_iter.pth")
+    (tmp_path / "notes.txt").write_text("lr = 0.1\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    return {"notes.txt": "not a checkpoint torch can read", "empty.pth": "not a checkpoint torch can read",
+            "weights.pth": "holds no training state", "no_iter.pth": "holds no training state"}
+
+
+def test_train_resume_check_names_files_that_cannot_be_resumed(tmp_path):
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    import dinat_backbone.mm  # noqa: F401  (what tools/train.py has imported when it checks: the safe globals)
+
+    check = load_tool("train").check_resume_checkpoint
+    for name, expected in _resume_cases(tmp_path).items():
+        with pytest.raises(SystemExit, match=f"--resume {tmp_path / name}: {expected}"):
+            check(str(tmp_path / name))
+    # a training checkpoint as mmengine writes it (message hub with HistoryBuffer objects) passes
+    history = HistoryBuffer()
+    history.update(0.5)
+    torch.save({"meta": {"epoch": 2, "iter": 40}, "state_dict": {"w": torch.ones(2)},
+                "message_hub": {"log_scalars": {"train/loss": history}}}, tmp_path / "epoch_2.pth")
+    check(str(tmp_path / "epoch_2.pth"))
+
+
+def test_train_resume_on_a_text_file_fails_before_the_run(tmp_path):
+    config = os.path.join(ROOT, "configs", "toy", "mask-rcnn_dinat-toy_fpn_toy-coco.py")
+    for name, expected in _resume_cases(tmp_path).items():
+        with pytest.raises(SystemExit, match=f"--resume {tmp_path / name}: {expected}"):
+            load_tool("train").main([config, "--resume", str(tmp_path / name), "--work-dir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()  # nothing was run
