@@ -397,3 +397,13 @@ def test_train_resume_on_a_text_file_fails_before_the_run(tmp_path):
         with pytest.raises(SystemExit, match=f"--resume {tmp_path / name}: {expected}"):
             load_tool("train").main([config, "--resume", str(tmp_path / name), "--work-dir", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists()  # nothing was run
+
+
+def test_export_onnx_refuses_sizes_it_cannot_export(capsys):
+    cases = [(["--batch", "0"], "must be positive"), (["--shape", "0", "224"], "must be positive"),
+             (["--shape", "224", "-5"], "must be positive"),
+             (["--dynamic", "--shape", "20", "64"], "--min-size (33)"),
+             (["--dynamic", "--shape", "224", "224", "--max-size", "100"], "--max-size (100)")]
+    for argv, expected in cases:
+        err = _tool_error(capsys, "export_onnx", *argv)
+        assert expected in err, (argv, err)

@@ -68,6 +68,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.nat:
         args.model = "nat"
+    # sizes first: a zero or negative one failed deep inside the exporter after the model was built
+    if args.batch < 1 or min(args.shape) < 1:
+        parser.error(f"--batch {args.batch} --shape {args.shape[0]} {args.shape[1]}: batch, height and width must "
+                     "be positive (e.g. --batch 1 --shape 224 224)")
+    if args.dynamic and not 1 <= args.min_size <= min(args.shape) <= max(args.shape) <= args.max_size:
+        parser.error(f"--dynamic: need 1 <= --min-size ({args.min_size}) <= the --shape sizes ({args.shape[0]}, "
+                     f"{args.shape[1]}) <= --max-size ({args.max_size})")
     args.model_cls, args.model_kwargs = _common.model_choice(parser, args)
     return args
 
