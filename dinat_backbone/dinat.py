@@ -156,7 +156,15 @@ class ConvDownsampler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a contiguous NHWC tensor permuted to NCHW is channels_last: no copy in either direction
-        x = self.reduction(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        if torch.compiler.is_compiling():
+            # with symbolic shapes (torch.compile(dynamic=True), or automatic dynamic after a
+            # recompile) inductor (torch 2.13) fails to lower a convolution whose input is this
+            # permuted view at batch >= 2 ("ValueRangeError: Invalid ranges" / "cannot determine
+            # truth value of Relational"); an NCHW copy compiles (a pure-torch repro: LayerNorm ->
+            # permute -> Conv2d). Under torch.compile only: eager keeps the copy-free path.
+            x = x.contiguous()
+        x = self.reduction(x)
         return self.norm(x.permute(0, 2, 3, 1))
 
 

@@ -64,6 +64,7 @@ import torch.nn as nn
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(TOOLS_DIR))
 sys.path.insert(0, TOOLS_DIR)
+import _outputs  # noqa: E402
 from bench_common import (  # noqa: E402
     TARGETS, Device, hardware, load_average, log, measure_peak, median_or_nan, release_free_memory, timed, verdict)
 
@@ -620,7 +621,8 @@ def draw_plot(args, results, env: str, path: str):
 
 def autocast_dtype(args) -> Optional[torch.dtype]:
     """bf16 autocast (the default on CUDA) or None for float32 (the default on CPU)."""
-    return {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    name = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    return {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[name]
 
 
 def describe_environment(args, dev: Device) -> str:
@@ -657,12 +659,13 @@ def report(args, dev: Device, results, env: str):
             for line in gpu_checks:
                 log(line)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+        _outputs.write_text(args.markdown, table + "\n")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # an unwritable --markdown / --plot fails now, not after the run
+    _outputs.check_outputs({"--markdown": args.markdown, "--plot": args.plot})
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = Device(args.device, autocast_dtype(args))
@@ -683,8 +686,7 @@ def main(argv=None):
         table = plot_table(args, results)
         log("\n" + table)
         if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(table + "\n")
+            _outputs.write_text(args.markdown, table + "\n")
         draw_plot(args, results, env, args.plot)
         log(f"\n[benchmark] plot written to {args.plot}")
     else:

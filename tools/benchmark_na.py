@@ -37,6 +37,7 @@ import torch
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(TOOLS_DIR))
 sys.path.insert(0, TOOLS_DIR)
+import _outputs  # noqa: E402
 from bench_common import TARGETS, Device, best_and_median, judge, progress  # noqa: E402
 
 import flex_peer  # noqa: E402
@@ -306,6 +307,8 @@ def parse_args(argv=None):
                         help="CUDA: with the GPU targets, a torch.profiler table of one forward+backward of triton "
                         "and of the flex peer at each shape")
     args = parser.parse_args(argv)
+    # an unwritable --json fails now, not after the run
+    _outputs.check_outputs({"--json": args.json}, error=parser.error)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     args.repeats = args.repeats or (1 if args.quick else 5)
@@ -474,9 +477,9 @@ def main(argv=None):
         print_bf16_speedups(rows)
     gpu_results = gpu_targets(args.repeats, profile=args.profile) if dev.is_cuda and args.targets else None
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": str(dev.device), "threads": torch.get_num_threads(),
-                       "repeats": args.repeats, "results": results, "gpu_targets": gpu_results}, f, indent=2)
+        _outputs.write_text(args.json, json.dumps({"device": str(dev.device), "threads": torch.get_num_threads(),
+                                                   "repeats": args.repeats, "results": results,
+                                                   "gpu_targets": gpu_results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ DST: ``--to native`` (default) writes the backbone state dict with the native ke
 The family (DiNAT / NAT or DiNAT_s) is detected from the keys and printed; ``--model`` other
 than the file's family is an error. ``--arch`` additionally checks the weights against a freshly
 built model of that size (strict; the arch choices are the family's ``arch_settings``).
+DST is checked before SRC is read (DST being SRC, a folder or unwritable is a usage error) and
+written atomically: an existing DST is replaced only by a complete file.
 """
 import argparse
 import os.path as osp
@@ -31,6 +33,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common  # noqa: E402
+import _outputs  # noqa: E402
 from dinat_backbone import convert_checkpoint  # noqa: E402
 from dinat_backbone.checkpoint import checkpoint_family, load_checkpoint_file  # noqa: E402
 from dinat_backbone.checkpoint.load import describe_variant, summarize_keys  # noqa: E402
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_paths(parser, args)
+    # before loading: DST == SRC would replace the checkpoint with its backbone
+    _outputs.check_outputs({"DST": args.dst}, {"source checkpoint SRC": args.src}, error=parser.error)
     obj = load_checkpoint_file(args.src)
     state = convert_checkpoint(obj)
     state = OrderedDict((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
                "meta": {"converted_from": str(args.src), "converter": "dinat_backbone tools/convert_checkpoint.py"}}
     else:
         out = state
-    torch.save(out, args.dst)
+    with _outputs.atomic_output(args.dst) as tmp:
+        torch.save(out, tmp)
     print(f"[convert] wrote {args.dst} ({args.to})")
     return 0
 

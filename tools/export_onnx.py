@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+import _outputs  # noqa: E402
 from dinat_backbone.export import export_mode  # noqa: E402
 
 
@@ -67,6 +68,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.nat:
         args.model = "nat"
+    # sizes first: a zero or negative one failed deep inside the exporter after the model was built
+    if args.batch < 1 or min(args.shape) < 1:
+        parser.error(f"--batch {args.batch} --shape {args.shape[0]} {args.shape[1]}: batch, height and width must "
+                     "be positive (e.g. --batch 1 --shape 224 224)")
+    if args.dynamic and not 1 <= args.min_size <= min(args.shape) <= max(args.shape) <= args.max_size:
+        parser.error(f"--dynamic: need 1 <= --min-size ({args.min_size}) <= the --shape sizes ({args.shape[0]}, "
+                     f"{args.shape[1]}) <= --max-size ({args.max_size})")
     args.model_cls, args.model_kwargs = _common.model_choice(parser, args)
     return args
 
@@ -117,7 +125,9 @@ def export(model: torch.nn.Module, example: torch.Tensor, path: str, dynamic: bo
         if not verbose:
             warnings.simplefilter("ignore")
         program = _quiet(not verbose, torch.onnx.export, model, (example,), **kwargs)
-    program.save(path)
+    # the file and any external-data file beside it appear complete or not at all
+    with _outputs.atomic_output(path) as tmp:
+        program.save(tmp)
     return output_names
 
 
@@ -229,14 +239,21 @@ def check(model: torch.nn.Module, path: str, inputs, output_names=None):
     return results
 
 
+def output_path(args) -> str:
+    kind, arch = args.model_cls.__name__, args.model_kwargs["arch"]
+    return args.output or f"{kind.lower()}_{arch}{'_dynamic' if args.dynamic else ''}.onnx"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    path = output_path(args)
+    # the output first: an unwritable path or the checkpoint itself must not cost a minutes-long export
+    _outputs.check_outputs({"--output": path}, {"--checkpoint": args.checkpoint})
     torch.manual_seed(args.seed)
     model = build_model(args)
     H, W = args.shape
     example = torch.randn(args.batch, 3, H, W)
     kind, arch = args.model_cls.__name__, args.model_kwargs["arch"]
-    path = args.output or f"{kind.lower()}_{arch}{'_dynamic' if args.dynamic else ''}.onnx"
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[export] {kind}-{arch} ({n_params / 1e6:.1f} M params, dilations={model.dilations}) "
           f"input {tuple(example.shape)}, {'dynamic batch/height/width' if args.dynamic else 'fixed shape'}",

@@ -7,9 +7,11 @@
 ``--arch`` defaults to the family's smallest variant (mini; tiny for dinat_s); the arch and
 preset choices are the families' ``arch_settings`` / ``dilation_presets``.
 
-The image is converted to RGB and normalised with the ImageNet mean / std (what the official
+The image is read the right way up (a camera JPEG's EXIF orientation applied), 16-bit images
+are scaled to 8 bits, and a file that is not a readable image is a usage error naming it. The
+image is converted to RGB and normalised with the ImageNet mean / std (what the official
 checkpoints expect); ``--size`` resizes the short side first (default: keep the image size; any
-size >= 32 px works). ``--out`` saves ``{'stage1': [C, H, W], ..., 'strides': [...]}`` (torch for
+positive size works). ``--out`` saves ``{'stage1': [C, H, W], ..., 'strides': [...]}`` (torch for
 ``.pt`` / ``.pth``, numpy for ``.npz``; another suffix is an error). ``--vis`` writes one picture:
 the input, then each stage map as its first three principal components in RGB, side by side,
 labelled C x H x W (the input 3 x H x W) with each stage's stride.
@@ -22,12 +24,13 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import _common  # noqa: E402
+import _outputs  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -50,12 +53,66 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
+class ImageReadError(ValueError):
+    """An image file that cannot be read (or not as an RGB picture); the message names the file."""
+
+
+#: single-channel 16-bit modes (Pillow opens 16-bit grey PNG / TIFF as I;16*)
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _bits_per_sample(img: Image.Image) -> int:
+    """Bits per sample of a mode-I image as stored: 16 for PNG (older Pillow opened 16-bit PNGs as
+    I), the TIFF BitsPerSample tag, else 32 (an integer image with no known range)."""
+    if img.format == "PNG":
+        return 16
+    bits = getattr(img, "tag_v2", {}).get(258) if img.format == "TIFF" else None
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    return int(bits) if bits else 32
+
+
+def read_image(path) -> Image.Image:
+    """The picture in ``path`` as an 8-bit RGB image, the right way up: the EXIF orientation of
+    camera JPEGs is applied, 16-bit images are scaled to 8 bits (65535 -> 255; ``convert('RGB')``
+    clips them, making most 16-bit pictures white), grey / palette / alpha / CMYK images become
+    RGB. A file that is not a readable image raises :class:`ImageReadError` naming it."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated or corrupt file fails here, not mid-run
+            bits = _bits_per_sample(opened) if opened.mode == "I" else 16
+            img = ImageOps.exif_transpose(opened)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({type(e).__name__}: {e}); give a PNG / JPEG / "
+                             "TIFF / BMP / WebP picture") from None
+    if img.mode in WIDE_MODES or img.mode == "I":
+        values = np.asarray(img)
+        if bits > 16 or values.min() < 0 or values.max() > 65535:
+            raise ImageReadError(f"{path}: a {bits}-bit integer image (values {values.min()}..{values.max()}) has "
+                                 "no range this tool can scale; save it as an 8- or 16-bit picture")
+        img = Image.fromarray(np.round(values.astype(np.float64) / 257).astype(np.uint8), "L")
+    elif img.mode == "F":
+        raise ImageReadError(f"{path}: a floating-point (mode F) image has no fixed value range; "
+                             "save it as an 8- or 16-bit picture")
+    return img.convert("RGB")
+
+
+def resized(img: Image.Image, size: int, what: str = "--size") -> Image.Image:
+    """``img`` with its short side resized to ``size``; a result above Pillow's decompression-bomb
+    limit (``Image.MAX_IMAGE_PIXELS``) is refused rather than allocated."""
+    w, h = img.size
+    s = size / min(w, h)
+    new = (max(1, round(w * s)), max(1, round(h * s)))
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and new[0] * new[1] > limit:
+        raise ImageReadError(f"{what} {size}: the {w}x{h} image would become {new[0]}x{new[1]} "
+                             f"({new[0] * new[1] / 1e6:.0f} M pixels, above {limit / 1e6:.0f} M); give a smaller size")
+    return img.resize(new, Image.BICUBIC)
+
+
 def load_image(path, size=None):
-    img = Image.open(path).convert("RGB")
+    img = read_image(path)
     if size:
-        w, h = img.size
-        s = size / min(w, h)
-        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+        img = resized(img, size)
     arr = np.asarray(img, np.float32) / 255.0
     x = torch.from_numpy(((arr - MEAN) / STD).transpose(2, 0, 1).copy())[None]
     return img, x
@@ -102,7 +159,7 @@ def make_vis(img: Image.Image, feats, strides, path, panel=224):
         resample = Image.BICUBIC if i == 0 else Image.NEAREST
         canvas.paste(tile.resize(size, resample), (x, pad + text_h))
         draw.text((x, pad), label, fill="black")
-    canvas.save(path)
+    canvas.save(path)  # staged: main passes atomic_output's temporary
 
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -114,6 +171,8 @@ def check_paths(parser, args):
     names no format this tool writes, a ``--vis`` suffix Pillow cannot write."""
     if not osp.isfile(args.image):
         parser.error(f"image not found: {args.image}")
+    if args.size is not None and args.size < 1:
+        parser.error(f"--size {args.size}: give the short side in pixels, a positive number (e.g. 224)")
     if args.out and not args.out.lower().endswith(TORCH_SUFFIXES + NUMPY_SUFFIXES):
         parser.error(f"--out {args.out}: use a .pt / .pth file (torch.save of a dict of [C, H, W] tensors) "
                      "or a .npz file (numpy arrays)")
@@ -122,6 +181,9 @@ def check_paths(parser, args):
     if args.checkpoint and "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
         what = "is a folder: give the checkpoint file inside it" if osp.isdir(args.checkpoint) else "file not found"
         parser.error(f"--checkpoint {args.checkpoint}: {what}")
+    # an output may not be an input (--vis IMAGE replaced the photo) nor the other output
+    _outputs.check_outputs({"--out": args.out, "--vis": args.vis},
+                           {"input image": args.image, "--checkpoint": args.checkpoint}, error=parser.error)
 
 
 def warn_random_weights(cls, arch, file=sys.stderr):
@@ -144,6 +206,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cls, kwargs = _common.model_choice(parser, args)
     check_paths(parser, args)
+    try:  # the image is read (and resized) before the model is built: a bad file is one line
+        img, x = load_image(args.image, args.size)
+    except ImageReadError as e:
+        parser.error(str(e))
     kwargs.update(kernel_size=args.kernel_size, drop_path_rate=0.0)
     if args.checkpoint:
         kwargs["init_cfg"] = dict(type="Pretrained", checkpoint=args.checkpoint)
@@ -152,7 +218,6 @@ def main(argv=None):
     model = cls(**kwargs)
     model.init_weights()
     model.eval().to(args.device)
-    img, x = load_image(args.image, args.size)
     with torch.no_grad():
         feats = [f[0].float().cpu() for f in model(x.to(args.device))]
     strides = list(model.out_strides)
@@ -160,13 +225,15 @@ def main(argv=None):
         print(f"[features] {name}: stride {s}, shape {list(f.shape)}")
     if args.out:
         names = list(model.out_features)
-        if args.out.lower().endswith(NUMPY_SUFFIXES):
-            np.savez(args.out, strides=np.array(strides), **{n: f.numpy() for n, f in zip(names, feats)})
-        else:
-            torch.save({**dict(zip(names, feats)), "strides": strides}, args.out)
+        with _outputs.atomic_output(args.out) as tmp:
+            if args.out.lower().endswith(NUMPY_SUFFIXES):
+                np.savez(tmp, strides=np.array(strides), **{n: f.numpy() for n, f in zip(names, feats)})
+            else:
+                torch.save({**dict(zip(names, feats)), "strides": strides}, tmp)
         print(f"[features] wrote {args.out}")
     if args.vis:
-        make_vis(img, feats, strides, args.vis)
+        with _outputs.atomic_output(args.vis) as tmp:
+            make_vis(img, feats, strides, tmp)
         print(f"[features] wrote {args.vis}")
     return feats
 

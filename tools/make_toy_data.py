@@ -18,16 +18,24 @@
   0 = unlabelled), images in ``{train,val}/*.jpg``.
 
 Usage: ``python tools/make_toy_data.py [--out data] [--force] [--only coco|ade|coco_panoptic]``.
-Re-running is a no-op when the data of the current generator version is already there.
+Re-running is a no-op when the data of the current generator version is already there, complete:
+the stamp (``.toy_version``) records the version and every file's size, and a dataset missing or
+truncating a file is regenerated. Concurrent runs are safe (a lock per dataset; generation into a
+per-process staging folder renamed into place whole). A ``toy_*`` folder holding files the
+generator did not write (no stamp, or files the stamp does not list) is never replaced: the run
+stops naming it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -241,8 +249,99 @@ def make_coco_panoptic(out_dir: str, seed: int = 2) -> None:
                            licenses=[], images=images, annotations=annotations, categories=categories), f)
 
 
+STAMP = ".toy_version"
+
+
+class ToyDataError(RuntimeError):
+    """A folder where a dataset goes holds something this generator did not write."""
+
+
 def _stamp(path: str) -> str:
-    return os.path.join(path, ".toy_version")
+    return os.path.join(path, STAMP)
+
+
+def _contents(root: str) -> dict:
+    """``{relative path: size in bytes}`` of every file below ``root`` but the stamp."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root)
+            if rel != STAMP:
+                files[rel] = os.path.getsize(path)
+    return files
+
+
+def _read_stamp(root: str):
+    """The stamp of a generated dataset: ``{'version': ..., 'files': {path: size}}``; ``None``
+    without one (not written by this generator); ``files`` is ``None`` for the first generator's
+    plain-text stamp, which recorded no contents."""
+    try:
+        with open(_stamp(root)) as f:
+            text = f.read()
+    except OSError:
+        return None
+    try:
+        stamp = json.loads(text)
+    except ValueError:
+        return dict(version=text.strip(), files=None)
+    return stamp if isinstance(stamp, dict) else dict(version=str(stamp), files=None)
+
+
+def _write_stamp(root: str) -> None:
+    """Record the version and the contents (every file's size): a dataset that lost or truncated
+    a file no longer matches its stamp and is regenerated."""
+    with open(_stamp(root), "w") as f:
+        json.dump(dict(version=VERSION, files=_contents(root)), f, indent=0, sort_keys=True)
+
+
+def is_complete(root: str) -> bool:
+    """Whether ``root`` holds the current generator's dataset, every file present with its size."""
+    stamp = _read_stamp(root)
+    return bool(stamp) and stamp.get("version") == VERSION and stamp.get("files") == _contents(root)
+
+
+def _check_replaceable(root: str) -> None:
+    """Refuse to replace a folder holding files this generator did not write: no stamp (a user's
+    folder or data), or files the stamp does not list."""
+    if not os.path.exists(root):
+        return
+    if not os.path.isdir(root):
+        raise ToyDataError(f"{root} is a file, not a toy dataset: move it away to generate the dataset there")
+    stamp = _read_stamp(root)
+    theirs = sorted(_contents(root)) if stamp is None else \
+        sorted(set(_contents(root)) - set(stamp["files"])) if stamp.get("files") is not None else []
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        why = "has no stamp of tools/make_toy_data.py" if stamp is None else "holds files the generator did not write"
+        raise ToyDataError(f"{root} {why} ({shown}); refusing to replace it: move those files elsewhere "
+                           "(or delete the folder if they are not needed), then run again")
+
+
+@contextlib.contextmanager
+def _locked(out: str, name: str, quiet: bool):
+    """An exclusive lock per dataset (``<out>/.toy_<name>.lock``, fcntl.flock): concurrent runs
+    (``make demo`` beside ``make test``) generate each dataset once; the others wait, then find it
+    complete. The kernel releases the lock when a process dies."""
+    fd = os.open(os.path.join(out, f".toy_{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not quiet:
+                print(f"[toy-data] waiting for another run generating toy_{name}", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(out: str, name: str) -> None:
+    """Staging folders of runs that died mid-way (only while holding the dataset's lock, when no
+    live run can be writing one)."""
+    for entry in os.listdir(out):
+        if entry.startswith((f".toy_{name}.partial-", f".toy_{name}.old-")):
+            shutil.rmtree(os.path.join(out, entry), ignore_errors=True)
 
 
 def shown_path(path: str) -> str:
@@ -252,24 +351,36 @@ def shown_path(path: str) -> str:
 
 
 def ensure(out: str = os.path.join(ROOT, "data"), force: bool = False, only=None, quiet: bool = False) -> dict:
-    """Generate whatever is missing (or everything with ``force``); returns the dataset roots."""
+    """Generate whatever is missing or incomplete (or everything with ``force``); returns the
+    dataset roots. Safe to run concurrently; a dataset is generated into a private staging folder
+    and renamed into place whole, with a stamp listing its files. Raises :class:`ToyDataError`
+    rather than replace a folder holding files the generator did not write."""
     makers = {"coco": make_coco, "ade": make_ade, "coco_panoptic": make_coco_panoptic}
     roots = {name: os.path.join(out, f"toy_{name}") for name in makers}
+    os.makedirs(out, exist_ok=True)
     for name in (only,) if only else tuple(makers):
         root = roots[name]
-        if not force and os.path.exists(_stamp(root)) and open(_stamp(root)).read().strip() == VERSION:
-            if not quiet:
-                print(f"[toy-data] {shown_path(root)}: present (version {VERSION})")
-            continue
-        if os.path.exists(root):
-            shutil.rmtree(root)
-        tmp = root + ".tmp"
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        makers[name](tmp)
-        with open(_stamp(tmp), "w") as f:
-            f.write(VERSION + "\n")
-        os.replace(tmp, root)
+        with _locked(out, name, quiet):
+            if not force and is_complete(root):
+                if not quiet:
+                    print(f"[toy-data] {shown_path(root)}: present (version {VERSION})")
+                continue
+            _check_replaceable(root)
+            _remove_stale(out, name)
+            staging = tempfile.mkdtemp(prefix=f".toy_{name}.partial-", dir=out)
+            old = None
+            try:
+                makers[name](staging)
+                _write_stamp(staging)
+                os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the data from other users
+                if os.path.exists(root):  # ours (checked above): out of the way, then the new one in
+                    old = tempfile.mkdtemp(prefix=f".toy_{name}.old-", dir=out)
+                    os.rename(root, os.path.join(old, "data"))
+                os.rename(staging, root)
+            finally:
+                for folder in (staging, old):
+                    if folder and os.path.exists(folder):
+                        shutil.rmtree(folder, ignore_errors=True)
         if not quiet:
             print(f"[toy-data] {shown_path(root)}: generated")
     return roots
@@ -281,7 +392,11 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="regenerate even if present")
     p.add_argument("--only", choices=["coco", "ade", "coco_panoptic"], help="generate only one of the sets")
     args = p.parse_args(argv)
-    ensure(args.out, args.force, args.only)
+    try:
+        ensure(args.out, args.force, args.only)
+    except ToyDataError as e:
+        print(f"[toy-data] {e}", file=sys.stderr)
+        return 1
     return 0
 
 

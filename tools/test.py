@@ -29,6 +29,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from mmengine.config import ConfigDict, DictAction  # noqa: E402
 
 import _common  # noqa: E402
+import _outputs  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -172,6 +173,10 @@ def main(argv=None):
     # paths first: a missing file is one line, not a traceback after the model is built
     _common.check_file(args.config, "config", "tools/test.py")
     _common.check_file(args.checkpoint, "checkpoint", "tools/test.py")
+    if args.out is not None:  # the predictions' file / folder must not replace what the run reads
+        for what, source in (("CHECKPOINT", args.checkpoint), ("CONFIG", args.config)):
+            if "://" not in source and _outputs.same_file(args.out, source):
+                raise SystemExit(f"tools/test.py: --out {args.out} is the {what} ({source}): give another path")
     cfg, scope = build_cfg(args)
     _common.check_data_paths(cfg, ("test",), "tools/test.py")
     if args.out is not None and scope == "mmdet" and not args.out.endswith((".pkl", ".pickle")):

@@ -6,8 +6,9 @@ mmdet's tools/train.py. The task is picked from the config's ``default_scope``.
                           [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 Distributed: tools/dist_train.sh (torchrun) or tools/slurm_train.sh. On machines without CUDA
-the run uses gloo and fp32 (see tools/_common.py). The config, a ``--resume`` checkpoint and the
-dataset's files are checked first; a missing one is named with the way to fix it.
+the run uses gloo and fp32 (see tools/_common.py). The config, a ``--resume`` checkpoint (present,
+readable, holding a training state) and the dataset's files are checked first; a missing or wrong
+one is named with the way to fix it.
 """
 import argparse
 import os
@@ -69,6 +70,31 @@ def build_cfg(args):
     return cfg
 
 
+def check_resume_checkpoint(path: str) -> None:
+    """Exit naming the problem unless ``path`` is a checkpoint mmengine's runner can resume from:
+    readable by ``torch.load`` as the runner reads it (``weights_only``; the mm scope is imported,
+    so the message hub's objects are allowed) and holding the training state (``meta`` with
+    ``epoch`` / ``iter``, ``state_dict``). Without it a text file or a weights-only file ended in
+    an ``UnpicklingError`` / ``KeyError: 'meta'`` after the model and the data were built."""
+    import zipfile
+
+    import torch
+
+    fix = ("give a checkpoint tools/train.py wrote (WORK_DIR/epoch_N.pth or iter_N.pth), or --resume without a "
+           "value to continue from the latest one in the work dir")
+    try:  # memory-mapped: a large checkpoint is not read twice
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # noqa: BLE001 - any failure to read is reported with the file's name
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SystemExit(f"tools/train.py: --resume {path}: not a checkpoint torch can read "
+                         f"({type(e).__name__}: {reason[:200]}); {fix}") from None
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or "epoch" not in meta or "iter" not in meta or "state_dict" not in checkpoint:
+        raise SystemExit(f"tools/train.py: --resume {path}: holds no training state (a training checkpoint has "
+                         "'meta' with 'epoch' / 'iter' and 'state_dict'); to start a new run from these weights "
+                         f"use --cfg-options load_from={path} (or the backbone's init_cfg); to resume, {fix}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     # paths first: a missing file is one line, not a traceback after the model is built
@@ -76,6 +102,8 @@ def main(argv=None):
     if args.resume not in (None, "auto"):
         _common.check_file(args.resume, "--resume checkpoint", "tools/train.py")
     cfg = build_cfg(args)
+    if args.resume not in (None, "auto"):  # after build_cfg: the mm scope the runner loads with is imported
+        check_resume_checkpoint(args.resume)
     _common.check_data_paths(cfg, ("train", "val") if cfg.get("val_cfg", None) else ("train",), "tools/train.py")
     if cfg.get("load_from", None):  # --resume URL or a config's load_from URL: the whole-URL cache, not mmengine's
         from dinat_backbone.checkpoint.download import local_checkpoint

@@ -23,12 +23,14 @@ if os.environ.get("TRITON_INTERPRET") == "1":  # the kernels must be real JIT fu
     os.environ["TRITON_INTERPRET"] = "0"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # (silences triton 3.9's default-change warning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+import _outputs  # noqa: E402
 from dinat_backbone.ops import triton as tri
 from dinat_backbone.ops.triton import _kernels, _launch
 
@@ -130,8 +132,7 @@ def main(argv=None):
                             os.makedirs(args.dump, exist_ok=True)
                             for ext in ("ttgir", "ptx"):
                                 path = os.path.join(args.dump, f"{name}_{dtype}_sm{arch}_K{K}_D{D}.{ext}")
-                                with open(path, "w") as f:
-                                    f.write(kernel.asm[ext])
+                                _outputs.write_text(path, kernel.asm[ext])
                         print(f"{label}: ok in {time.perf_counter() - t0:.1f} s, {resource_usage(kernel)}", flush=True)
     return 1 if failures else 0
 
