@@ -519,25 +519,33 @@ class DiNATBackboneBase(nn.Module):
         self.apply(self._init_module)
 
     def init_weights(self, logger: Optional[logging.Logger] = None):
-        """Random init, or load ``init_cfg['checkpoint']`` when ``init_cfg`` is ``type='Pretrained'``.
+        """Random init, then the checkpoint of ``init_cfg`` when it is ``type='Pretrained'``.
 
-        ``logger`` receives the missing / unexpected key report (a wrapper can pass mmengine's
-        ``MMLogger.get_current_instance()``); default: the ``dinat_backbone.checkpoint`` logger.
+        The one pretrained-loading path (the mm backbones use it too): the checkpoint goes through
+        :func:`dinat_backbone.checkpoint.load_pretrained` (any supported layout), keys it lacks keep
+        the random init. ``logger`` receives the missing / unexpected key report (the mm backbones
+        pass mmengine's current logger); default: the ``dinat_backbone.checkpoint`` logger.
         """
         cfg = self.init_cfg
-        if cfg is None:
-            self._init_random_weights()
-            return
-        cfg = dict(cfg)
-        if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
-            raise ValueError(f"{type(self).__name__}: init_cfg must be None or dict(type='Pretrained', "
-                             f"checkpoint=path_or_url), got {self.init_cfg}")
-        from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
+        if cfg is not None:
+            cfg = dict(cfg)
+            if cfg.get("type") != "Pretrained" or not cfg.get("checkpoint"):
+                raise ValueError(f"{type(self).__name__}: init_cfg must be None or dict(type='Pretrained', "
+                                 f"checkpoint=path_or_url), got {self.init_cfg}")
+        self._init_random_weights()
+        self._apply_initialisers()
+        if cfg is not None:
+            from .checkpoint import load_pretrained  # local import: checkpoint imports this module's names
 
-        self._init_random_weights()  # keys the checkpoint lacks (e.g. output norms) start from the usual init
-        load_pretrained(self, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
-                        map_location=cfg.get("map_location", "cpu"))
+            if logger is not None:
+                logger.info(f"{type(self).__name__}: loading pretrained weights from {cfg['checkpoint']}")
+            load_pretrained(self, cfg["checkpoint"], strict=False, logger=logger, prefix=cfg.get("prefix"),
+                            map_location=cfg.get("map_location", "cpu"))
         self._freeze_stages()
+
+    def _apply_initialisers(self):
+        """Between the random init and the checkpoint: nothing here; the mm backbones apply the
+        other mmengine initialisers of their ``init_cfg`` (``Normal``, ``Constant``, ...)."""
 
     # -- freezing --------------------------------------------------------------------------------
     def _frozen_modules(self) -> List[nn.Module]:
