@@ -84,7 +84,8 @@ def test_smaller_num_layers_decays_only_the_first_blocks_and_prefix_without_dot(
     (dict(decay_rate=0.9, custom_keys={"rpb": dict(decay_mul=0.0)}), r"must map name parts to dict\(lr_mult"),
     (dict(decay_rate=0.9, custom_keys={"rpb": dict(lr_mult=float("nan"))}),
      r"\['custom_keys'\]\['rpb'\]\['lr_mult'\] must be a finite number, got nan"),
-    (dict(decay_rate=0.9, custom_keys={"rpb": dict(lr_mult=-1.0)}), r"\['custom_keys'\]\['rpb'\]\['lr_mult'\] must be >= 0"),
+    (dict(decay_rate=0.9, custom_keys={"rpb": dict(lr_mult=-1.0)}),
+     r"\['custom_keys'\]\['rpb'\]\['lr_mult'\] must be >= 0"),
 ])
 def test_config_values_it_cannot_mean_are_refused(paramwise_cfg, message):
     with pytest.raises(ValueError, match=message):

@@ -93,19 +93,20 @@ def test_setup_training_adds_the_infrastructure_once():
 
 
 def test_enable_training_module_for_mmdets_own_tools(tmp_path):
-    """The documented recipe for mmdet's / mmseg's own tools/train.py: the config imports
-    dinat_backbone.mm.enable_training and names the hooks; mmengine builds them."""
+    """The documented recipe for mmdet's / mmseg's own tools/train.py (docs/usage.md, block
+    mm-own-tools): the config imports dinat_backbone.mm.enable_training and names the hooks;
+    mmengine builds them, and the allow-list and the DDP wrapper are there."""
+    from test_readme import block
+
     config = tmp_path / "cfg.py"
-    config.write_text("custom_imports = dict(imports=['dinat_backbone.mm', 'dinat_backbone.mm.enable_training'], "
-                      "allow_failed_imports=False)\n"
-                      "custom_hooks = [dict(type='DiNATChannelCheckHook'), dict(type='DiNATRNGStateHook')]\n")
+    config.write_text(block("mm-own-tools") + "\n")
     result = _run(
-        "before = snapshot()\nfrom mmengine.config import Config\nfrom mmengine.registry import init_default_scope\n"
+        "from mmengine.config import Config\nfrom mmengine.registry import init_default_scope\n"
         f"cfg = Config.fromfile({str(config)!r})\ninit_default_scope('mmdet')\n"
         "built = [type(HOOKS.build(h)).__name__ for h in cfg.custom_hooks]\n"
         "import dinat_backbone.mm as mm\n"
         "wanted = sorted(repr(g) for g in mm.mm_safe_globals())\n"
-        "print(json.dumps(dict(before=before, after=snapshot(), built=built, wanted=wanted)))")
+        "print(json.dumps(dict(after=snapshot(), built=built, wanted=wanted)))")
     assert result["built"] == ["DiNATChannelCheckHook", "DiNATRNGStateHook"]
     assert set(result["wanted"]) <= set(result["after"]["safe_globals"])
     assert "CPUDistributedDataParallel" in result["after"]["model_wrappers"]
