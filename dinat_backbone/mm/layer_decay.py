@@ -8,7 +8,7 @@ come from ``named_modules``, so no name pattern of the key layout is written her
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Dict, List
 
 import torch.nn as nn
@@ -146,13 +146,13 @@ class DiNATLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         depth = num_decay_layers(backbone, decay_type)
         num_layers = self.paramwise_cfg.get("num_layers", depth)
         unit = "blocks" if decay_type == "layer_wise" else "stages"
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= depth:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, Integral) or not 1 <= num_layers <= depth:
             raise ValueError(
                 f"{_NAME}: paramwise_cfg['num_layers']={num_layers!r}, but the backbone "
                 f"{type(backbone).__name__} has {depth} {unit} ({decay_type}); num_layers must be an integer in "
                 f"1..{depth} (leave it out for {depth}; a larger value would decay the neck and heads too, -1 or 0 "
                 "would switch the decay off)")
-        return num_layers
+        return int(num_layers)
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         cfg = self.paramwise_cfg
