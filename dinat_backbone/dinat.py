@@ -530,21 +530,29 @@ class DiNATBackboneBase(nn.Module):
         self._randomly_initialised = not any(p.is_meta for p in self.parameters())
 
     def init_weights(self, logger: Optional[logging.Logger] = None):
-        """Random init, or load ``init_cfg['checkpoint']`` when ``init_cfg`` is ``type='Pretrained'``.
+        """Random init, then the checkpoint of ``init_cfg`` when it is ``type='Pretrained'``.
 
-        ``logger`` receives the missing / unexpected key report (a wrapper can pass mmengine's
-        ``MMLogger.get_current_instance()``); default: the ``dinat_backbone.checkpoint`` logger.
+        The one pretrained-loading path (the mm backbones use it too): the checkpoint goes through
+        :func:`dinat_backbone.checkpoint.load_pretrained_from_cfg` (any supported layout; keys it lacks
+        are an error unless ``allow_missing``). The random init happens once (at construction, or here
+        for a model built on the meta device). ``logger`` receives the missing / unexpected key report (the mm backbones
+        pass mmengine's current logger); default: the ``dinat_backbone.checkpoint`` logger.
         """
         cfg = self.init_cfg
         if not getattr(self, "_randomly_initialised", False):
             self._init_random_weights()
-        if cfg is None:
-            return
-        from .checkpoint import load_pretrained_from_cfg  # local import: checkpoint imports this module's names
+        self._apply_initialisers()
+        if cfg is not None:
+            from .checkpoint import load_pretrained_from_cfg  # local import: checkpoint imports this module's names
 
-        # keys the checkpoint lacks (e.g. output norms) keep the usual random init, done once above / at construction
-        load_pretrained_from_cfg(self, cfg, logger=logger)
+            if logger is not None:
+                logger.info(f"{type(self).__name__}: loading pretrained weights from {dict(cfg).get('checkpoint')}")
+            load_pretrained_from_cfg(self, cfg, logger=logger)
         self._freeze_stages()
+
+    def _apply_initialisers(self):
+        """Between the random init and the checkpoint: nothing here; the mm backbones apply the
+        other mmengine initialisers of their ``init_cfg`` (``Normal``, ``Constant``, ...)."""
 
     # -- freezing --------------------------------------------------------------------------------
     def _frozen_modules(self) -> List[nn.Module]:

@@ -146,8 +146,10 @@ def test_weights_only_allow_list_is_narrow():
     import os
     import pickle
 
-    import dinat_backbone.mm  # noqa: F401  (registers the allow-list)
+    import dinat_backbone.mm
     from mmengine.logging.history_buffer import HistoryBuffer
+
+    dinat_backbone.mm.setup_training()  # adds the allow-list
 
     class Stats:
         def __reduce__(self):

@@ -71,9 +71,10 @@ def _optimizer_steps(ckpt):
 
 def _assert_weights_only_loadable(path):
     """The checkpoint loads with torch's default weights_only=True, thanks to exactly the globals
-    dinat_backbone.mm allow-lists (and every global it needs is in that list)."""
+    dinat_backbone.mm.setup_training allow-lists (and every global it needs is in that list)."""
     import dinat_backbone.mm as mm
 
+    mm.setup_training()  # what tools/train.py and tools/test.py do; the run may have been another process
     ckpt = torch.load(path, map_location="cpu")  # default weights_only=True on torch >= 2.6
     needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     allowed = set()
@@ -160,7 +161,7 @@ def test_two_process_cpu_ddp_with_dist_train_sh(tmp_path):
     text = logs[0].read_text()
     assert "Distributed training: True" in text and "GPU number: 2" in text, text[:3000]
     assert "CPUDistributedDataParallel" in text or "world_size: 2" in text or "Distributed launcher: pytorch" in text
-    ckpt = torch.load(work / "iter_4.pth", map_location="cpu")
+    ckpt = _assert_weights_only_loadable(str(work / "iter_4.pth"))
     assert ckpt["meta"]["iter"] == 4
 
 

@@ -16,11 +16,12 @@ def scope_of(cfg) -> str:
 
 
 def import_scope(scope: str) -> None:
-    """Import the task package (fails loudly when it is not installed) and the DiNAT glue."""
+    """Import the task package (fails loudly when it is not installed) and the DiNAT glue (which
+    registers the backbones, the channel check and the layer-decay constructor)."""
     import importlib
 
     importlib.import_module(scope)
-    import dinat_backbone.mm  # noqa: F401  (registers DiNAT/NAT, LR-decay constructor, safe globals)
+    import dinat_backbone.mm  # noqa: F401
 
 
 def _init_cpu_process_group(launcher: str) -> None:
@@ -78,8 +79,10 @@ def default_work_dir(config_path: str) -> str:
 
 def load_config(args):
     """Config from ``args.config`` with the launcher, ``--cfg-options`` and work dir applied (the
-    part tools/train.py and tools/test.py share); imports the config's mm scope and adds
-    ``DiNATChannelCheckHook`` and ``DiNATRNGStateHook``. Returns ``(cfg, scope)``."""
+    part tools/train.py and tools/test.py share); imports the config's mm scope and sets up the
+    training infrastructure (:func:`dinat_backbone.mm.setup_training`: the checkpoint allow-list,
+    the CPU DDP wrapper, ``DiNATChannelCheckHook`` and ``DiNATRNGStateHook`` in the config).
+    Returns ``(cfg, scope)``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
@@ -89,12 +92,11 @@ def load_config(args):
     scope = scope_of(cfg)
     import_scope(scope)
     # a neck / head built for another backbone width fails before the run, naming the channels;
-    # checkpoints carry the random generators' states, so that --resume continues them
-    hooks = list(cfg.get("custom_hooks", None) or [])
-    for hook in ("DiNATChannelCheckHook", "DiNATRNGStateHook"):
-        if not any(h.get("type") == hook for h in hooks):
-            hooks.append(dict(type=hook))
-    cfg.custom_hooks = hooks
+    # checkpoints carry the random generators' states, so that --resume continues them, and load
+    # with torch's weights_only
+    import dinat_backbone.mm
+
+    dinat_backbone.mm.setup_training(cfg)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:
