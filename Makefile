@@ -1,6 +1,7 @@
 # The README's two commands:
 #   make demo   install everything, then the main job (toy Mask R-CNN: train on CPU, COCO mAP)
 #   make test   install everything, then the test suite
+# Also: make toy-data (generate the toy sets), make clean-toy (remove them and work_dirs/toy), make asan
 PYTHON ?= python3
 PYTEST_ARGS ?= -q
 
@@ -22,5 +23,7 @@ asan: install
 toy-data:
 	$(PYTHON) tools/make_toy_data.py
 
+# the three toy sets tools/make_toy_data.py writes (and a half-written one's .tmp folder), and the toy runs
+TOY_SETS = data/toy_coco data/toy_ade data/toy_coco_panoptic
 clean-toy:
-	rm -rf data/toy_coco data/toy_ade work_dirs/toy
+	rm -rf $(TOY_SETS) $(addsuffix .tmp,$(TOY_SETS)) work_dirs/toy

@@ -1,16 +1,18 @@
 #!/usr/bin/env python
-"""The main job: toy Mask R-CNN with a small DiNAT, end to end on CPU, no downloads.
+"""The toy jobs: small DiNAT models end to end on CPU, no downloads.
 
 1. generates the embedded toy data if it is missing (tools/make_toy_data.py, deterministic);
-2. trains configs/toy/mask-rcnn_dinat-toy_fpn_toy-coco.py from scratch with mmengine's Runner;
-3. evaluates on the toy val split with mmdet's real CocoMetric (pycocotools) and prints bbox /
-   segm mAP.
+2. trains a toy config from scratch with mmengine's Runner;
+3. evaluates it on the toy val split with the real metric and prints the result.
 
-    python tools/run_toy.py [--iters N] [--work-dir DIR] [--seg]
+    python tools/run_toy.py [--only det|seg|panoptic] [--seg] [--panoptic] [--iters N] [--work-dir DIR]
 
-``--seg`` also trains and evaluates the toy UPerNet (mmseg IoUMetric, mIoU). Only the ``[toy]``
-lines are printed: pycocotools' and mmengine's console output and the OpenMMLab libraries'
-UserWarnings are kept back (shown with ``--verbose``; the console output also when a run fails).
+The main job (the default, ``--only det``) is the toy Mask R-CNN (mmdet CocoMetric: bbox / segm
+mAP); ``--only seg`` the toy UPerNet (mmseg IoUMetric: mIoU); ``--only panoptic`` the toy Mask2Former
+(mmdet CocoPanopticMetric: PQ / SQ / RQ). ``--seg`` / ``--panoptic`` add those jobs after the main
+one. Only the ``[toy]`` lines are printed: pycocotools' and mmengine's console output and the
+OpenMMLab libraries' UserWarnings are kept back (shown with ``--verbose``; the console output also
+when a run fails).
 """
 import argparse
 import os.path as osp
@@ -153,7 +155,7 @@ def panoptic_table(metrics: dict) -> list:
     return lines
 
 
-def run_panoptic(work_dir: str, quiet: bool = True) -> list:
+def run_panoptic(work_dir: str, iters=None, quiet: bool = True) -> list:
     """Train + evaluate the toy Mask2Former (panoptic); returns the report lines."""
     print("[toy] training toy Mask2Former (DiNAT, 6 blocks, width 32) on CPU; evaluating with "
           "CocoPanopticMetric", flush=True)
@@ -161,34 +163,35 @@ def run_panoptic(work_dir: str, quiet: bool = True) -> list:
 
     t0 = time.time()
     out = osp.join(work_dir, "mask2former")
-    metrics = run(PANOPTIC_CONFIG, out, None, quiet=quiet)
+    metrics = run(PANOPTIC_CONFIG, out, iters, quiet=quiet)
     return ["", "=== toy Mask2Former (DiNAT) on toy COCO-panoptic val (24 images, 3 things + 2 stuff) ===",
             *panoptic_table(metrics),
             f"train + eval {time.time() - t0:.0f} s; checkpoint and logs in {shown_path(out)}"]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iters", type=int,
-                   help=f"Mask R-CNN training iterations (default: the config's, {config_max_iters(DET_CONFIG)}; "
-                        f"--seg's UPerNet always trains its config's {config_max_iters(SEG_CONFIG)})")
-    p.add_argument("--work-dir", default=osp.join(ROOT, "work_dirs", "toy"))
-    p.add_argument("--seg", action="store_true", help="also train + evaluate the toy UPerNet")
-    p.add_argument("--panoptic", action="store_true",
-                   help="also train + evaluate the toy Mask2Former (panoptic: PQ / SQ / RQ)")
-    p.add_argument("--verbose", action="store_true",
-                   help="show mmengine's training log, pycocotools' output and the OpenMMLab libraries' warnings")
-    args = p.parse_args(argv)
+#: The jobs by their ``--only`` name, in the order ``--seg`` / ``--panoptic`` run them.
+JOBS = ("det", "seg", "panoptic")
 
-    import make_toy_data
 
-    t0 = time.time()
-    make_toy_data.ensure()
+def jobs_to_run(only=None, seg=False, panoptic=False) -> list:
+    """The jobs a command line asks for: ``--only`` one of them, else the main job plus the added ones."""
+    if only is not None:
+        if seg or panoptic:
+            raise SystemExit(f"run_toy.py: --only {only} runs one job; drop --seg / --panoptic "
+                             f"(or drop --only to run the main job and the added ones)")
+        return [only]
+    return ["det"] + (["seg"] if seg else []) + (["panoptic"] if panoptic else [])
+
+
+def run_det(work_dir: str, iters=None, quiet: bool = True) -> tuple:
+    """Train + evaluate the toy Mask R-CNN; returns (report lines, whether both mAPs came back)."""
+    from make_toy_data import shown_path
+
     print("[toy] training toy Mask R-CNN (DiNAT, 6 blocks, mini width) on CPU; evaluating with CocoMetric",
           flush=True)
-    t1 = time.time()
-    det = run(DET_CONFIG, osp.join(args.work_dir, "mask-rcnn"), args.iters, quiet=not args.verbose)
-    t_det = time.time() - t1
+    t0 = time.time()
+    out = osp.join(work_dir, "mask-rcnn")
+    det = run(DET_CONFIG, out, iters, quiet=quiet)
     bbox = det.get("coco/bbox_mAP")
     segm = det.get("coco/segm_mAP")
     lines = [
@@ -198,21 +201,62 @@ def main(argv=None) -> int:
         f"mAP_75 {det.get('coco/bbox_mAP_75', float('nan')):.3f}",
         f"segm mAP {segm:.3f}   mAP_50 {det.get('coco/segm_mAP_50', float('nan')):.3f}   "
         f"mAP_75 {det.get('coco/segm_mAP_75', float('nan')):.3f}",
-        f"train + eval {t_det:.0f} s; checkpoint and logs in "
-        f"{make_toy_data.shown_path(osp.join(args.work_dir, 'mask-rcnn'))}",
+        f"train + eval {time.time() - t0:.0f} s; checkpoint and logs in {shown_path(out)}",
     ]
-    if args.seg:
-        t2 = time.time()
-        seg = run(SEG_CONFIG, osp.join(args.work_dir, "upernet"), None, quiet=not args.verbose)
-        lines += ["", "=== toy UPerNet (DiNAT) on toy ADE val (16 images, 4 classes) ===",
-                  f"mIoU {seg.get('mIoU', float('nan')):.2f}   aAcc {seg.get('aAcc', float('nan')):.2f}   "
-                  f"mAcc {seg.get('mAcc', float('nan')):.2f}",
-                  f"train + eval {time.time() - t2:.0f} s"]
-    if args.panoptic:
-        lines += run_panoptic(args.work_dir, quiet=not args.verbose)
+    return lines, bbox is not None and segm is not None
+
+
+def run_seg(work_dir: str, iters=None, quiet: bool = True, announce: bool = False) -> list:
+    """Train + evaluate the toy UPerNet; returns the report lines. ``announce``: print a start line
+    (when it runs alone; after the main job its result block is announcement enough)."""
+    if announce:
+        print("[toy] training toy UPerNet (DiNAT, 6 blocks, mini width) on CPU; evaluating with IoUMetric",
+              flush=True)
+    t0 = time.time()
+    seg = run(SEG_CONFIG, osp.join(work_dir, "upernet"), iters, quiet=quiet)
+    return ["", "=== toy UPerNet (DiNAT) on toy ADE val (16 images, 4 classes) ===",
+            f"mIoU {seg.get('mIoU', float('nan')):.2f}   aAcc {seg.get('aAcc', float('nan')):.2f}   "
+            f"mAcc {seg.get('mAcc', float('nan')):.2f}",
+            f"train + eval {time.time() - t0:.0f} s"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=JOBS,
+                   help="run this one job alone: det (toy Mask R-CNN, the main job), seg (toy UPerNet) or "
+                        "panoptic (toy Mask2Former)")
+    p.add_argument("--iters", type=int,
+                   help=f"Mask R-CNN training iterations (default: the config's, {config_max_iters(DET_CONFIG)}; "
+                        f"--seg's UPerNet always trains its config's {config_max_iters(SEG_CONFIG)}); "
+                        f"with --only, the iterations of that job")
+    p.add_argument("--work-dir", default=osp.join(ROOT, "work_dirs", "toy"))
+    p.add_argument("--seg", action="store_true", help="also train + evaluate the toy UPerNet after the main job")
+    p.add_argument("--panoptic", action="store_true",
+                   help="also train + evaluate the toy Mask2Former (panoptic: PQ / SQ / RQ) after the main job")
+    p.add_argument("--verbose", action="store_true",
+                   help="show mmengine's training log, pycocotools' output and the OpenMMLab libraries' warnings")
+    args = p.parse_args(argv)
+    jobs = jobs_to_run(args.only, args.seg, args.panoptic)
+
+    import make_toy_data
+
+    t0 = time.time()
+    make_toy_data.ensure()
+    quiet = not args.verbose
+    lines, ok = [], True
+    for job in jobs:
+        # --iters is the main job's unless --only names another one
+        iters = args.iters if job == "det" or args.only else None
+        if job == "det":
+            det_lines, ok = run_det(args.work_dir, iters, quiet=quiet)
+            lines += det_lines
+        elif job == "seg":
+            lines += run_seg(args.work_dir, iters, quiet=quiet, announce=args.only == "seg")
+        else:
+            lines += run_panoptic(args.work_dir, iters, quiet=quiet)
     lines.append(f"total {time.time() - t0:.0f} s")
     print("\n".join(lines), flush=True)
-    return 0 if bbox is not None and segm is not None else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
