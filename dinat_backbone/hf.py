@@ -156,6 +156,22 @@ def _split_heads(x, shape):
     return x.view(shape).permute(0, 3, 1, 2, 4)  # [batch, heads, X, Y, head_dim]
 
 
+def _plain_linear(module) -> bool:
+    return type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def _project_qkv(attention, hidden_states):
+    """query, key, value ``[batch, X, Y, heads * head_dim]``: one GEMM with the three weights
+    concatenated (as the native model's qkv Linear) while they are plain Linears; otherwise (PEFT /
+    LoRA wrappers, hooks, quantised layers) the modules themselves run, so nothing they add is skipped."""
+    projections = (attention.query, attention.key, attention.value)
+    if not all(_plain_linear(m) for m in projections) or len({m.bias is None for m in projections}) != 1:
+        return tuple(m(hidden_states) for m in projections)
+    weight = torch.cat([m.weight for m in projections])
+    bias = None if attention.query.bias is None else torch.cat([m.bias for m in projections])
+    return torch.nn.functional.linear(hidden_states, weight, bias).chunk(3, dim=-1)
+
+
 def _make_forward(qk_rpb, av, fused: bool):
     """``NeighborhoodAttention.forward``: transformers 4.x's computation; the fused op unless the
     weights are requested (or ``fused`` is False: a natten that is left to run)."""
@@ -164,7 +180,7 @@ def _make_forward(qk_rpb, av, fused: bool):
         batch, height, width, _ = hidden_states.shape
         heads, head_dim = self.num_attention_heads, self.attention_head_size
         shape = (batch, height, width, heads, head_dim)
-        query, key, value = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        query, key, value = _project_qkv(self, hidden_states)
         if fused and not output_attentions:
             attn_drop = self.dropout.p if self.training else 0.0
             context = na2d(query.view(shape), key.view(shape), value.view(shape), self.kernel_size, self.dilation,

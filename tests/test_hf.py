@@ -2,6 +2,7 @@
 running on this package's op, against this package's DiNAT on the same weights, the pure-PyTorch
 backend, and the float64 neighbourhood-attention reference; saving, loading and pipelines from a
 local folder; Mask2Former and UperNet built on a DinatConfig backbone."""
+import copy
 import logging
 import os
 import subprocess
@@ -157,8 +158,9 @@ def test_classification_models_match_native_stages_and_pure_pytorch_path(md, cls
     y_ref, dx_ref, grads_ref = logits_and_grads()
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(dx, dx_ref, rtol=0, atol=1e-5)
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+    for (name, _), g, g_ref in zip(ref_model.named_parameters(), grads, grads_ref):
+        # float32 sums over every pixel (the stem's convolutions): within 1e-5 of the tensor's largest entry
+        assert (g - g_ref).abs().max() <= 1e-5 * max(1.0, g_ref.abs().max().item()), name
 
 
 def reference_weights(attention, hidden_states):
@@ -316,3 +318,24 @@ def test_upernet_with_dinat_backbone_loss_backward(md, tmp_path):
     loaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits, rtol=0, atol=1e-5)
+
+
+def test_wrapped_or_hooked_projections_run_as_modules(md):
+    """One GEMM for query / key / value only while they are plain Linears: a forward hook (as PEFT /
+    LoRA wrappers and quantised layers change them) is honoured, in both paths."""
+    model = perturb_(md.DinatBackbone(hf_config(md, out_features=["stage2"])), seed=10).eval()
+    zeroed = copy.deepcopy(model)
+    attention = model.encoder.levels[0].layers[0].attention.self
+    with torch.no_grad():
+        zeroed.encoder.levels[0].layers[0].attention.self.value.weight.zero_()
+        zeroed.encoder.levels[0].layers[0].attention.self.value.bias.zero_()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        plain = model(x).feature_maps[0]
+        handle = attention.value.register_forward_hook(lambda module, args, out: out * 0)
+        for output_attentions in (False, True):
+            hooked = model(x, output_attentions=output_attentions).feature_maps[0]
+            torch.testing.assert_close(hooked, zeroed(x).feature_maps[0], rtol=0, atol=1e-6)
+            assert not torch.allclose(hooked, plain)
+        handle.remove()
+        torch.testing.assert_close(model(x).feature_maps[0], plain, rtol=0, atol=0)
