@@ -339,3 +339,25 @@ def test_wrapped_or_hooked_projections_run_as_modules(md):
             assert not torch.allclose(hooked, plain)
         handle.remove()
         torch.testing.assert_close(model(x).feature_maps[0], plain, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_bridge_on_cuda_matches_cpu_forward_backward_and_autocast(md):
+    """On a GPU the fused path runs na2d's CUDA backend (Triton), the split path the split ops."""
+    model = perturb_(md.DinatBackbone(hf_config(md, out_features=STAGES)), seed=11).eval()
+    x = torch.randn(2, 3, *SIZES["needs-padding"])
+    with torch.no_grad():
+        cpu_maps = model(x).feature_maps
+    gpu = copy.deepcopy(model).cuda()
+    xg = x.cuda().requires_grad_()
+    with torch.no_grad():
+        for output_attentions in (False, True):
+            for a, b in zip(gpu(xg, output_attentions=output_attentions).feature_maps, cpu_maps):
+                torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-3)  # TF32 matmuls allowed
+    sum(m.sum() for m in gpu(xg).feature_maps).backward()
+    assert torch.isfinite(xg.grad).all()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        maps = gpu(xg).feature_maps
+    assert all(torch.isfinite(m).all() for m in maps)
+    sum(m.float().sum() for m in maps).backward()
+    assert torch.isfinite(gpu.encoder.levels[0].layers[0].attention.self.rpb.grad).all()
