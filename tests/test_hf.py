@@ -361,3 +361,32 @@ def test_bridge_on_cuda_matches_cpu_forward_backward_and_autocast(md):
     assert all(torch.isfinite(m).all() for m in maps)
     sum(m.float().sum() for m in maps).backward()
     assert torch.isfinite(gpu.encoder.levels[0].layers[0].attention.self.rpb.grad).all()
+
+
+def test_missing_transformers_is_an_error_naming_the_install():
+    # a None entry in sys.modules is Python's own way of making an import fail (as for an uninstalled package)
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "import dinat_backbone.hf as hf\n"
+            "try:\n    hf.enable()\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd())).stdout
+    assert "dinat_backbone.hf needs HF transformers, which is not installed: pip install transformers==" in out
+
+
+@pytest.mark.parametrize("change", ["no maybe_pad", "forward signature", "no natten2dav"])
+def test_unknown_modeling_dinat_layout_is_an_error_naming_it(md, monkeypatch, change):
+    hf.disable()
+    try:
+        if change == "no maybe_pad":
+            monkeypatch.delattr(md.DinatLayer, "maybe_pad")
+        elif change == "forward signature":
+            monkeypatch.setattr(md.NeighborhoodAttention, "forward", lambda self, hidden_states, **kwargs: None)
+        else:
+            monkeypatch.delattr(md, "natten2dav")
+        with pytest.raises(RuntimeError, match=r"is not a layout this bridge knows \(.*\); it was written for "
+                                               r"transformers 4\.46\.3 / 5\.24\.0: pip install transformers=="):
+            hf.enable()
+        assert hf.status() is None
+    finally:
+        monkeypatch.undo()
+        hf.enable()
