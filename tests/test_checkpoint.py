@@ -205,16 +205,15 @@ def test_checkpoint_urls():
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_dinat():
-    """transformers' modeling_dinat with natten_mps's natten2dqkrpb / natten2dav in place of natten <= 0.17."""
-    import natten_mps.compat.v014 as v014
+    """transformers' modeling_dinat through dinat_backbone.hf (transformers 5.x's own forward fails with
+    any natten; tests/test_hf_reference.py checks the bridge against 4.46.3 on natten-mps's old ops)."""
+    import dinat_backbone.hf as hf
+
+    hf.enable()
     import transformers.models.dinat.modeling_dinat as md
 
-    saved = {n: getattr(md, n) for n in ("natten2dqkrpb", "natten2dav", "requires_backends")}
-    md.natten2dqkrpb, md.natten2dav = v014.natten2dqkrpb, v014.natten2dav
-    md.requires_backends = lambda *args, **kwargs: None  # it insists on the natten package
     yield md
-    for name, value in saved.items():
-        setattr(md, name, value)
+    hf.disable()
 
 
 def hf_config(md, **kwargs):

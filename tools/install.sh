@@ -91,8 +91,22 @@ if [ "${SKIP_MM:-0}" != "1" ]; then
   # triton: the fused GPU backend's kernels, run by the CPU tests in Triton's interpreter;
   # onnxscript: torch 2.13's ONNX exporter (tools/export_onnx.py) imports it and torch does not declare it
   # ruff: the lint step of .ci/run (pinned: new releases add rules)
-  ensure "test and tooling dependencies" pytest natten-mps transformers==4.46.3 onnx onnxruntime onnxscript "triton>=3.0" \
-    ruff==0.17.6
+  # transformers: the tested release of dinat_backbone.hf (5.25.0 needs kernels >= 0.19.1, not on PyPI yet)
+  ensure "test and tooling dependencies" pytest natten-mps transformers==5.24.0 onnx onnxruntime onnxscript \
+    "triton>=3.0" ruff==0.17.6
+  # transformers 4.46.3 beside it, for tests/test_hf_reference.py: the last DiNAT whose own forward ran on
+  # natten <= 0.17.4 (natten-mps stands in), run in a subprocess with PYTHONPATH=$HF_REFERENCE_DIR. Only what
+  # 5.x's dependencies do not satisfy goes there: huggingface-hub < 1, tokenizers 0.20 and requests (+ its deps).
+  HF_REFERENCE_DIR=${DINAT_HF_REFERENCE_DIR:-$HOME/.cache/dinat-backbone/transformers-4.46.3-py$($PY -c 'import sys; print("%d%d" % sys.version_info[:2])')}
+  if PYTHONPATH="$HF_REFERENCE_DIR" $PY -c "import transformers, transformers.models.dinat.modeling_dinat; assert transformers.__version__ == '4.46.3'" >/dev/null 2>&1; then
+    say "transformers 4.46.3 reference copy in $HF_REFERENCE_DIR: already installed"
+  else
+    say "transformers 4.46.3 reference copy: pip install --target $HF_REFERENCE_DIR"
+    mkdir -p "$HF_REFERENCE_DIR"
+    $PIP install -q --no-deps --upgrade --target "$HF_REFERENCE_DIR" transformers==4.46.3 huggingface-hub==0.36.2 \
+      tokenizers==0.20.3 requests urllib3 charset-normalizer idna certifi
+    PYTHONPATH="$HF_REFERENCE_DIR" $PY -c "import transformers.models.dinat.modeling_dinat"
+  fi
 fi
 
 # this package, editable, with its compiled CPU kernel; rebuilt only when the kernel sources,

@@ -29,6 +29,9 @@ in automatic-selection order:
 
 ``backend=`` or the ``DINAT_NA_BACKEND`` environment variable requests one; :func:`select_backend`
 says which backend a call runs and why the ones before it were skipped.
+
+:func:`natten2dqkrpb` / :func:`natten2dav` (:mod:`.split`) are the split form with NATTEN <= 0.17.4's
+heads-first signatures, for callers that need the attention weights (HF transformers' DiNAT).
 """
 from .backend import Backend, Call, Capabilities
 from .cpu import kernel_available as cpu_kernel_available
@@ -37,11 +40,14 @@ from .dispatch import (BACKEND_ENV, BACKEND_ORDER, BACKENDS, BackendSelection, T
 from .export import export_mode, exporting
 from .geometry import neighborhood_indices, window_start
 from .modules import NeighborhoodAttention2D
+from .split import natten2dav, natten2dqkrpb
 
 __all__ = [
     "na2d",
     "na2d_padded",
     "NeighborhoodAttention2D",
+    "natten2dqkrpb",
+    "natten2dav",
     "neighborhood_indices",
     "window_start",
     "select_backend",
