@@ -37,3 +37,12 @@ def forward_and_grads(fn, tensors, grad_out, dtype=None):
     out = fn(*leaves)
     out.backward(grad_out.to(out.dtype))
     return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
+def tiny_dinat_config(md, depths, heads, dilations, **kwargs):
+    """A small transformers ``DinatConfig`` (``md``: transformers' modeling_dinat module) whose weights
+    convert into this package's ``DiNAT(embed_dim=16, mlp_ratio=2.0, kernel_size=5, layer_scale=0.5)``."""
+    cfg = dict(embed_dim=16, depths=list(depths), num_heads=list(heads), kernel_size=5, dilations=dilations,
+               mlp_ratio=2.0, layer_scale_init_value=0.5, drop_path_rate=0.0)
+    cfg.update(kwargs)
+    return md.DinatConfig(**cfg)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from dinat_backbone import DiNAT, convert_checkpoint, load_pretrained
 from dinat_backbone.checkpoint import CHECKPOINT_URLS, resize_rpb
 
+from helpers import tiny_dinat_config
 from conftest import perturb_
 
 DEPTHS = (2, 2, 2, 2)
@@ -217,10 +218,7 @@ def hf_dinat():
 
 
 def hf_config(md, **kwargs):
-    cfg = dict(embed_dim=16, depths=list(DEPTHS), num_heads=list(HEADS), kernel_size=5, dilations=DILATIONS,
-               mlp_ratio=2.0, layer_scale_init_value=0.5, drop_path_rate=0.0)
-    cfg.update(kwargs)
-    return md.DinatConfig(**cfg)
+    return tiny_dinat_config(md, DEPTHS, HEADS, DILATIONS, **kwargs)
 
 
 def perturbed(model, seed=0):

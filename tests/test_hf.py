@@ -14,6 +14,7 @@ import torch
 import dinat_backbone.hf as hf
 from dinat_backbone import DiNAT, convert_checkpoint
 
+from helpers import tiny_dinat_config
 from conftest import perturb_
 from reference import neighbour_tables
 
@@ -37,10 +38,7 @@ def md():
 
 
 def hf_config(md, **kwargs):
-    cfg = dict(embed_dim=16, depths=list(DEPTHS), num_heads=list(HEADS), kernel_size=5, dilations=DILATIONS,
-               mlp_ratio=2.0, layer_scale_init_value=0.5, drop_path_rate=0.0)
-    cfg.update(kwargs)
-    return md.DinatConfig(**cfg)
+    return tiny_dinat_config(md, DEPTHS, HEADS, DILATIONS, **kwargs)
 
 
 def native_model(**kwargs):
