@@ -24,7 +24,6 @@ written atomically: an existing DST is replaced only by a complete file.
 import argparse
 import os.path as osp
 import sys
-import tempfile
 from collections import OrderedDict
 
 import torch
@@ -55,24 +54,13 @@ def parse_args(argv=None):
 
 
 def check_paths(parser, args) -> None:
-    """Usage errors before the (possibly long) read: a missing or folder source, an output that
-    cannot be written (a folder, a missing or read-only parent folder)."""
+    """Usage errors before the (possibly long) read: a missing or folder source. (The output is
+    checked by tools/_outputs.check_outputs, as in every tool.)"""
     if "://" not in args.src:
         if osp.isdir(args.src):
             parser.error(f"{args.src} is a folder: give the checkpoint file inside it")
         if not osp.isfile(args.src):
             parser.error(f"checkpoint not found: {args.src}")
-    if osp.isdir(args.dst):
-        parser.error(f"output {args.dst} is a folder: give a file name, e.g. {osp.join(args.dst, 'converted.pth')}")
-    parent = osp.dirname(osp.abspath(args.dst))
-    if not osp.isdir(parent):
-        what = "is a file, not a folder" if osp.exists(parent) else "does not exist (create it first)"
-        parser.error(f"output {args.dst}: its folder {parent} {what}")
-    try:  # the real test (permissions, read-only file systems), not os.access's guess
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        parser.error(f"output {args.dst} cannot be written: {parent} does not take new files ({exc.strerror or exc})")
 
 
 def main(argv=None) -> int:
