@@ -946,8 +946,15 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
     }
   const RowLayout layout = PAIRS ? RowLayout::shifted_pairs : RowLayout::plain;
   RowCache<T> qc(A.q, max_rows + 1, d, layout, d * g.H), gc(A.grad_out, max_rows + 1, d, layout, d * g.H);
-  // PAIRS: the P / dS pairs of one block (key_block_pairs), at most K entries per query row
-  T* pairs = PAIRS ? new T[max_rows * (g.K + 1) * LMAX] : nullptr;
+  // PAIRS: the P / dS pairs of one block (key_block_pairs), n_st + 1 vectors per query row at most;
+  // a pattern has up to K entries on long rows but up to the whole row on rows shorter than 2K
+  int max_st = 0;
+  for (int64_t n = 0; n < A.n_key_blocks; ++n) {
+    const int32_t pat = A.key_blocks[4 * n + 2];
+    const int n_st = A.pattern_begin[pat + 1] - A.pattern_begin[pat];
+    if (n_st > max_st) max_st = n_st;
+  }
+  T* pairs = PAIRS ? new T[max_rows * (max_st + 1) * LMAX] : nullptr;
   const T** qrows = new const T*[max_rows];
   const T** grows = new const T*[max_rows];
   for (int64_t task = task_begin; task < task_end; ++task) {
