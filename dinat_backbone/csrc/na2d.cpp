@@ -188,7 +188,7 @@ struct Problem {
   std::vector<int32_t> x_first, x_m, blocks, groups;
   std::vector<int32_t> key_blocks, pattern_begin, pattern_st;  // backward pass 2, dilation 1 (plan_key_blocks)
   int64_t row_tasks() const { return B * X; }                     // backward pass 2, dilation 1
-  int64_t subgrid_tasks() const { return B * dil * dil * Xs; }      // backward pass 2, dilation > 1
+  int64_t class_row_tasks() const { return B * dil * Xs; }         // backward pass 2, dilation > 1
   int64_t group_tasks() const { return B * static_cast<int64_t>(groups.size() / 2); }  // forward, backward pass 1
   LaneGeometry lane_geometry() const {
     return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp,
@@ -431,7 +431,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   if (P.dil == 1)
     at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
   else
-    at::parallel_for(0, P.subgrid_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key_gather(kargs, begin, end); });
+    at::parallel_for(0, P.class_row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key_gather(kargs, begin, end); });
 
   const bool has_rpb = rpb.has_value() && rpb->defined();
   Tensor drpb;

@@ -194,20 +194,10 @@ NA_INLINE T hsum(typename VecT<T, W>::type v) {
 }
 
 
+// the key of a pass-2 gather: batch, head, residue classes of its row and column
 struct TaskIndex {
-  int64_t b, h, rx, ry, p;
+  int64_t b, h, rx, ry;
 };
-NA_INLINE TaskIndex decode_task(const Geometry& g, int64_t task) {
-  TaskIndex t;
-  t.p = task % g.Xs;
-  task /= g.Xs;
-  t.ry = task % g.dil;
-  task /= g.dil;
-  t.rx = task % g.dil;
-  t.b = task / g.dil;
-  t.h = 0;  // all heads of a key run in one task (the saved weights are [..., Y, H])
-  return t;
-}
 NA_INLINE int64_t class_len(int64_t L, int64_t r, int64_t d) { return (L - r + d - 1) / d; }
 
 template <typename T>
@@ -1003,9 +993,10 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   delete[] grows;
 }
 
-// Backward pass 2 for dilation > 1 (see backward_key_rows for dilation 1): per key on residue-class
-// sub-grids, vectorised over head_dim, reading q and grad_out in place; tasks are sub-grid rows
-//   task = ((b * d + rx) * d + ry) * Xs + p, empty where p >= the residue class length.
+// Backward pass 2 for dilation > 1 (see backward_key_rows for dilation 1): per key, summing over its
+// inverse neighbourhood on its residue-class sub-grid, vectorised over head_dim, reading q and
+// grad_out in place. Tasks are key rows, residue class by class (consecutive tasks share most of
+// their query rows): task = (b * d + rx) * Xs + p for key row p * d + rx, every key and head of it.
 // With dilation the key-block loads of backward_key_rows spread over d*H lanes per window column
 // and miss L1; this path was measured faster there.
 // dK, dV for NV*WD channels starting at c0 of one key, summed over the queries whose window holds it
@@ -1055,15 +1046,26 @@ void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_
   const T* weights = static_cast<const T*>(A.weights);
   const T* grad_logits = static_cast<const T*>(A.grad_logits);
   for (int64_t task = task_begin; task < task_end; ++task) {
-    TaskIndex ti = decode_task(g, task);
-    const int64_t kp = ti.p;
+    TaskIndex ti;
+    const int64_t kp = task % g.Xs;
+    ti.rx = (task / g.Xs) % d;
+    ti.b = task / (g.Xs * d);
     if (kp >= class_len(g.X, ti.rx, d)) continue;
-    const int64_t Yr = class_len(g.Y, ti.ry, d);
-    const int64_t i_lo = g.x_inv_lo[ti.rx * g.Xs + kp], i_hi = g.x_inv_hi[ti.rx * g.Xs + kp];
     const int64_t kx = kp * d + ti.rx;
-    for (int64_t ks = 0; ks < Yr; ++ks) {
-      const int64_t j_lo = g.y_inv_lo[ti.ry * g.Ys + ks], j_hi = g.y_inv_hi[ti.ry * g.Ys + ks];
+    const int64_t i_lo = g.x_inv_lo[ti.rx * g.Xs + kp], i_hi = g.x_inv_hi[ti.rx * g.Xs + kp];
+    // Keys of `span` neighbouring residue classes at a time, position by position: the queries of
+    // keys ky and ky + 1 (classes ry, ry + 1) are neighbours y, y + 1, whose P and dS entries (H
+    // floats each) share a cache line when H < 16, so each line fetched serves up to `span` keys.
+    // Class by class, each key's 2 K^2 lines were fetched for H entries and evicted before the
+    // next class came back to them (200x304, H 2, d 8: pass 2 took ~3x the dilation-1 row path);
+    // all classes at once, the q / dO rows of a task outgrow L2 when H is large.
+    const int64_t span = g.H >= 16 ? 1 : 16 / g.H;
+    for (int64_t ry0 = 0; ry0 < d; ry0 += span)
+    for (int64_t ks = 0; ks < g.Ys; ++ks)
+    for (ti.ry = ry0; ti.ry < ry0 + span && ti.ry < d; ++ti.ry) {
       const int64_t ky = ks * d + ti.ry;
+      if (ky >= g.Y) break;
+      const int64_t j_lo = g.y_inv_lo[ti.ry * g.Ys + ks], j_hi = g.y_inv_hi[ti.ry * g.Ys + ks];
       // heads innermost: they read the same lines of the saved weights and dS
       for (ti.h = 0; ti.h < g.H; ++ti.h) {
       S* gk = at_mut<S>(A.grad_k, ti.b, kx, ky, ti.h);
