@@ -95,7 +95,7 @@ Kernels kernels_for(at::ScalarType storage) {
   switch (static_cast<Isa>(active_isa().load())) {
     case Isa::avx512bf16:
       if (storage == at::kBFloat16)
-        return {16, avx512bf16::forward_bf16, avx512bf16::backward_query_bf16, avx512bf16::backward_key_f32,
+        return {16, avx512bf16::forward_bf16, avx512bf16::backward_query_bf16, avx512bf16::backward_key_bf16,
                 avx512bf16::backward_key_gather_f32};
       return {16, avx512bf16::forward_f32, avx512bf16::backward_query_f32, avx512bf16::backward_key_f32,
               avx512bf16::backward_key_gather_f32};

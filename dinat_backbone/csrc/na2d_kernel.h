@@ -136,11 +136,12 @@ DINAT_DECLARE_ISA(avx512)
 DINAT_DECLARE_ISA(avx2)
 DINAT_DECLARE_ISA(generic)
 
-// bfloat16 tensors with bfloat16 products (vdpbf16ps; float32 accumulation, softmax and dS): forward
-// and backward pass 1; pass 2 runs the float32 kernels on the same tensors
+// bfloat16 tensors with bfloat16 products (vdpbf16ps; float32 accumulation, softmax and dS): forward,
+// backward pass 1 and pass 2 for dilation 1 (dilated pass 2 runs the float32 gather on the same tensors)
 namespace avx512bf16 {
 void forward_bf16(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
 void backward_query_bf16(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);
+void backward_key_bf16(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
 }  // namespace avx512bf16
 
 namespace generic {

@@ -823,13 +823,65 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
   delete[] lanes_acc;
 }
 
+// two float vectors of L lanes into one vector of bfloat16 pairs (lo[l], hi[l]) per 32-bit lane,
+// rounded to nearest even (see RowLayout)
+template <int L>
+NA_INLINE typename VecT<float, L>::type round_to_pairs(typename VecT<float, L>::type lo, typename VecT<float, L>::type hi) {
+  typedef typename VecT<float, L>::type V;
+#if NA_BF16_DOT
+  if constexpr (L == 16) {
+    // vcvtne2ps2bf16 puts lo's 16 values in the low half and hi's in the high half; interleave them
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                                         20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return (V)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)hi, (__m512)lo));
+  }
+#endif
+  typedef typename Bf16VecT<L>::word U;
+  return (V)(bf16_round_bits((U)lo) | (bf16_round_bits((U)hi) << 16));
+}
+
+// The P and dS operands of one key block for backward_key_rows with bfloat16 products: for query
+// row i (of i_lo..i_hi) and pattern entries e, e+1 (queries s and s+1, whose lanes are dH apart),
+// the pairs (P[e], P[e+1]) and (dS[e], dS[e+1]) over the block's lanes, so that with q and dO rows
+// in shifted pairs (word at lane j = (row[j], row[j + dH])) one vdpbf16ps sums both entries. A
+// last odd entry is paired with 0. Built once per block, read by every channel chunk.
+template <int L>
+NA_INLINE void key_block_pairs(const BackwardKeyArgs& A, int64_t b, int64_t rx, int64_t kp, int64_t i_lo, int64_t i_hi,
+                               const int32_t* block, float* pairs) {
+  typedef typename VecT<float, L>::type V;
+  const Geometry& g = A.g;
+  const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H;
+  const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
+  const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
+  const int n_pairs = (n_st + 1) / 2;
+  for (int64_t i = i_lo; i <= i_hi; ++i) {
+    const int64_t x = i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
+    const int64_t row = b * g.X + x;
+    const float* prow = static_cast<const float*>(A.weights) + (row * KK + a * K) * YH + block[0];
+    const float* srow = static_cast<const float*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
+    float* out = pairs + (i - i_lo) * n_pairs * 2 * L;
+    for (int e = 0; e < n_st; e += 2) {
+      const int64_t off = st[2 * e] * dH, tt = st[2 * e + 1] * YH;
+      V p_hi = V{}, s_hi = V{};
+      if (e + 1 < n_st) {
+        const int64_t off1 = st[2 * e + 2] * dH, tt1 = st[2 * e + 3] * YH;
+        p_hi = vload<V>(prow + tt1 + off1);
+        s_hi = vload<V>(srow + tt1 + off1);
+      }
+      vstore(out + e * L, round_to_pairs<L>(vload<V>(prow + tt + off), p_hi));
+      vstore(out + (e + 1) * L, round_to_pairs<L>(vload<V>(srow + tt + off), s_hi));
+    }
+  }
+}
+
 // dK, dV of one key block (see BackwardKeyArgs) for CB channels from c0, summed in registers over
 // the query rows i_lo..i_hi of residue class rx holding key row kp (sub-grid units) and the block's
-// pattern; written to gk_t / gv_t [D][slot]
-template <typename T, int L, int CB>
+// pattern; written to gk_t / gv_t [D][slot]. PAIRS: q and dO rows in shifted pairs, P and dS pairs
+// from key_block_pairs, two pattern entries per product
+template <typename T, int L, int CB, bool PAIRS>
 NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, int64_t kp, int64_t i_lo, int64_t i_hi,
                                const T* const* qrows, const T* const* grows, const int32_t* block, int64_t c0, T* gk_t,
-                               T* gv_t, int64_t slot) {
+                               T* gv_t, int64_t slot, const T* pairs) {
   typedef typename VecT<T, L>::type V;
   const Geometry& g = A.g;
   const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H, yp = A.q.yp;
@@ -837,6 +889,22 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
   const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
   V acc_k[CB], acc_v[CB];
   for (int j = 0; j < CB; ++j) acc_k[j] = acc_v[j] = V{};
+  if constexpr (PAIRS) {
+    const int n_pairs = (n_st + 1) / 2;
+    for (int64_t i = i_lo; i <= i_hi; ++i) {
+      const T* qrow = qrows[i - i_lo] + c0 * yp + block[0];
+      const T* grow = grows[i - i_lo] + c0 * yp + block[0];
+      const T* pr = pairs + (i - i_lo) * n_pairs * 2 * L;
+      for (int e = 0; e < n_st; e += 2) {
+        const int64_t off = st[2 * e] * dH;
+        const V wp = vload<V>(pr + e * L), ws = vload<V>(pr + (e + 1) * L);
+        for (int j = 0; j < CB; ++j) {
+          acc_v[j] = madd<true>(acc_v[j], wp, vload<V>(grow + j * yp + off));
+          acc_k[j] = madd<true>(acc_k[j], ws, vload<V>(qrow + j * yp + off));
+        }
+      }
+    }
+  } else
   for (int64_t i = i_lo; i <= i_hi; ++i) {
     const int64_t x = i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
     const int64_t row = b * g.X + x;
@@ -859,7 +927,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
   }
 }
 
-template <typename T, int LMAX>
+template <typename T, int LMAX, bool PAIRS>
 void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
   const Geometry& g = A.g;
   const int64_t d = g.dil, D = g.D;
@@ -876,7 +944,10 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
       const int64_t n = g.x_inv_hi[r * g.Xs + kp] - g.x_inv_lo[r * g.Xs + kp] + 1;
       if (n > max_rows) max_rows = n;
     }
-  RowCache<T> qc(A.q, max_rows + 1, d), gc(A.grad_out, max_rows + 1, d);
+  const RowLayout layout = PAIRS ? RowLayout::shifted_pairs : RowLayout::plain;
+  RowCache<T> qc(A.q, max_rows + 1, d, layout, d * g.H), gc(A.grad_out, max_rows + 1, d, layout, d * g.H);
+  // PAIRS: the P / dS pairs of one block (key_block_pairs), at most K entries per query row
+  T* pairs = PAIRS ? new T[max_rows * (g.K + 1) * LMAX] : nullptr;
   const T** qrows = new const T*[max_rows];
   const T** grows = new const T*[max_rows];
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -908,8 +979,11 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
       with_lanes<LMAX>(block[3], [&](auto lc) {
         constexpr int L = decltype(lc)::value;
         int64_t c0 = 0;
-        for (; c0 + CB <= D; c0 += CB) key_block_chunk<T, L, CB>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX);
-        for (; c0 < D; ++c0) key_block_chunk<T, L, 1>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX);
+        if constexpr (PAIRS) key_block_pairs<L>(A, b, rx, kp, i_lo, i_hi, block, pairs);
+        for (; c0 + CB <= D; c0 += CB)
+          key_block_chunk<T, L, CB, PAIRS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
+        for (; c0 < D; ++c0)
+          key_block_chunk<T, L, 1, PAIRS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
       });
       store_block<T>(gk_t, LMAX, A.grad_k, b, kx, g.H, block, D, (T)A.scale);
       store_block<T>(gv_t, LMAX, A.grad_v, b, kx, g.H, block, D, T(1));
@@ -917,6 +991,7 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   }
   delete[] gk_t;
   delete[] gv_t;
+  delete[] pairs;
   delete[] qrows;
   delete[] grows;
 }
@@ -1059,8 +1134,13 @@ void forward_bf16(const ForwardArgs& a, int64_t begin, int64_t end) {
 void backward_query_bf16(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
   NA_DISPATCH_K(backward_query_rows, float, kLanes, NA_BF16_DOT != 0, a, begin, end, drpb)
 }
+void backward_key_bf16(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
+  backward_key_rows<float, kLanes, NA_BF16_DOT != 0>(a, begin, end);
+}
 #endif
-void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<float, kLanes>(a, begin, end); }
+void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
+  backward_key_rows<float, kLanes, false>(a, begin, end);
+}
 void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
 
 #if NA_WITH_F64
@@ -1069,7 +1149,7 @@ void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_row
 void backward_query_f64(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
   backward_query_rows<double, 4, 0, false>(a, begin, end, drpb);
 }
-void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<double, 4>(a, begin, end); }
+void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<double, 4, false>(a, begin, end); }
 void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<double>(a, begin, end); }
 #endif
 
