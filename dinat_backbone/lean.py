@@ -33,9 +33,10 @@ def _autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
 
 # (device type, autocast dtype) -> whether autocast runs layer_norm there in float32. Decided by
 # asking autocast itself (one tiny layer_norm per key and process) rather than by a table: the
-# policy is per backend and per torch build (ATen's AT_FORALL_FP32 list, with layer_norm and
-# native_layer_norm, is registered for CUDA and other accelerators, while CPU autocast has its own
-# shorter float32 list without layer_norm: on CPU a bfloat16 input stays bfloat16).
+# policy is per backend and per torch build (CUDA autocast casts the ops of ATen's AT_FORALL_FP32
+# list, aten/src/ATen/autocast_mode.h, layer_norm and native_layer_norm among them, to float32; CPU
+# autocast registers its own shorter float32 list without them, so a bfloat16 input stays bfloat16;
+# other backends register theirs). The probe runs under the caller's autocast, once per key.
 _LAYER_NORM_IN_FLOAT32: dict = {}
 
 
