@@ -4,11 +4,13 @@ the wide intermediate there. Same values and gradients as the plain modules; the
 activation of the block's width per LayerNorm -> Linear pair (norm1 -> qkv, norm2 -> fc1) and the
 GELU output of the MLP (DiNAT-T training peak memory 1.16x -> 0.82x Swin-T when introduced).
 
-Under autocast they compute what the plain modules compute there: LayerNorm in float32 (autocast's
-float32 list), the Linear in the autocast dtype (operands cast to it, gradients cast back to the
-parameters' dtype), GELU in its input's dtype. The autocast dtype is read once per call and passed
-in; forward and backward run with autocast off and cast explicitly, so backward (which autocast
-does not reach) computes in the dtypes the forward used.
+Under autocast they compute what the plain modules compute there: LayerNorm in the dtype autocast
+gives it on the tensor's device (float32 on CUDA, where layer_norm is on autocast's float32 list; on
+CPU, where it is not, in x's own dtype: bfloat16 for a bfloat16 residual stream, with float32
+statistics and accumulation inside the kernel), the Linear in the autocast dtype (operands cast to
+it, gradients cast back to the parameters' dtype), GELU in its input's dtype. The autocast dtypes are
+read once per call and passed in; forward and backward run with autocast off and cast explicitly,
+so backward (which autocast does not reach) computes in the dtypes the forward used.
 """
 from __future__ import annotations
 
@@ -29,6 +31,25 @@ def _autocast_dtype(t: torch.Tensor) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(device_type)
 
 
+# (device type, autocast dtype) -> whether autocast runs layer_norm there in float32. Decided by
+# asking autocast itself (one tiny layer_norm per key and process) rather than by a table: the
+# policy is per backend and per torch build (CUDA autocast casts the ops of ATen's AT_FORALL_FP32
+# list, aten/src/ATen/autocast_mode.h, layer_norm and native_layer_norm among them, to float32; CPU
+# autocast registers its own shorter float32 list without them, so a bfloat16 input stays bfloat16;
+# other backends register theirs). The probe runs under the caller's autocast, once per key.
+_LAYER_NORM_IN_FLOAT32: dict = {}
+
+
+def _autocast_layer_norm_in_float32(t: torch.Tensor, autocast_dtype: torch.dtype) -> bool:
+    """Whether the active autocast on ``t``'s device runs layer_norm in float32. Call under that autocast."""
+    key = (t.device.type, autocast_dtype)
+    if key not in _LAYER_NORM_IN_FLOAT32:
+        with torch.no_grad():
+            probe = torch.ones(1, 2, dtype=autocast_dtype, device=t.device)
+            _LAYER_NORM_IN_FLOAT32[key] = F.layer_norm(probe, (2,)).dtype == torch.float32
+    return _LAYER_NORM_IN_FLOAT32[key]
+
+
 def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
     return t if t is None or dtype is None else t.to(dtype)
 
@@ -46,15 +67,17 @@ class _LayerNormLinear(torch.autograd.Function):
     the block's width per LayerNorm -> Linear pair (norm1 -> qkv, norm2 -> fc1) in training."""
 
     @staticmethod
-    def forward(ctx, x, ln_weight, ln_bias, weight, bias, eps, linear_dtype):
+    def forward(ctx, x, ln_weight, ln_bias, weight, bias, eps, linear_dtype, norm_in_float32):
         channels = x.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
-            norm_in = x.float() if linear_dtype is not None else x  # autocast: layer norm in float32
+            norm_in = x.float() if norm_in_float32 else x
             normed, mean, rstd = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, eps)
             out = F.linear(_cast(normed, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
         ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, weight)
         ctx.has_bias = bias is not None
+        ctx.eps = eps
         ctx.linear_dtype = linear_dtype
+        ctx.norm_in_float32 = norm_in_float32
         return out
 
     @staticmethod
@@ -64,8 +87,10 @@ class _LayerNormLinear(torch.autograd.Function):
         dt = ctx.linear_dtype
         channels = x.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
-            norm_in = x.float() if dt is not None else x
-            normed = torch.addcmul(ln_bias, (norm_in - mean) * rstd, ln_weight)
+            norm_in = x.float() if ctx.norm_in_float32 else x
+            # the forward's kernel again: the forward's normalised map bit for bit, in one pass over x
+            # in its own dtype (not x - mean, * rstd, addcmul in the statistics' float32 and a cast)
+            normed = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, ctx.eps)[0]
             grad_weight, grad_bias = _linear_grads(grad_out, _cast(normed, dt), weight, ctx.has_bias)
             grad_normed = (grad_out @ _cast(weight, dt)).to(normed.dtype)
             grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
@@ -74,7 +99,7 @@ class _LayerNormLinear(torch.autograd.Function):
             grad_x = grad_x.to(x.dtype)
         grad_weight = grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
-        return grad_x, grad_ln_weight, grad_ln_bias, grad_weight, grad_bias, None, None
+        return grad_x, grad_ln_weight, grad_ln_bias, grad_weight, grad_bias, None, None, None
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -104,7 +129,10 @@ class _GeluLinear(torch.autograd.Function):
 
 def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
     """``linear(norm(x))`` without keeping ``norm(x)`` for backward (also under autocast)."""
-    return _LayerNormLinear.apply(x, norm.weight, norm.bias, linear.weight, linear.bias, norm.eps, _autocast_dtype(x))
+    linear_dtype = _autocast_dtype(x)
+    norm_in_float32 = linear_dtype is not None and _autocast_layer_norm_in_float32(x, linear_dtype)
+    return _LayerNormLinear.apply(
+        x, norm.weight, norm.bias, linear.weight, linear.bias, norm.eps, linear_dtype, norm_in_float32)
 
 
 def gelu_linear(hidden: torch.Tensor, linear: nn.Linear) -> torch.Tensor:

@@ -105,9 +105,10 @@ def test_benchmark_targets_are_named_in_one_table():
            "mini": {"fwd_med": 0.7, "fwdbwd_med": 0.7, "mem_fwdbwd": 700.0}, "tiny_cp": {"mem_fwdbwd": 500.0}}
     args = bm.parse_args([])
     lines = bm.targets([bm.DEFAULT_SHAPES[0]], [res], args)
-    names = [n for n in TARGETS if n.startswith("cpu_")]
+    names = [n for n in TARGETS if n.startswith("cpu_") and not n.startswith("cpu_bf16_")]
     assert len(lines) == len(names)
-    for name, line in zip([n for n, _, _ in bm.CPU_TARGET_FIGURES] + ["cpu_with_cp_cut"], lines):
+    for name, line in zip([n for n, _, _, dtype in bm.CPU_TARGET_FIGURES if dtype is None] + ["cpu_with_cp_cut"],
+                          lines):
         t = TARGETS[name]
         assert f"] {t.figure} at 1×3×800×1216: " in line and f"(target {t.op} {t.limit}" in line, line
         assert line.startswith("  [PASS]"), line
@@ -124,6 +125,40 @@ def test_benchmark_targets_are_named_in_one_table():
     assert "[PASS] flex / triton fwd+bwd" in text and "[FAIL] torch / triton fwd+bwd" in text
     assert "[PASS] dense SDPA / triton fwd" in text and "not measured" in text
     assert "issue" not in text.lower() and "issue" not in "\n".join(lines + gpu).lower()
+
+
+def test_benchmark_bf16_run_judges_the_bf16_targets():
+    """``benchmark.py --dtype bfloat16`` judges DiNAT-T / Swin-T time against the ``cpu_bf16_*`` rows
+    (forward ≤ 0.85, fwd+bwd ≤ 0.9), not the float32 bounds; the float32-only targets (memory,
+    DiNAT-mini, with_cp) are printed as information; a float32 run judges no bf16 row; a CUDA run
+    judges no CPU target."""
+    bm = load_tool("benchmark")
+    swin = {"fwd_med": 1.0, "fwdbwd_med": 1.0, "mem_fwdbwd": 1000.0}
+    res = {"swin": swin, "tiny": {"fwd_med": 0.84, "fwdbwd_med": 0.95, "mem_fwdbwd": 900.0},
+           "mini": {"fwd_med": 0.7, "fwdbwd_med": 0.7, "mem_fwdbwd": 700.0}, "tiny_cp": {"mem_fwdbwd": 500.0}}
+    fwd, fwdbwd = TARGETS["cpu_bf16_tiny_fwd"], TARGETS["cpu_bf16_tiny_fwdbwd"]
+    assert (fwd.limit, fwdbwd.limit) == (0.85, 0.9)
+    tag = "1×3×800×1216"
+    for dtype_arg in ("bfloat16", "bf16"):
+        lines = bm.targets([bm.DEFAULT_SHAPES[0]], [res], bm.parse_args(["--dtype", dtype_arg]))
+        judged = [line for line in lines if line.startswith(("  [PASS]", "  [FAIL]"))]
+        assert judged == [f"  [PASS] {fwd.figure} at {tag}: 0.84 (target ≤ 0.85)",
+                          f"  [FAIL] {fwdbwd.figure} at {tag}: 0.95 (target ≤ 0.9)"], lines
+        assert f"  not judged at {tag}, float32 targets: this run is bfloat16 autocast" in lines
+        info = [line for line in lines if line.startswith("  [info]")]
+        float32_only = [n for n, _, _, dtype in bm.CPU_TARGET_FIGURES if dtype is None and n not in
+                        ("cpu_tiny_fwd", "cpu_tiny_fwdbwd")] + ["cpu_with_cp_cut"]
+        assert len(info) == len(float32_only) == 5
+        for name, line in zip(float32_only, info):
+            assert f"] {TARGETS[name].figure} at {tag}: " in line and f"(target {TARGETS[name].op} " in line
+        for figure in (fwd.figure, fwdbwd.figure):  # once, against the bf16 bound, not the float32 one too
+            assert sum(f"] {figure} at {tag}: " in line for line in lines) == 1
+
+    float32_lines = bm.targets([bm.DEFAULT_SHAPES[0]], [res], bm.parse_args([]))
+    assert not any("0.85)" in line or "0.9)" in line or "[info]" in line for line in float32_lines)
+    cuda_lines = bm.targets([bm.DEFAULT_SHAPES[0]], [res], bm.parse_args(["--device", "cuda"]))
+    assert cuda_lines[0] == f"  not judged at {tag}: a cuda run: these targets are for the CPU"
+    assert not any(line.startswith(("  [PASS]", "  [FAIL]")) for line in cuda_lines)
 
 
 def test_benchmark_plot_quick_writes_a_png(tmp_path, capsys):

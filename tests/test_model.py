@@ -403,19 +403,26 @@ def test_lean_training_path_matches_plain_autograd(layer_scale):
     assert not block.eval()._training()
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_lean_training_path_under_autocast(dtype):
+@pytest.mark.parametrize("dtype, x_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                              (torch.bfloat16, torch.bfloat16)])
+def test_lean_training_path_under_autocast(dtype, x_dtype):
     """AMP training runs the lean path too (the only training path): under CPU autocast its output
     and every gradient match the plain modules' under the same autocast, within autocast's rounding
-    (max error / max value <= 1e-2 for bfloat16's 8 mantissa bits, 2e-3 for float16)."""
+    (max error / max value <= 1e-2 for bfloat16's 8 mantissa bits, 2e-3 for float16). A bfloat16 x
+    is the real model's residual stream under CPU bf16 autocast (the patch embedding's Linear/Conv
+    output): CPU autocast runs layer_norm in x's dtype (it is on CUDA's float32 list, not CPU's), and
+    so does the lean path, so its forward is the plain modules' forward bit for bit. (Without layer
+    scale, as DiNAT-T: a float32 gamma would promote the residual stream, and norm2's input, to float32.)"""
     from dinat_backbone.dinat import DiNATBlock
 
     tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    layer_scale = 0.5 if x_dtype == torch.float32 else None
     torch.manual_seed(0)
-    block = perturb_(DiNATBlock(32, 2, kernel_size=3, dilation=2, layer_scale=0.5, attn_backend="torch"))
-    x = torch.randn(2, 9, 11, 32, requires_grad=True)
-    (o1, gx1, gp1), (o2, gx2, gp2) = _lean_and_plain(block, x, 0.5, dtype)
+    block = perturb_(DiNATBlock(32, 2, kernel_size=3, dilation=2, layer_scale=layer_scale, attn_backend="torch"))
+    x = torch.randn(2, 9, 11, 32).to(x_dtype).requires_grad_()
+    (o1, gx1, gp1), (o2, gx2, gp2) = _lean_and_plain(block, x, layer_scale, dtype)
     assert o1.dtype == o2.dtype and all(gp1[n].dtype == gp2[n].dtype == torch.float32 for n in gp2)
+    assert gx1.dtype == gx2.dtype == x_dtype
 
     def rel(a, b):
         return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
@@ -423,6 +430,8 @@ def test_lean_training_path_under_autocast(dtype):
     assert rel(o1, o2) <= tol and rel(gx1, gx2) <= tol
     for name in gp2:
         assert rel(gp1[name], gp2[name]) <= tol, (name, rel(gp1[name], gp2[name]))
+    if x_dtype != torch.float32:
+        assert o1.dtype == x_dtype and torch.equal(o1, o2)
 
 
 def test_random_init_happens_once():

@@ -58,6 +58,11 @@ TARGETS: Dict[str, Target] = {t_name: t for t_name, t in [
     ("cpu_mini_fwdbwd", Target("DiNAT-mini/Swin-T fwd+bwd", "<", 1.0, "the smaller model trains faster")),
     ("cpu_mini_mem", Target("DiNAT-mini/Swin-T fwd+bwd peak memory", "<", 1.0, "and in less memory")),
     ("cpu_with_cp_cut", Target("with_cp cuts DiNAT-T fwd+bwd peak memory", "≥", 40, "checkpointing earns its time")),
+    # backbone, CPU bfloat16 autocast, the same shapes: tools/benchmark.py --dtype bfloat16
+    ("cpu_bf16_tiny_fwd", Target("DiNAT-T/Swin-T forward", "≤", 0.85,
+                                 "the kernel's native bf16 earns what Swin-T's bf16 GEMMs do, and more")),
+    ("cpu_bf16_tiny_fwdbwd", Target("DiNAT-T/Swin-T fwd+bwd", "≤", 0.9,
+                                    "a bf16 training step at least as far ahead of Swin-T as in float32")),
     # backbone, GPU, bfloat16 autocast: tools/benchmark.py --device cuda
     ("gpu_tiny_fwdbwd", Target("DiNAT-T/Swin-T fwd+bwd", "≤", 1.0,
                                "the DiNAT paper: faster than Swin at equal size (bf16 autocast)")),

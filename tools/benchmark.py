@@ -3,6 +3,7 @@
 
     python tools/benchmark.py                      # full run (CPU, float32), ~15-25 min on 2 cores
     python tools/benchmark.py --quick              # smoke test: small inputs, 1 repetition, targets not judged
+    python tools/benchmark.py --dtype bfloat16     # CPU bfloat16 autocast, judged against the cpu_bf16_* targets
     python tools/benchmark.py --device cuda        # GPU, bfloat16 autocast, DiNAT on the triton backend
     python tools/benchmark.py --shape coco 1 800 1216 coco --reps 7 --models mini tiny swin
     python tools/benchmark.py --plot sweep.png     # time and peak memory against image size (256^2-1344^2, batch 1)
@@ -434,16 +435,30 @@ def target_line(name: str, value: float, tag: str, judged: bool, **kw) -> str:
     return verdict(f"{t.figure} at {tag}", value, t.limit, t.op, judged=judged, **kw)
 
 
-#: the CPU backbone targets: (target name, model, figure: 'fwd_med' / 'fwdbwd_med' / 'mem_fwdbwd')
-CPU_TARGET_FIGURES = [("cpu_tiny_fwd", "tiny", "fwd_med"), ("cpu_tiny_fwdbwd", "tiny", "fwdbwd_med"),
-                      ("cpu_tiny_mem", "tiny", "mem_fwdbwd"), ("cpu_mini_fwd", "mini", "fwd_med"),
-                      ("cpu_mini_fwdbwd", "mini", "fwdbwd_med"), ("cpu_mini_mem", "mini", "mem_fwdbwd")]
+#: the CPU backbone targets: (target name, model, figure: 'fwd_med' / 'fwdbwd_med' / 'mem_fwdbwd',
+#: the autocast dtype of the runs that judge it: None for float32)
+CPU_TARGET_FIGURES = [("cpu_tiny_fwd", "tiny", "fwd_med", None), ("cpu_tiny_fwdbwd", "tiny", "fwdbwd_med", None),
+                      ("cpu_bf16_tiny_fwd", "tiny", "fwd_med", torch.bfloat16),
+                      ("cpu_bf16_tiny_fwdbwd", "tiny", "fwdbwd_med", torch.bfloat16),
+                      ("cpu_tiny_mem", "tiny", "mem_fwdbwd", None), ("cpu_mini_fwd", "mini", "fwd_med", None),
+                      ("cpu_mini_fwdbwd", "mini", "fwdbwd_med", None), ("cpu_mini_mem", "mini", "mem_fwdbwd", None)]
+#: the dtype ``cpu_with_cp_cut`` is judged in
+CPU_WITH_CP_DTYPE = None
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return "float32" if dtype is None else f"{str(dtype).replace('torch.', '')} autocast"
 
 
 def targets(shapes, results, args=None) -> List[str]:
     """The CPU backbone targets (``cpu_*`` of :data:`bench_common.TARGETS`) on every shape that has
     Swin-T, judged (PASS / FAIL) only on the shapes they are defined for, with a warm-up, outside
-    --quick; otherwise the same lines carry [info] and the reason is printed once per shape."""
+    --quick, on the CPU, and only those of the run's precision (``--dtype``: the float32 rows in
+    float32, the ``cpu_bf16_*`` rows in bf16 autocast); otherwise the same lines carry [info] and
+    the reason is printed once per shape. A row whose figure a row of the run's precision judges
+    is left out (a bf16 run prints DiNAT-T / Swin-T time once, against its bf16 bound)."""
+    dtype = autocast_dtype(args) if args is not None else None
+    run_rows = {(key, figure) for _, key, figure, row_dtype in CPU_TARGET_FIGURES if row_dtype == dtype}
     out = []
     for shape, res in zip(shapes, results):
         if "swin" not in res:
@@ -451,14 +466,28 @@ def targets(shapes, results, args=None) -> List[str]:
         sw = res["swin"]
         tag = f"{shape[1]}×3×{shape[2]}×{shape[3]}"
         reason = unjudged_reason(args, shape) if args is not None else None
+        if reason is None and args is not None and torch.device(args.device).type != "cpu":
+            reason = f"a {args.device} run: these targets are for the CPU"
         if reason:
             out.append(f"  not judged at {tag}: {reason}")
-        for name, key, figure in CPU_TARGET_FIGURES:
+        other_dtype = []  # rows of another precision: printed after the run's own, as information
+        for name, key, figure, row_dtype in CPU_TARGET_FIGURES:
             if key in res and figure in res[key]:
-                out.append(target_line(name, res[key][figure] / sw[figure], tag, reason is None))
+                if row_dtype == dtype:
+                    out.append(target_line(name, res[key][figure] / sw[figure], tag, reason is None))
+                elif (key, figure) not in run_rows:
+                    other_dtype.append((row_dtype, target_line(name, res[key][figure] / sw[figure], tag, False)))
         if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]:
             cut = 1 - res["tiny_cp"]["mem_fwdbwd"] / res["tiny"]["mem_fwdbwd"]
-            out.append(target_line("cpu_with_cp_cut", 100 * cut, tag, reason is None, digits=0, unit=" %"))
+            judged = CPU_WITH_CP_DTYPE == dtype
+            line = target_line("cpu_with_cp_cut", 100 * cut, tag, judged and reason is None, digits=0, unit=" %")
+            if judged:
+                out.append(line)
+            else:
+                other_dtype.append((CPU_WITH_CP_DTYPE, line))
+        for row_dtype in dict.fromkeys(d for d, _ in other_dtype):
+            out.append(f"  not judged at {tag}, {_dtype_name(row_dtype)} targets: this run is {_dtype_name(dtype)}")
+            out.extend(line for d, line in other_dtype if d == row_dtype)
     return out
 
 
