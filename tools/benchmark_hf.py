@@ -17,11 +17,15 @@ instead of one fused qkv, and its padding and layout copies.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 
 import torch
+
+# run from a checkout like the other tools, installed or not
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TARGET_RATIO = 1.10
 
