@@ -375,14 +375,23 @@ def test_cpu_kernel_under_torch_compile_fullgraph():
         assert torch.allclose(gc, ge, atol=1e-5)
 
 
-def test_fake_tensor_shapes():
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16,) * 3, (torch.float32,) * 3, (torch.bfloat16, torch.float32,
+                                                                                 torch.bfloat16), (torch.float16,) * 3])
+def test_fake_tensor_shapes(dtypes):
+    """The fake (meta) forward gives the kernel's shapes and dtypes: the saved weights are bfloat16 when
+    q, k, v all are (the kernel stores them so), else float32."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    def run(make):
+        q, k, v = (make(2, 9, 10, 3, 4, dtype=dt) for dt in dtypes)
+        return torch.ops.dinat.na2d_forward(q, k, v, None, 3, 1, 0.5, True)
+
+    real_out, real_weights = run(torch.randn)
     with FakeTensorMode():
-        q = torch.empty(2, 9, 10, 3, 4, dtype=torch.bfloat16)
-        out, weights = torch.ops.dinat.na2d_forward(q, q, q, None, 3, 1, 0.5, True)
-        assert out.shape == q.shape and out.dtype == torch.bfloat16
-        assert weights.shape == (2, 9, 9, 10, 3) and weights.dtype == torch.float32
+        out, weights = run(torch.empty)
+    assert out.shape == real_out.shape == (2, 9, 10, 3, 4) and out.dtype == real_out.dtype == dtypes[0]
+    assert weights.shape == real_weights.shape == (2, 9, 9, 10, 3)
+    assert weights.dtype == real_weights.dtype == (torch.bfloat16 if set(dtypes) == {torch.bfloat16} else torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------

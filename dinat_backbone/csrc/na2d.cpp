@@ -128,6 +128,14 @@ at::ScalarType storage_dtype_of(std::initializer_list<const Tensor*> tensors) {
   return all_bf16 ? at::kBFloat16 : compute_dtype_of(**tensors.begin());
 }
 
+// The saved softmax weights (and backward's dS) are stored in bfloat16 when the tensors are: they
+// are 49 values per query and head at K = 7 (q, k, v hold head_dim), and reading and writing them
+// in float32 was the largest memory traffic of a bfloat16 backward; otherwise the compute dtype.
+// The bfloat16 products round them to bfloat16 anyway; softmax and dS are computed in float32.
+at::ScalarType weights_dtype(at::ScalarType storage, at::ScalarType compute) {
+  return storage == at::kBFloat16 ? at::kBFloat16 : compute;
+}
+
 // storage dtype, head_dim contiguous; any other strides are used as they are
 Tensor prepare(const Tensor& t, at::ScalarType dtype) {
   Tensor out = t.to(dtype);
@@ -369,7 +377,7 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   const Tensor q = prepare(query, sdt), k = prepare(key, sdt), v = prepare(value, sdt);
   const Tensor bias = bias_table(rpb, P, cdt);
   Tensor out = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
-  const auto wopt = q.options().dtype(cdt);  // the weights stay in the compute dtype
+  const auto wopt = q.options().dtype(weights_dtype(sdt, cdt));
   Tensor weights = save_weights ? padded_empty({P.B, P.X, P.K * P.K, P.Y, P.H}, wopt) : at::empty({0}, wopt);
   ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), pack_args(k, P), pack_args(v, P), strided(out),
                    bias.data_ptr(), save_weights ? weights.data_ptr() : nullptr, scale};
@@ -393,13 +401,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
               "dinat::na2d_backward: weights must be the [B, X, K*K, Y, heads] tensor saved by na2d_forward(save_weights=True), got ",
               weights.sizes());
   const Tensor q = prepare(query, sdt), k = prepare(key, sdt), v = prepare(value, sdt), go = prepare(grad_out, sdt);
-  Tensor w = weights.to(cdt).contiguous();
+  const at::ScalarType wdt = weights_dtype(sdt, cdt);
+  Tensor w = weights.to(wdt).contiguous();
   if (!has_vector_pad(w)) {  // weights not made by na2d_forward
     Tensor copy = padded_empty(w.sizes(), w.options());
     copy.copy_(w);
     w = copy;
   }
-  Tensor grad_logits = scratch(w.numel() + kVectorPad, cdt);
+  Tensor grad_logits = scratch(w.numel() + kVectorPad, wdt);
   grad_logits.narrow(0, w.numel(), kVectorPad).zero_();
   Tensor dq = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
   Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);

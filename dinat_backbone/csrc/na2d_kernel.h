@@ -15,7 +15,8 @@ constexpr int kMaxKernelSize = 31;
 
 // Storage types of the tensors the kernels read and write (Strided::elem). The float32 kernels
 // also read and write bfloat16 tensors, converting on load and store (float32 compute); the
-// float64 kernels take float64 only.
+// float64 kernels take float64 only. The saved weights (ForwardArgs::weights) and dS
+// (grad_logits) are stored like q, k, v: bfloat16 for bfloat16 tensors, else the compute type.
 constexpr int32_t kElemF32 = 0, kElemF64 = 1, kElemBF16 = 2;
 
 // A [batch, X, Y, heads, head_dim] tensor with head_dim contiguous; strides in elements.

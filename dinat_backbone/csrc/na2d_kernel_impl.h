@@ -128,6 +128,24 @@ NA_INLINE void put(Bf16* p, float x) {
   p->bits = x != x ? uint16_t(0x7fc0) : uint16_t(bf16_round_bits(u));
 }
 
+// the first `count` lanes of v stored to / loaded from p (a block's lanes past its last query)
+template <class V, class W>
+NA_INLINE void store_lanes(W* p, V v, int64_t count) {
+  constexpr int L = sizeof(V) / sizeof(v[0]);
+  if (count == L) return store_as(p, v);
+  W tmp[L];
+  store_as(tmp, v);
+  __builtin_memcpy(p, tmp, sizeof(W) * count);
+}
+template <class V, class W>
+NA_INLINE V load_lanes(const W* p, int64_t count) {
+  constexpr int L = sizeof(V) / sizeof(V{}[0]);
+  if (count == L) return load_as<V>(p);
+  W tmp[L] = {};
+  __builtin_memcpy(tmp, p, sizeof(W) * count);
+  return load_as<V>(tmp);
+}
+
 template <typename T>
 NA_INLINE T infinity() {
   return __builtin_inf();
@@ -674,7 +692,7 @@ NA_INLINE void to_column_pairs(float* p, int K, int64_t slot) {
 // PAIRS: bfloat16 products (NA_BF16_DOT units): q / dO rows and the dot rows in channel pairs, the
 // sum rows in shifted pairs, softmax weights / dS rounded to bfloat16 pairs before the weighted sum;
 // the softmax, the saved weights, dS and the rpb gradient stay float32
-template <typename T, int LMAX, int KT, bool PAIRS>
+template <typename T, int LMAX, int KT, bool PAIRS, typename WS>
 void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
@@ -711,7 +729,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
         vsum += e;
       }
       const V inv = T(1) / vsum;
-      T* wq = A.weights ? static_cast<T*>(A.weights) + ((b * g.X + x) * KK) * YH + block[0] : nullptr;
+      WS* wq = A.weights ? static_cast<WS*>(A.weights) + ((b * g.X + x) * KK) * YH + block[0] : nullptr;
       // the K*K weight rows are YH apart, each its own stream (one line per block); fetch the next
       // block's lines for writing while this one is stored
       if (wq)
@@ -720,10 +738,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
         T* p = lg + k * LMAX;
         const V w = vload<V>(p) * inv;
         vstore(p, w);
-        if (wq) {
-          if (count == L) vstore(wq + k * YH, w);
-          else __builtin_memcpy(wq + k * YH, &w, sizeof(T) * count);
-        }
+        if (wq) store_lanes(wq + k * YH, w, count);
       }
       if constexpr (PAIRS) to_column_pairs<L>(lg, K, LMAX);
     };
@@ -736,7 +751,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   }
 }
 
-template <typename T, int LMAX, int KT, bool PAIRS>
+template <typename T, int LMAX, int KT, bool PAIRS, typename WS>
 void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t task_end, double* drpb) {
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
@@ -759,10 +774,9 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
       const int64_t x = rg.x[r], mx = A.lg.x_m[x];
       T* dl = rb.l(r) + i * KK * LMAX;
       const int64_t phase = block[0] % H, my = block[2], count = block[1];
-      const bool full = count == L;
       const int64_t wbase = ((b * g.X + x) * KK) * YH + block[0];
-      const T* wq = static_cast<const T*>(A.weights) + wbase;
-      T* dsq = static_cast<T*>(A.grad_logits) + wbase;
+      const WS* wq = static_cast<const WS*>(A.weights) + wbase;
+      WS* dsq = static_cast<WS*>(A.grad_logits) + wbase;
       // P and dS rows are YH apart, each its own stream: fetch the next block's lines ahead
       for (int k = 0; k < KK; ++k) {
         __builtin_prefetch(wq + k * YH + LMAX);
@@ -772,12 +786,7 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
       V prob[KMAX * KMAX];
       V delta = V{};
       for (int k = 0; k < KK; ++k) {
-        if (full) {
-          prob[k] = vload<V>(wq + k * YH);
-        } else {
-          prob[k] = V{};
-          __builtin_memcpy(&prob[k], wq + k * YH, sizeof(T) * count);
-        }
+        prob[k] = load_lanes<V>(wq + k * YH, count);
         delta += prob[k] * vload<V>(dl + k * LMAX);
       }
       T* dr = lanes_acc + ((phase * K2 + (K - 1 - mx)) * K2 + (K - 1 - my)) * kBiasLanes;
@@ -786,8 +795,7 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
           const int k = a * K + t;
           V ds = prob[k] * (vload<V>(dl + k * LMAX) - delta);
           vstore(dl + k * LMAX, ds);
-          if (full) vstore(dsq + k * YH, ds);
-          else __builtin_memcpy(dsq + k * YH, &ds, sizeof(T) * count);
+          store_lanes(dsq + k * YH, ds, count);
           T* drp = dr + (a * K2 + t) * kBiasLanes;
           vstore(drp, vload<V>(drp) + ds);
         }
@@ -835,7 +843,7 @@ NA_INLINE typename VecT<float, L>::type round_to_pairs(typename VecT<float, L>::
 // the pairs (P[e], P[e+1]) and (dS[e], dS[e+1]) over the block's lanes, so that with q and dO rows
 // in shifted pairs (word at lane j = (row[j], row[j + dH])) one vdpbf16ps sums both entries. A
 // last odd entry is paired with 0. Built once per block, read by every channel chunk.
-template <int L>
+template <int L, typename WS>
 NA_INLINE void key_block_pairs(const BackwardKeyArgs& A, int64_t b, int64_t rx, int64_t kp, int64_t i_lo, int64_t i_hi,
                                const int32_t* block, float* pairs) {
   typedef typename VecT<float, L>::type V;
@@ -847,19 +855,19 @@ NA_INLINE void key_block_pairs(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
   for (int64_t i = i_lo; i <= i_hi; ++i) {
     const int64_t x = i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
     const int64_t row = b * g.X + x;
-    const float* prow = static_cast<const float*>(A.weights) + (row * KK + a * K) * YH + block[0];
-    const float* srow = static_cast<const float*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
+    const WS* prow = static_cast<const WS*>(A.weights) + (row * KK + a * K) * YH + block[0];
+    const WS* srow = static_cast<const WS*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
     float* out = pairs + (i - i_lo) * n_pairs * 2 * L;
     for (int e = 0; e < n_st; e += 2) {
       const int64_t off = st[2 * e] * dH, tt = st[2 * e + 1] * YH;
       V p_hi = V{}, s_hi = V{};
       if (e + 1 < n_st) {
         const int64_t off1 = st[2 * e + 2] * dH, tt1 = st[2 * e + 3] * YH;
-        p_hi = vload<V>(prow + tt1 + off1);
-        s_hi = vload<V>(srow + tt1 + off1);
+        p_hi = load_as<V>(prow + tt1 + off1);
+        s_hi = load_as<V>(srow + tt1 + off1);
       }
-      vstore(out + e * L, round_to_pairs<L>(vload<V>(prow + tt + off), p_hi));
-      vstore(out + (e + 1) * L, round_to_pairs<L>(vload<V>(srow + tt + off), s_hi));
+      vstore(out + e * L, round_to_pairs<L>(load_as<V>(prow + tt + off), p_hi));
+      vstore(out + (e + 1) * L, round_to_pairs<L>(load_as<V>(srow + tt + off), s_hi));
     }
   }
 }
@@ -868,7 +876,7 @@ NA_INLINE void key_block_pairs(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
 // the query rows i_lo..i_hi of residue class rx holding key row kp (sub-grid units) and the block's
 // pattern; written to gk_t / gv_t [D][slot]. PAIRS: q and dO rows in shifted pairs, P and dS pairs
 // from key_block_pairs, two pattern entries per product
-template <typename T, int L, int CB, bool PAIRS>
+template <typename T, int L, int CB, bool PAIRS, typename WS>
 NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, int64_t kp, int64_t i_lo, int64_t i_hi,
                                const T* const* qrows, const T* const* grows, const int32_t* block, int64_t c0, T* gk_t,
                                T* gv_t, int64_t slot, const T* pairs) {
@@ -898,13 +906,13 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
   for (int64_t i = i_lo; i <= i_hi; ++i) {
     const int64_t x = i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
     const int64_t row = b * g.X + x;
-    const T* prow = static_cast<const T*>(A.weights) + (row * KK + a * K) * YH + block[0];
-    const T* srow = static_cast<const T*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
+    const WS* prow = static_cast<const WS*>(A.weights) + (row * KK + a * K) * YH + block[0];
+    const WS* srow = static_cast<const WS*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
     const T* qrow = qrows[i - i_lo] + c0 * yp + block[0];
     const T* grow = grows[i - i_lo] + c0 * yp + block[0];
     for (int e = 0; e < n_st; ++e) {
       const int64_t off = st[2 * e] * dH, tt = st[2 * e + 1] * YH;
-      const V wp = vload<V>(prow + tt + off), ws = vload<V>(srow + tt + off);
+      const V wp = load_as<V>(prow + tt + off), ws = load_as<V>(srow + tt + off);
       for (int j = 0; j < CB; ++j) {
         acc_v[j] += wp * vload<V>(grow + j * yp + off);
         acc_k[j] += ws * vload<V>(qrow + j * yp + off);
@@ -917,7 +925,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
   }
 }
 
-template <typename T, int LMAX, bool PAIRS>
+template <typename T, int LMAX, bool PAIRS, typename WS>
 void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
   const Geometry& g = A.g;
   const int64_t d = g.dil, D = g.D;
@@ -968,19 +976,19 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
           const int64_t base = (row * KK + a * g.K) * YH + block[0] + LMAX;
           for (int e = 0; e < n_st; ++e) {
             const int64_t off = base + st[2 * e + 1] * YH + st[2 * e] * dH;
-            __builtin_prefetch(static_cast<const T*>(A.weights) + off);
-            __builtin_prefetch(static_cast<const T*>(A.grad_logits) + off);
+            __builtin_prefetch(static_cast<const WS*>(A.weights) + off);
+            __builtin_prefetch(static_cast<const WS*>(A.grad_logits) + off);
           }
         }
       }
       with_lanes<LMAX>(block[3], [&](auto lc) {
         constexpr int L = decltype(lc)::value;
         int64_t c0 = 0;
-        if constexpr (PAIRS) key_block_pairs<L>(A, b, rx, kp, i_lo, i_hi, block, pairs);
+        if constexpr (PAIRS) key_block_pairs<L, WS>(A, b, rx, kp, i_lo, i_hi, block, pairs);
         for (; c0 + CB <= D; c0 += CB)
-          key_block_chunk<T, L, CB, PAIRS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
+          key_block_chunk<T, L, CB, PAIRS, WS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
         for (; c0 < D; ++c0)
-          key_block_chunk<T, L, 1, PAIRS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
+          key_block_chunk<T, L, 1, PAIRS, WS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
       });
       store_block<T>(gk_t, LMAX, A.grad_k, b, kx, g.H, block, D, (T)A.scale);
       store_block<T>(gv_t, LMAX, A.grad_v, b, kx, g.H, block, D, T(1));
@@ -1006,8 +1014,8 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
   typedef typename VecT<T, WD>::type VD;
   const Geometry& g = A.g;
   const int64_t d = g.dil;
-  const T* weights = static_cast<const T*>(A.weights);
-  const T* grad_logits = static_cast<const T*>(A.grad_logits);
+  const S* weights = static_cast<const S*>(A.weights);
+  const S* grad_logits = static_cast<const S*>(A.grad_logits);
   const int KK = K * K;
   VD acc_k[NV], acc_v[NV];
   for (int n = 0; n < NV; ++n) acc_k[n] = acc_v[n] = VD{};
@@ -1019,7 +1027,7 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
       const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
       const int64_t y = j * d + ti.ry;
       const int64_t widx = ((row_idx + a * K + t) * g.Y + y) * g.H + ti.h;
-      const T ws = grad_logits[widx], wp = weights[widx];
+      const T ws = to_compute(grad_logits[widx]), wp = to_compute(weights[widx]);
       const S* qp = at<S>(A.q.src, ti.b, x, y, ti.h) + c0;
       const S* gp = at<S>(A.grad_out.src, ti.b, x, y, ti.h) + c0;
       for (int n = 0; n < NV; ++n) {
@@ -1043,8 +1051,8 @@ void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_
   const int K = (int)g.K;
   const int KK = K * K;
   const int64_t d = g.dil, D = g.D;
-  const T* weights = static_cast<const T*>(A.weights);
-  const T* grad_logits = static_cast<const T*>(A.grad_logits);
+  const S* weights = static_cast<const S*>(A.weights);  // saved weights and dS are stored like q
+  const S* grad_logits = static_cast<const S*>(A.grad_logits);
   for (int64_t task = task_begin; task < task_end; ++task) {
     TaskIndex ti;
     const int64_t kp = task % g.Xs;
@@ -1087,8 +1095,8 @@ void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_
             const S* qp = at<S>(A.q.src, ti.b, x, y, ti.h);
             const S* gp = at<S>(A.grad_out.src, ti.b, x, y, ti.h);
             for (int64_t c = c0; c < D; ++c) {
-              rk[c - c0] += grad_logits[widx] * to_compute(qp[c]) * (T)A.scale;
-              rv[c - c0] += weights[widx] * to_compute(gp[c]);
+              rk[c - c0] += to_compute(grad_logits[widx]) * to_compute(qp[c]) * (T)A.scale;
+              rv[c - c0] += to_compute(weights[widx]) * to_compute(gp[c]);
             }
           }
         }
@@ -1113,52 +1121,64 @@ void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t t
 
 // kernel size as a template argument for the common sizes (loops unrolled, accumulators in
 // registers); others run the generic instantiation
-#define NA_DISPATCH_K(FN, T, LMAX, PAIRS, ...)              \
-  switch (a.g.K) {                                          \
-    case 3: FN<T, LMAX, 3, PAIRS>(__VA_ARGS__); break;      \
-    case 5: FN<T, LMAX, 5, PAIRS>(__VA_ARGS__); break;      \
-    case 7: FN<T, LMAX, 7, PAIRS>(__VA_ARGS__); break;      \
-    case 9: FN<T, LMAX, 9, PAIRS>(__VA_ARGS__); break;      \
-    case 11: FN<T, LMAX, 11, PAIRS>(__VA_ARGS__); break;    \
-    case 13: FN<T, LMAX, 13, PAIRS>(__VA_ARGS__); break;    \
-    default: FN<T, LMAX, 0, PAIRS>(__VA_ARGS__); break;     \
+#define NA_DISPATCH_K(FN, T, LMAX, PAIRS, WS, ...)              \
+  switch (a.g.K) {                                              \
+    case 3: FN<T, LMAX, 3, PAIRS, WS>(__VA_ARGS__); break;      \
+    case 5: FN<T, LMAX, 5, PAIRS, WS>(__VA_ARGS__); break;      \
+    case 7: FN<T, LMAX, 7, PAIRS, WS>(__VA_ARGS__); break;      \
+    case 9: FN<T, LMAX, 9, PAIRS, WS>(__VA_ARGS__); break;      \
+    case 11: FN<T, LMAX, 11, PAIRS, WS>(__VA_ARGS__); break;    \
+    case 13: FN<T, LMAX, 13, PAIRS, WS>(__VA_ARGS__); break;    \
+    default: FN<T, LMAX, 0, PAIRS, WS>(__VA_ARGS__); break;     \
   }
 
 // the entry points declared by DINAT_DECLARE_ISA in na2d_kernel.h
 static constexpr int kLanes = NA_VEC_BYTES / 4;  // widest query block (float lanes of one vector)
 
-// float32 and, through conversions on load and store, bfloat16 tensors
+// float32 and, through conversions on load and store, bfloat16 tensors (whose saved weights and dS
+// are bfloat16 too, see na2d_kernel.h)
 void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
-  NA_DISPATCH_K(forward_rows, float, kLanes, false, a, begin, end)
+  if (a.q.src.elem == kElemBF16) {
+    NA_DISPATCH_K(forward_rows, float, kLanes, false, Bf16, a, begin, end)
+  } else {
+    NA_DISPATCH_K(forward_rows, float, kLanes, false, float, a, begin, end)
+  }
 }
 void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  NA_DISPATCH_K(backward_query_rows, float, kLanes, false, a, begin, end, drpb)
+  if (a.k.src.elem == kElemBF16) {
+    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, Bf16, a, begin, end, drpb)
+  } else {
+    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, float, a, begin, end, drpb)
+  }
 }
 #if NA_BF16_ENTRY
 // bfloat16 tensors with bfloat16 products (vdpbf16ps) for both attention products (conversions
 // where the unit was built without them, never selected there)
 void forward_bf16(const ForwardArgs& a, int64_t begin, int64_t end) {
-  NA_DISPATCH_K(forward_rows, float, kLanes, NA_BF16_DOT != 0, a, begin, end)
+  NA_DISPATCH_K(forward_rows, float, kLanes, NA_BF16_DOT != 0, Bf16, a, begin, end)
 }
 void backward_query_bf16(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  NA_DISPATCH_K(backward_query_rows, float, kLanes, NA_BF16_DOT != 0, a, begin, end, drpb)
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, NA_BF16_DOT != 0, Bf16, a, begin, end, drpb)
 }
 void backward_key_bf16(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
-  backward_key_rows<float, kLanes, NA_BF16_DOT != 0>(a, begin, end);
+  backward_key_rows<float, kLanes, NA_BF16_DOT != 0, Bf16>(a, begin, end);
 }
 #endif
 void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
-  backward_key_rows<float, kLanes, false>(a, begin, end);
+  if (a.q.src.elem == kElemBF16) backward_key_rows<float, kLanes, false, Bf16>(a, begin, end);
+  else backward_key_rows<float, kLanes, false, float>(a, begin, end);
 }
 void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
 
 #if NA_WITH_F64
 // float64 is for accuracy checks, not speed: one instantiation with a run-time kernel size
-void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_rows<double, 4, 0, false>(a, begin, end); }
+void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_rows<double, 4, 0, false, double>(a, begin, end); }
 void backward_query_f64(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  backward_query_rows<double, 4, 0, false>(a, begin, end, drpb);
+  backward_query_rows<double, 4, 0, false, double>(a, begin, end, drpb);
 }
-void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_rows<double, 4, false>(a, begin, end); }
+void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
+  backward_key_rows<double, 4, false, double>(a, begin, end);
+}
 void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<double>(a, begin, end); }
 #endif
 

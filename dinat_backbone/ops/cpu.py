@@ -78,7 +78,9 @@ def _register_python_parts():
     @torch.library.register_fake("dinat::na2d_forward")
     def _na2d_forward_fake(query, key, value, rpb, kernel_size, dilation, scale, save_weights):
         B, X, Y, H, D = query.shape
-        cdt = compute_dtype(query.dtype)
+        # the saved weights: bfloat16 when q, k, v are (the kernel's weights_dtype), else the compute dtype
+        all_bf16 = all(t.dtype == torch.bfloat16 for t in (query, key, value))
+        cdt = torch.bfloat16 if all_bf16 else compute_dtype(query.dtype)
         out = query.new_empty((B, X, Y, H, D))
         if save_weights:
             weights = query.new_empty((B, X, kernel_size * kernel_size, Y, H), dtype=cdt)
