@@ -442,9 +442,6 @@ CPU_TARGET_FIGURES = [("cpu_tiny_fwd", "tiny", "fwd_med", None), ("cpu_tiny_fwdb
                       ("cpu_bf16_tiny_fwdbwd", "tiny", "fwdbwd_med", torch.bfloat16),
                       ("cpu_tiny_mem", "tiny", "mem_fwdbwd", None), ("cpu_mini_fwd", "mini", "fwd_med", None),
                       ("cpu_mini_fwdbwd", "mini", "fwdbwd_med", None), ("cpu_mini_mem", "mini", "mem_fwdbwd", None)]
-#: the dtype ``cpu_with_cp_cut`` is judged in
-CPU_WITH_CP_DTYPE = None
-
 
 def _dtype_name(dtype: Optional[torch.dtype]) -> str:
     return "float32" if dtype is None else f"{str(dtype).replace('torch.', '')} autocast"
@@ -472,19 +469,20 @@ def targets(shapes, results, args=None) -> List[str]:
             out.append(f"  not judged at {tag}: {reason}")
         other_dtype = []  # rows of another precision: printed after the run's own, as information
         for name, key, figure, row_dtype in CPU_TARGET_FIGURES:
-            if key in res and figure in res[key]:
-                if row_dtype == dtype:
-                    out.append(target_line(name, res[key][figure] / sw[figure], tag, reason is None))
-                elif (key, figure) not in run_rows:
-                    other_dtype.append((row_dtype, target_line(name, res[key][figure] / sw[figure], tag, False)))
-        if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]:
+            if key not in res or figure not in res[key]:
+                continue
+            ratio = res[key][figure] / sw[figure]
+            if row_dtype == dtype:
+                out.append(target_line(name, ratio, tag, reason is None))
+            elif (key, figure) not in run_rows:
+                other_dtype.append((row_dtype, target_line(name, ratio, tag, False)))
+        if "tiny_cp" in res and "mem_fwdbwd" in res["tiny_cp"]:  # a float32 target
             cut = 1 - res["tiny_cp"]["mem_fwdbwd"] / res["tiny"]["mem_fwdbwd"]
-            judged = CPU_WITH_CP_DTYPE == dtype
-            line = target_line("cpu_with_cp_cut", 100 * cut, tag, judged and reason is None, digits=0, unit=" %")
-            if judged:
+            line = target_line("cpu_with_cp_cut", 100 * cut, tag, dtype is None and reason is None, digits=0, unit=" %")
+            if dtype is None:
                 out.append(line)
             else:
-                other_dtype.append((CPU_WITH_CP_DTYPE, line))
+                other_dtype.append((None, line))
         for row_dtype in dict.fromkeys(d for d, _ in other_dtype):
             out.append(f"  not judged at {tag}, {_dtype_name(row_dtype)} targets: this run is {_dtype_name(dtype)}")
             out.extend(line for d, line in other_dtype if d == row_dtype)

@@ -691,7 +691,8 @@ NA_INLINE void to_column_pairs(float* p, int K, int64_t slot) {
 
 // PAIRS: bfloat16 products (NA_BF16_DOT units): q / dO rows and the dot rows in channel pairs, the
 // sum rows in shifted pairs, softmax weights / dS rounded to bfloat16 pairs before the weighted sum;
-// the softmax, the saved weights, dS and the rpb gradient stay float32
+// the softmax, dS and the rpb gradient are computed in float32 (WS: the storage type of the saved
+// weights and dS, bfloat16 for bfloat16 tensors, see na2d_kernel.h)
 template <typename T, int LMAX, int KT, bool PAIRS, typename WS>
 void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   const Geometry& g = A.g;

@@ -80,12 +80,12 @@ def _register_python_parts():
         B, X, Y, H, D = query.shape
         # the saved weights: bfloat16 when q, k, v are (the kernel's weights_dtype), else the compute dtype
         all_bf16 = all(t.dtype == torch.bfloat16 for t in (query, key, value))
-        cdt = torch.bfloat16 if all_bf16 else compute_dtype(query.dtype)
+        weights_dtype = torch.bfloat16 if all_bf16 else compute_dtype(query.dtype)
         out = query.new_empty((B, X, Y, H, D))
         if save_weights:
-            weights = query.new_empty((B, X, kernel_size * kernel_size, Y, H), dtype=cdt)
+            weights = query.new_empty((B, X, kernel_size * kernel_size, Y, H), dtype=weights_dtype)
         else:
-            weights = query.new_empty((0,), dtype=cdt)
+            weights = query.new_empty((0,), dtype=weights_dtype)
         return out, weights
 
     @torch.library.register_fake("dinat::na2d_backward")
