@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused_linear import linear_weights
+
 __all__ = ["layer_norm_linear", "gelu_linear"]
 
 
@@ -72,7 +74,7 @@ class _LayerNormLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             norm_in = x.float() if norm_in_float32 else x
             normed, mean, rstd = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, eps)
-            out = F.linear(_cast(normed, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
+            out = linear_weights(_cast(normed, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
         ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, weight)
         ctx.has_bias = bias is not None
         ctx.eps = eps
@@ -109,7 +111,7 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, linear_dtype):
         with torch.autocast(hidden.device.type, enabled=False):
             act = F.gelu(hidden)
-            out = F.linear(_cast(act, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
+            out = linear_weights(_cast(act, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
         ctx.save_for_backward(hidden, weight)
         ctx.linear_dtype = linear_dtype
         return out

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..fused_linear import linear
 from .dispatch import na2d, na2d_padded
 from .inputs import require_int
 from .padding import zero_token_qkv
@@ -75,7 +76,7 @@ class NeighborhoodAttention2D(nn.Module):
     def project(self, out: torch.Tensor) -> torch.Tensor:
         """Heads merged, output projection and dropout: ``[B, X, Y, heads, head_dim]`` -> ``[B, X, Y, C]``."""
         B, X, Y = out.shape[:3]
-        return self.proj_drop(self.proj(out.reshape(B, X, Y, self.dim)))
+        return self.proj_drop(linear(out.reshape(B, X, Y, self.dim), self.proj))
 
     def forward(self, x: Optional[torch.Tensor] = None, *, qkv: Optional[torch.Tensor] = None,
                 pad_small_maps: bool = False) -> torch.Tensor:
@@ -88,7 +89,7 @@ class NeighborhoodAttention2D(nn.Module):
                 got = None if x is None else tuple(x.shape)
                 raise ValueError(
                     f"NeighborhoodAttention2D: expected a channels-last map [B, X, Y, {self.dim}], got {got}")
-            qkv = self.qkv(x)
+            qkv = linear(x, self.qkv)
         elif qkv.dim() != 4 or qkv.shape[-1] != 3 * self.dim:
             raise ValueError(f"NeighborhoodAttention2D: qkv must be [B, X, Y, {3 * self.dim}], got {tuple(qkv.shape)}")
         return self.project(self.attend(*self.split_heads(qkv), pad_small_maps=pad_small_maps))
