@@ -101,6 +101,8 @@ def test_kernel_sweep_matches_reference(K, d):
                 runs.append((isas[-2], torch.bfloat16))
             if n % 3 == 0:
                 runs.append((best, torch.float16))
+            # dilated maps: both backward pass-2 paths (key rows / per-key gather), alternating by shape
+            _C.set_key_pass(("rows" if n % 2 else "gather") if d > 1 else "auto")
             for isa, dtype in runs:
                 _C.set_isa(isa)
                 cast = [None if t is None else t.to(dtype) for t in (q, k, v, rpb)]
@@ -109,18 +111,23 @@ def test_kernel_sweep_matches_reference(K, d):
                     tol = TOL[dtype] * (1 if name == "out" else 2)
                     err = rel_err(g, e)
                     if not err < tol:
-                        failures.append(f"{isa} {dtype} B={B} X={X} Y={Y} H={H} D={D} rpb={use_rpb}: {name} {err:.2e}")
+                        failures.append(f"{isa} {dtype} B={B} X={X} Y={Y} H={H} D={D} rpb={use_rpb} "
+                                        f"pass2={'rows' if n % 2 else 'gather'}: {name} {err:.2e}")
     finally:
         _C.set_isa(previous)
+        _C.set_key_pass("auto")
     assert not failures, f"K={K} d={d}: {len(failures)} mismatches, first: " + "; ".join(failures[:5])
 
 
 # head_dim 32 as in DiNAT (full channel-pair loops, 16-lane blocks), dilations 1, 2, 4; 16 heads on
 # rows shorter than 2K (a key held by more than K queries: the bfloat16 pass-2 pair buffer once
-# overflowed there, found by ASan), 8 heads at d = 3 (the dilated pass 2 takes 16 / heads column
-# classes at a time: 2, 2, then 1)
+# overflowed there, found by ASan), 8 heads at d = 3 (the gather takes 16 / heads column classes at
+# a time: 2, 2, then 1), 2 heads at d = 20 (column chunks of 8, then 12 classes: steps 16 and 24
+# lanes, K 3), 3 heads at d = 4 (one chunk, a 12-lane step); every dilated shape through both pass-2
+# paths
 MODEL_SHAPES = ((1, 24, 28, 2, 32, 7, 1), (1, 28, 30, 4, 32, 7, 2), (2, 16, 21, 3, 32, 5, 3), (1, 29, 30, 2, 32, 7, 4),
-                (1, 9, 13, 16, 32, 7, 1), (1, 22, 23, 8, 32, 7, 3))
+                (1, 9, 13, 16, 32, 7, 1), (1, 22, 23, 8, 32, 7, 3), (1, 60, 75, 2, 32, 3, 20),
+                (2, 30, 33, 3, 32, 7, 4))
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
@@ -138,14 +145,19 @@ def test_kernel_half_dtypes_at_model_head_dim(dtype):
             expected = forward_and_grads(lambda q, k, v, r: na2d_reference_gathered(q, k, v, K, d, r),
                                          (q, k, v, rpb), grad_out)
             for isa in instruction_sets():
-                _C.set_isa(isa)
-                cast = [t.to(dtype) for t in (q, k, v, rpb)]
-                got = forward_and_grads(lambda q, k, v, r: ops.na2d(q, k, v, K, d, r, backend="cpu"), cast, grad_out)
-                for name, g, e in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
-                    assert g.dtype == dtype, (isa, name, g.dtype)
-                    err = rel_err(g, e)
-                    if not err < TOL[dtype] * (1 if name == "out" else 2):
-                        failures.append(f"{isa} B={B} X={X} Y={Y} H={H} K={K} d={d}: {name} {err:.2e}")
+                for pass2 in ("auto", "rows", "gather") if d > 1 else ("auto",):
+                    _C.set_isa(isa)
+                    _C.set_key_pass(pass2)
+                    cast = [t.to(dtype) for t in (q, k, v, rpb)]
+                    got = forward_and_grads(lambda q, k, v, r: ops.na2d(q, k, v, K, d, r, backend="cpu"), cast,
+                                            grad_out)
+                    for name, g, e in zip(("out", "dq", "dk", "dv", "drpb"), got, expected):
+                        assert g.dtype == dtype, (isa, name, g.dtype)
+                        err = rel_err(g, e)
+                        if not err < TOL[dtype] * (1 if name == "out" else 2):
+                            failures.append(f"{isa} pass2={pass2} B={B} X={X} Y={Y} H={H} K={K} d={d}: "
+                                            f"{name} {err:.2e}")
     finally:
         _C.set_isa(previous)
+        _C.set_key_pass("auto")
     assert not failures, f"{len(failures)} mismatches: " + "; ".join(failures[:5])

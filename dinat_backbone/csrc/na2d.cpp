@@ -79,12 +79,19 @@ std::atomic<int>& active_isa() {
   return isa;
 }
 
+// backward pass 2: 0 = chosen per problem (Problem::key_rows), 1 = key rows, 2 = per-key gather
+std::atomic<int>& key_pass() {
+  static std::atomic<int> pass{0};
+  return pass;
+}
+
 struct Kernels {
   int lanes;  // widest query block of forward / backward pass 1
   void (*forward)(const ForwardArgs&, int64_t, int64_t);
   void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
-  void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);         // dilation 1, key-row tasks
-  void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // dilation > 1, sub-grid tasks
+  void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);         // key rows
+  void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // per key
+  bool dilated_rows = false;  // dilated maps take the key rows too (see Problem::key_rows)
 };
 
 // storage: the dtype the tensors are handed to the kernels in (float64, float32, or bfloat16 read
@@ -96,7 +103,7 @@ Kernels kernels_for(at::ScalarType storage) {
     case Isa::avx512bf16:
       if (storage == at::kBFloat16)
         return {16, avx512bf16::forward_bf16, avx512bf16::backward_query_bf16, avx512bf16::backward_key_bf16,
-                avx512bf16::backward_key_gather_f32};
+                avx512bf16::backward_key_gather_f32, true};
       return {16, avx512bf16::forward_f32, avx512bf16::backward_query_f32, avx512bf16::backward_key_f32,
               avx512bf16::backward_key_gather_f32};
     case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::backward_key_gather_f32};
@@ -194,35 +201,53 @@ struct Problem {
   int64_t B, X, Y, H, D, K, dil, Xs, Ys, yp, rp;
   AxisTables xt, yt;
   std::vector<int32_t> x_first, x_m, blocks, groups;
-  std::vector<int32_t> key_blocks, pattern_begin, pattern_st;  // backward pass 2, dilation 1 (plan_key_blocks)
-  int64_t row_tasks() const { return B * X; }                     // backward pass 2, dilation 1
-  int64_t class_row_tasks() const { return B * dil * Xs; }         // backward pass 2, dilation > 1
+  std::vector<int32_t> y_of_pos, pos_of_y;  // columns in chunk order (see Geometry)
+  std::vector<int32_t> chunk_of_pos; // [Y]: the chunk of each position
+  std::vector<int32_t> chunks;      // [n][3] = (first lane, end lane, step), PackArgs::chunks
+  std::vector<int32_t> key_blocks, pattern_begin, pattern_st;  // backward pass 2 (plan_key_blocks)
+  int64_t class_row_tasks() const { return B * dil * Xs; }  // backward pass 2: key rows, class by class
+  // Backward pass 2 on key rows (else the per-key gather): always for dilation 1; for dilated maps
+  // on the bfloat16-product kernels when every chunk's step fills a vector. One-process A/B on the
+  // EPYC, one thread, rows / gather: bf16 1.12-1.29x on DiNAT's dilated shapes, no faster with
+  // steps below a vector (64x64, 3 heads, d 4; 6 heads, d 2); float32 0.89-1.07x, so it keeps the
+  // gather. set_key_pass() overrides (tests run both).
+  bool key_rows(const Kernels& kern) const {
+    const int forced = key_pass().load();
+    if (forced != 0) return forced == 1;
+    if (dil == 1) return true;
+    if (!kern.dilated_rows) return false;
+    for (size_t k = 0; k < chunks.size(); k += 3)
+      if (chunks[k + 2] < kBiasLanes) return false;
+    return true;
+  }
   int64_t group_tasks() const { return B * static_cast<int64_t>(groups.size() / 2); }  // forward, backward pass 1
   LaneGeometry lane_geometry() const {
-    return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / 4), yp,
+    return LaneGeometry{x_first.data(), x_m.data(), blocks.data(), static_cast<int64_t>(blocks.size() / kBlockInts), yp,
                         groups.data(), static_cast<int64_t>(groups.size() / 2)};
   }
   Geometry geometry() const {
     return Geometry{B, X, Y, H, D, K, dil, Xs, Ys, xt.start.data(), xt.inv_lo.data(), xt.inv_hi.data(),
-                    yt.start.data(), yt.inv_lo.data(), yt.inv_hi.data()};
+                    yt.start.data(), yt.inv_lo.data(), yt.inv_hi.data(), y_of_pos.data(), pos_of_y.data()};
   }
 };
 
-// Query blocks of one row: maximal runs of consecutive y whose windows have the same relative
-// offsets (same m = position of the query inside its window) times all H heads (lanes
-// j = y * H + h), cut greedily into vectors of lanes, lanes/2 (and lanes/4 when lanes >= 8):
-// (j0, count, m, block lanes).
-std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int64_t H, int lanes) {
+// Query blocks of one row: maximal runs of consecutive positions (columns in chunk order, see
+// Geometry) of one chunk whose windows have the same relative offsets (same m = position of the
+// query inside its window) times all H heads (lanes j = pos * H + h), cut greedily into vectors of
+// lanes, lanes/2 (and lanes/4 when lanes >= 8): (j0, count, m, block lanes, step). Key blocks are
+// planned the same way with a pattern id for m.
+std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_pos, const std::vector<int32_t>& chunk_of_pos,
+                                       const std::vector<int32_t>& chunks, int64_t H, int lanes) {
   std::vector<int> sizes = {lanes, lanes / 2};
   if (lanes >= 8) sizes.push_back(lanes / 4);
   std::vector<int32_t> blocks;
-  const int64_t Y = static_cast<int64_t>(m_of_y.size());
-  int64_t y = 0;
-  while (y < Y) {
-    int64_t run_end = y;
-    while (run_end < Y && m_of_y[run_end] == m_of_y[y]) ++run_end;
-    const int32_t m = m_of_y[y];
-    int64_t j = y * H;
+  const int64_t Y = static_cast<int64_t>(m_of_pos.size());
+  int64_t pos = 0;
+  while (pos < Y) {
+    int64_t run_end = pos;
+    while (run_end < Y && m_of_pos[run_end] == m_of_pos[pos] && chunk_of_pos[run_end] == chunk_of_pos[pos]) ++run_end;
+    const int32_t m = m_of_pos[pos], step = chunks[3 * chunk_of_pos[pos] + 2];
+    int64_t j = pos * H;
     const int64_t j_end = run_end * H;
     while (j < j_end) {
       const int64_t left = j_end - j;
@@ -233,12 +258,38 @@ std::vector<int32_t> plan_query_blocks(const std::vector<int32_t>& m_of_y, int64
           break;
         }
       const int64_t count = std::min<int64_t>(block_lanes, left);
-      blocks.insert(blocks.end(), {static_cast<int32_t>(j), static_cast<int32_t>(count), m, block_lanes});
+      blocks.insert(blocks.end(), {static_cast<int32_t>(j), static_cast<int32_t>(count), m, block_lanes, step});
       j += count;
     }
-    y = run_end;
+    pos = run_end;
   }
   return blocks;
+}
+
+// Columns in chunk order (see Geometry): y_of_pos, the chunk of each position and the chunk table.
+void plan_columns(Problem& p) {
+  const int64_t d = p.dil, H = p.H;
+  const int64_t c_max = std::min<int64_t>(d, (kBiasLanes + H - 1) / H);
+  p.y_of_pos.clear();
+  p.chunk_of_pos.clear();
+  p.chunks.clear();
+  for (int64_t r0 = 0; r0 < d;) {
+    // a remainder narrower than c_max joins this chunk: every step then fills a vector when H*d does
+    const int64_t c = d - r0 < 2 * c_max ? d - r0 : c_max, first = static_cast<int64_t>(p.y_of_pos.size());
+    const int32_t chunk = static_cast<int32_t>(p.chunks.size() / 3);
+    // class r holds columns r, r + d, ...; the longer classes (the lowest r) come first in a chunk,
+    // so every sub-grid position but the last holds all c classes and the step is c * H throughout
+    for (int64_t s = 0; s * d + r0 < p.Y; ++s)
+      for (int64_t r = r0; r < r0 + c && s * d + r < p.Y; ++r) {
+        p.y_of_pos.push_back(static_cast<int32_t>(s * d + r));
+        p.chunk_of_pos.push_back(chunk);
+      }
+    const int64_t end = static_cast<int64_t>(p.y_of_pos.size());
+    p.chunks.insert(p.chunks.end(), {static_cast<int32_t>(first * H), static_cast<int32_t>(end * H), static_cast<int32_t>(c * H)});
+    r0 += c;
+  }
+  p.pos_of_y.assign(p.Y, 0);
+  for (int64_t pos = 0; pos < p.Y; ++pos) p.pos_of_y[p.y_of_pos[pos]] = static_cast<int32_t>(pos);
 }
 
 Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
@@ -280,7 +331,10 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   first_and_m(p.X, p.xt, p.Xs, p.x_first, p.x_m);
   std::vector<int32_t> y_first, y_m;
   first_and_m(p.Y, p.yt, p.Ys, y_first, y_m);
-  p.blocks = plan_query_blocks(y_m, p.H, lanes);
+  plan_columns(p);
+  std::vector<int32_t> m_of_pos(p.Y);
+  for (int64_t pos = 0; pos < p.Y; ++pos) m_of_pos[pos] = y_m[p.y_of_pos[pos]];
+  p.blocks = plan_query_blocks(m_of_pos, p.chunk_of_pos, p.chunks, p.H, lanes);
   // row groups (see LaneGeometry): consecutive rows of each residue class, kRowGroup at a time
   for (int64_t r = 0; r < dil; ++r) {
     const int64_t len = (p.X - r + dil - 1) / dil;
@@ -290,16 +344,16 @@ Problem make_problem(const Tensor& q, int64_t K, int64_t dil, int lanes) {
   return p;
 }
 
-// Key blocks of backward pass 2 for dilation 1 (see BackwardKeyArgs): the keys y of a row grouped
-// by their inverse-neighbourhood pattern along y, the (s, t) pairs of the queries y + s*d holding
-// key y at window column t. Built only by the backward that uses them.
+// Key blocks of backward pass 2 (see BackwardKeyArgs): the keys of a row (columns in chunk order)
+// grouped by their inverse-neighbourhood pattern along y, the (s, t) pairs of the queries y + s*d
+// holding key y at window column t. Built only by the backward that uses them.
 void plan_key_blocks(Problem& p, int lanes) {
   std::map<std::vector<int32_t>, int32_t> ids;
-  std::vector<int32_t> pattern_of_y(p.Y);
+  std::vector<int32_t> pattern_of_pos(p.Y);
   p.pattern_begin.assign(1, 0);
   p.pattern_st.clear();
-  for (int64_t y = 0; y < p.Y; ++y) {
-    const int64_t r = y % p.dil, kp = y / p.dil;
+  for (int64_t pos = 0; pos < p.Y; ++pos) {
+    const int64_t y = p.y_of_pos[pos], r = y % p.dil, kp = y / p.dil;
     std::vector<int32_t> st;
     for (int64_t i = p.yt.inv_lo[r * p.Ys + kp]; i <= p.yt.inv_hi[r * p.Ys + kp]; ++i)
       st.insert(st.end(), {static_cast<int32_t>(i - kp), static_cast<int32_t>(kp - p.yt.start[r * p.Ys + i])});
@@ -309,9 +363,9 @@ void plan_key_blocks(Problem& p, int lanes) {
       p.pattern_st.insert(p.pattern_st.end(), st.begin(), st.end());
       p.pattern_begin.push_back(static_cast<int32_t>(p.pattern_st.size() / 2));
     }
-    pattern_of_y[y] = it->second;
+    pattern_of_pos[pos] = it->second;
   }
-  p.key_blocks = plan_query_blocks(pattern_of_y, p.H, lanes);
+  p.key_blocks = plan_query_blocks(pattern_of_pos, p.chunk_of_pos, p.chunks, p.H, lanes);
 }
 
 // The dS buffer of backward is reused across calls, per calling thread: a fresh allocation of
@@ -340,7 +394,8 @@ bool has_vector_pad(const Tensor& t) {
 }
 
 PackArgs pack_args(const Tensor& t, const Problem& P) {
-  return PackArgs{strided(t), P.X, P.Y, P.H, P.D, P.yp};
+  return PackArgs{strided(t), P.X, P.Y, P.H, P.D, P.yp, P.y_of_pos.data(), P.chunks.data(),
+                  static_cast<int64_t>(P.chunks.size() / 3)};
 }
 
 // [H phases, 2K-1, 2K-1, 16]: lane l of phase p holds rpb[(p + l) % H] in the compute dtype (the
@@ -424,7 +479,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
     TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
     kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);
   });
-  if (P.dil == 1) plan_key_blocks(P, kern.lanes);
+  const bool key_rows = P.key_rows(kern);
+  if (key_rows) plan_key_blocks(P, kern.lanes);
   BackwardKeyArgs kargs{geo,
                         strided(dk),
                         strided(dv),
@@ -433,14 +489,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
                         w.data_ptr(),
                         grad_logits.data_ptr(),
                         P.key_blocks.data(),
-                        static_cast<int64_t>(P.key_blocks.size() / 4),
+                        static_cast<int64_t>(P.key_blocks.size() / kBlockInts),
                         P.pattern_begin.data(),
                         P.pattern_st.data(),
                         scale};
-  if (P.dil == 1)
-    at::parallel_for(0, P.row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key(kargs, begin, end); });
-  else
-    at::parallel_for(0, P.class_row_tasks(), 1, [&](int64_t begin, int64_t end) { kern.backward_key_gather(kargs, begin, end); });
+  at::parallel_for(0, P.class_row_tasks(), 1, [&](int64_t begin, int64_t end) {
+    if (key_rows) kern.backward_key(kargs, begin, end);
+    else kern.backward_key_gather(kargs, begin, end);
+  });
 
   const bool has_rpb = rpb.has_value() && rpb->defined();
   Tensor drpb;
@@ -470,6 +526,18 @@ std::string set_isa(const std::string& name) {
     }
   }
   TORCH_CHECK(false, "dinat: unknown instruction set '", name, "'; choose generic, avx2, avx512 or avx512bf16");
+}
+
+// Backward pass 2 for testing both: "auto" (per problem), "rows" or "gather"; returns the previous setting.
+std::string set_key_pass(const std::string& name) {
+  static const char* names[] = {"auto", "rows", "gather"};
+  const std::string previous = names[key_pass().load()];
+  for (int i = 0; i < 3; ++i)
+    if (name == names[i]) {
+      key_pass().store(i);
+      return previous;
+    }
+  TORCH_CHECK(false, "dinat: unknown backward key pass '", name, "'; choose auto, rows or gather");
 }
 
 }  // namespace
@@ -502,6 +570,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &dinat::active_isa_name, "instruction set of the kernels in use");
   m.def("best_isa", []() { return std::string(dinat::isa_name(dinat::best_supported_isa())); },
         "best instruction set this CPU supports");
+  m.def("set_key_pass", &dinat::set_key_pass,
+        "backward pass 2 (testing): 'auto' (per problem), 'rows' or 'gather'; returns the previous setting");
   m.def("set_isa", &dinat::set_isa, "cap the instruction set (generic, avx2, avx512, avx512bf16); returns the active one");
   m.def("max_kernel_size", []() { return static_cast<int>(dinat::kMaxKernelSize); },
         "largest kernel size the compiled kernel handles (its stack buffers are sized by it)");

@@ -29,6 +29,17 @@ struct Strided {
 // Dilation turns the problem into dilation-1 problems on the d x d residue-class sub-grids
 // (queries and keys with x = p*d + rx, y = s*d + ry). The per-axis tables are indexed
 // [residue * sub_len + sub_index] in sub-grid units.
+//
+// Columns are taken in chunk order (y_of_pos[pos] is the column at position pos; the identity for
+// d = 1): the residue classes are cut into chunks of c consecutive classes (c = 16 / H rounded up,
+// or all d classes if fewer; a remainder smaller than c joins the last chunk), and a chunk lists its columns sub-grid position by
+// position, its c classes side by side (class r at sub-grid position s: column s*d + r). The
+// neighbour of a column along its class is then step = c*H lanes further in every per-row lane
+// layout of the kernels (transposed rows, blocks, the saved weights and dS), a step of about one
+// vector for any dilation: a run of equal window offsets spans c*H lanes (full vectors), and the K
+// window columns of a vector lie in adjacent cache lines. (In column order they lay d*H lanes apart
+// and the dilated dK / dV pass missed L1; in class order, c = 1, the runs of small heads were a few
+// lanes long.) A block never spans two chunks and carries its chunk's step.
 struct Geometry {
   int64_t B, X, Y, H, D, K, dil;
   int64_t Xs, Ys;          // longest sub-grid along each axis: ceil(X / d), ceil(Y / d)
@@ -38,17 +49,22 @@ struct Geometry {
   const int32_t* y_start;
   const int32_t* y_inv_lo;
   const int32_t* y_inv_hi;
+  const int32_t* y_of_pos;  // [Y]: column of chunk-order position pos
+  const int32_t* pos_of_y;  // [Y]: its inverse
 };
 
-// Forward and backward pass 1 work in original coordinates, vectorised across queries AND heads:
-// rows are transposed to [D, yp] with lane j = y * H + h (see PackArgs), so every head of a
-// run of consecutive queries of one row whose windows sit at the same relative offsets (same m,
-// the query's own position inside its window along y) shares every load pattern:
-//   logits[a][t] (one vector over L lanes) += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)*d*H : ...]
-// with all lanes useful (also for dilations whose runs of equal m are short, e.g. d = 7 with 8
-// heads: runs of 7 queries x 8 heads = 56 lanes instead of 7), and the softmax elementwise across
-// the K*K vectors. The head of lane l of a vector starting at lane j0 is (j0 + l) % H, so the bias
-// comes from a table of 16-lane vectors per phase j0 % H.
+// ints per block of LaneGeometry::blocks and BackwardKeyArgs::key_blocks
+constexpr int kBlockInts = 5;
+
+// Forward and backward pass 1 work on original rows, vectorised across queries AND heads: rows are
+// transposed to [D, yp] with lane j = pos * H + h (columns in chunk order, see Geometry and
+// PackArgs), so every head of a run of consecutive positions of one chunk whose windows sit at the
+// same relative offsets (same m, the query's own position inside its window along y) shares every
+// load pattern:
+//   logits[a][t] (one vector over L lanes) += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)*step : ...]
+// with all lanes useful, and the softmax elementwise across the K*K vectors. The head of lane l of
+// a vector starting at lane j0 is (j0 + l) % H, so the bias comes from a table of 16-lane vectors
+// per phase j0 % H.
 //
 // A task is a group of up to kRowGroup query rows x0, x0 + d, ... of one residue class: their
 // windows share most key rows, and every key vector loaded for one row of the group serves all
@@ -59,7 +75,7 @@ constexpr int kRowGroup = 2;
 struct LaneGeometry {
   const int32_t* x_first;  // original index of the first key row of query row x's window
   const int32_t* x_m;      // (x - x_first) / d: the window row of the query itself
-  const int32_t* blocks;   // [n_blocks][4] = (j0, count, m, lanes): the vectors of every row
+  const int32_t* blocks;   // [n_blocks][kBlockInts] = (j0, count, m, lanes, step): the vectors of every row
   int64_t n_blocks;
   int64_t yp;              // row length of the transposed rows [D, yp], >= Y * H
   const int32_t* groups;   // [n_groups][2] = (x0, rows): row groups, residue class by class
@@ -67,10 +83,13 @@ struct LaneGeometry {
 };
 
 // A tensor whose rows the kernels transpose (see RowCache in na2d_kernel_impl.h): row
-// task = b * X + x becomes row[c * yp + y * H + h] = src[b, x, y, h, c], zero past Y * H.
+// task = b * X + x becomes row[c * yp + pos * H + h] = src[b, x, y_of_pos[pos], h, c], zero past Y * H.
 struct PackArgs {
   Strided src;
   int64_t X, Y, H, D, yp;
+  const int32_t* y_of_pos;  // Geometry::y_of_pos
+  const int32_t* chunks;    // [n_chunks][3] = (first lane, end lane, step) of each chunk (see Geometry)
+  int64_t n_chunks;
 };
 
 // Lane width of the bias table rows and drpb accumulators (the widest vector).
@@ -83,7 +102,7 @@ struct ForwardArgs {
   PackArgs q, k, v;   // transposed row by row inside the kernel
   Strided out;
   const void* bias;   // [H phases, 2K-1, 2K-1, 16]: lane l of phase p = rpb[(p + l) % H] (zeros without rpb)
-  void* weights;      // softmax weights [B, X, K*K, Y, H] saved for backward, or nullptr
+  void* weights;      // softmax weights [B, X, K*K, Y*H lanes in chunk order] saved for backward, or nullptr
   double scale;
 };
 
@@ -95,29 +114,30 @@ struct BackwardQueryArgs {
   LaneGeometry lg;
   PackArgs grad_out, k, v;  // transposed row by row inside the kernel
   Strided grad_q;
-  const void* weights;  // P [B, X, K*K, Y, H]
-  void* grad_logits;    // dS [B, X, K*K, Y, H] (output)
+  const void* weights;  // P [B, X, K*K, Y*H lanes in chunk order]
+  void* grad_logits;    // dS, same layout (output)
   int64_t rp;           // row length of the drpb accumulator [H, 2K-1, rp]
   double scale;
 };
 
 // Pass 2 of backward, per key, gathering over the inverse neighbourhood (no scatter, no races):
-// dK = scale * sum dS * q, dV = sum P * dO. For dilation 1 (backward_key_*; dilated maps run
-// backward_key_gather_*, see na2d_kernel_impl.h), tasks are key rows (task = b * X + x, all heads),
-// vectorised across keys and heads like the query side: lane j = y * H + h of a key row, cut into
-// vectors ("key blocks") of keys with the same inverse-neighbourhood pattern along y: the queries
-// y + s*d, s = s_lo..s_hi, holding the key at window column t(s). For such a vector the query of
-// lane l for offset s sits at lane j0 + s*d*H + l of a query row, so P, dS (saved as [.., K*K, Y, H])
-// and the transposed dO, q rows are plain vector loads:
-//   dV_t[c][lanes] += P[x][a*K + t(s)][j0 + s*d*H + lanes] * dO_t[x][c][j0 + s*d*H + lanes]
+// dK = scale * sum dS * q, dV = sum P * dO. Row path (backward_key_*; the gather backward_key_gather_*
+// for dilated maps with chunks narrower than a vector, see na2d.cpp): tasks are key rows, residue
+// class by class (task = (b * d + rx) * Xs + p for key row x = p * d + rx, all heads),
+// vectorised across keys and heads like the query side: lane j = pos * H + h of a key row (chunk
+// order), cut into vectors ("key blocks") of keys with the same inverse-neighbourhood pattern along
+// y: the queries at sub-grid offsets s = s_lo..s_hi holding the key at window column t(s). For such
+// a vector the query of lane l for offset s sits at lane j0 + s*step + l of a query row, so P, dS
+// (saved as [.., K*K, lanes]) and the transposed dO, q rows are plain vector loads:
+//   dV_t[c][lanes] += P[x][a*K + t(s)][j0 + s*step + lanes] * dO_t[x][c][j0 + s*step + lanes]
 // over the query rows x whose window holds the key row (window row a) and the pattern's (s, t).
 struct BackwardKeyArgs {
   Geometry g;
   Strided grad_k, grad_v;
   PackArgs q, grad_out;     // transposed row by row inside the kernel
-  const void* weights;      // P [B, X, K*K, Y, H] (+ 16 readable elements after the end)
+  const void* weights;      // P [B, X, K*K, Y*H lanes in chunk order] (+ 16 readable elements after the end)
   const void* grad_logits;  // dS, same layout
-  const int32_t* key_blocks;  // [n_key_blocks][4] = (j0, count, pattern, lanes)
+  const int32_t* key_blocks;  // [n_key_blocks][kBlockInts] = (j0, count, pattern, lanes, step)
   int64_t n_key_blocks;
   const int32_t* pattern_begin;  // [n_patterns + 1]: pattern p is pairs [begin[p], begin[p+1])
   const int32_t* pattern_st;     // (s, t) pairs
@@ -138,7 +158,7 @@ DINAT_DECLARE_ISA(avx2)
 DINAT_DECLARE_ISA(generic)
 
 // bfloat16 tensors with bfloat16 products (vdpbf16ps; float32 accumulation, softmax and dS): forward,
-// backward pass 1 and pass 2 for dilation 1 (dilated pass 2 runs the float32 gather on the same tensors)
+// backward pass 1 and pass 2
 namespace avx512bf16 {
 void forward_bf16(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
 void backward_query_bf16(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);

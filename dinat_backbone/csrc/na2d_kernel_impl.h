@@ -11,15 +11,15 @@
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
 // Forward and backward pass 1 (see na2d_kernel.h): one task is a pair of query rows (all heads);
-// a row's lanes j = y * H + h are cut into vectors of L lanes whose queries have windows at the
-// same relative offsets, and every quantity is a vector over the L lanes (all useful, no
-// horizontal sums), on rows transposed to [D][yp] in a per-thread row cache:
-//   QK   logits[a][t] += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)dH : ...]
+// a row's lanes j = pos * H + h (columns in class order, see Geometry) are cut into vectors of L
+// lanes whose queries have windows at the same relative offsets, and every quantity is a vector
+// over the L lanes (all useful, no horizontal sums), on rows transposed to [D][yp] in a per-thread
+// row cache:
+//   QK   logits[a][t] += qt[c][j0:j0+L] * kt[row a][c][j0 + (t-m)step : ...]
 //   softmax elementwise across the K*K logit vectors, with a branch-free polynomial exp
 //   AV   out_t[c] += P[a][t] * vt[row a][c][...], 8 channels in registers, then transposed out.
 // Backward pass 2 (dK, dV) gathers over each key's inverse neighbourhood (no scatter, no races, no
-// atomics): for dilation 1 vectorised across keys and heads the same way (backward_key_rows), for
-// dilated maps per key on residue-class sub-grids, vectorised over head_dim (backward_key_gather).
+// atomics), vectorised across keys and heads the same way (backward_key_rows).
 #include "na2d_kernel.h"
 
 #ifndef NA_BF16_DOT
@@ -256,7 +256,8 @@ NA_INLINE void transpose_tile(typename VecT<float, W>::type* r) {
   if constexpr (W >= 2) transpose_stage<W, 1>(r);
 }
 
-// one row (task = b * X + x) of a tensor stored as S into row[D][yp] of T; W = 1: scalar copies (double)
+// one row (task = b * X + x) of a tensor stored as S into row[D][yp] of T, lanes in column order
+// (lane j = pos * H + h holds column y_of_pos[pos], see Geometry); W = 1: scalar copies (double)
 template <typename T, int W, typename S>
 NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
   const Strided& src = A.src;
@@ -265,19 +266,20 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
     const int64_t x = task % A.X, b = task / A.X;
     const S* base = static_cast<const S*>(src.ptr) + b * src.sb + x * src.sx;
     int64_t j = 0;
-    int64_t y = 0, h = 0;  // lane j = y * H + h, stepped rather than divided (64-bit divisions per
-                           // lane cost as much as the copy itself)
+    int64_t pos = 0, h = 0;  // lane j = pos * H + h, stepped rather than divided (64-bit divisions per
+                             // lane cost as much as the copy itself)
     if constexpr (W > 1) {
       typedef typename VecT<T, W>::type V;
       const S* ptrs[W];
-      // lanes densely strided ([.., Y, H, D], D contiguous): a group's W lanes are W * D consecutive
-      // elements, and the next group's are prefetched while this one is transposed (a row is a
-      // few 4 KiB pages, each of which restarts the hardware prefetcher; measured 40 % faster)
-      const bool dense = src.sh == D && src.sy == H * D;
+      // lanes densely strided ([.., Y, H, D], D contiguous) in natural column order (dilation 1): a
+      // group's W lanes are W * D consecutive elements, and the next group's are prefetched while
+      // this one is transposed (a row is a few 4 KiB pages, each of which restarts the hardware
+      // prefetcher; measured 40 % faster)
+      const bool dense = src.sh == D && src.sy == H * D && A.y_of_pos[A.Y - 1] == A.Y - 1;
       for (; j + W <= YH; j += W) {
         for (int l = 0; l < W; ++l) {
-          ptrs[l] = base + y * src.sy + h * src.sh;
-          if (++h == H) h = 0, ++y;
+          ptrs[l] = base + A.y_of_pos[pos] * src.sy + h * src.sh;
+          if (++h == H) h = 0, ++pos;
         }
         if (dense && j + 2 * W <= YH) {
           const char* next = reinterpret_cast<const char*>(ptrs[0] + W * D);
@@ -295,9 +297,9 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
       }
     }
     for (; j < YH; ++j) {
-      const S* s = base + y * src.sy + h * src.sh;
+      const S* s = base + A.y_of_pos[pos] * src.sy + h * src.sh;
       for (int64_t c = 0; c < D; ++c) row[c * yp + j] = to_compute(s[c]);
-      if (++h == H) h = 0, ++y;
+      if (++h == H) h = 0, ++pos;
     }
     for (int64_t c = 0; c < D; ++c)
       for (int64_t jj = YH; jj < yp; ++jj) row[c * yp + jj] = T(0);
@@ -323,12 +325,14 @@ NA_INLINE void pack_any(const PackArgs& A, int64_t task, T* row) {
 // bfloat16 values that one vdpbf16ps lane multiplies and adds, low half first.
 //   channel_pairs  word[cp][j] = (row[2cp][j], row[2cp+1][j])   (0 past D): a reduction over
 //                  channels (q.k, dO.v) takes two channels per instruction
-//   shifted_pairs  word[c][j] = (row[c][j], row[c][j + shift])  (0 past the row), shift = d * H:
+//   shifted_pairs  word[c][j] = (row[c][j], row[c][j + shift])  (0 past the row), shift = the
+//                  step of lane j's chunk (see Geometry):
 //                  lanes of window columns t and t+1 (weights.v, dS.k) take two columns per instruction
 enum class RowLayout { plain, channel_pairs, shifted_pairs };
 
-// a float row [D][yp] (yp a multiple of 16) into one of the pair layouts, in words[.][yp]
-NA_INLINE void to_pairs(const float* f, float* words, int64_t D, int64_t yp, RowLayout layout, int64_t shift) {
+// a float row [D][yp] (yp a multiple of 16) into one of the pair layouts, in words[.][yp]; shifted
+// pairs take each chunk's step as the shift (the lanes past the last chunk are zeros)
+NA_INLINE void to_pairs(const float* f, float* words, int64_t D, int64_t yp, RowLayout layout, const PackArgs& A) {
   constexpr int W = NA_VEC_BYTES / 4;
   typedef typename Bf16VecT<W>::word U;
   if (layout == RowLayout::channel_pairs) {
@@ -344,15 +348,19 @@ NA_INLINE void to_pairs(const float* f, float* words, int64_t D, int64_t yp, Row
   } else {
     for (int64_t c = 0; c < D; ++c) {
       const float* row = f + c * yp;
-      int64_t j = 0;
-      for (; j + W + shift <= yp; j += W)
-        vstore(words + c * yp + j, bf16_round_bits(vload<U>(row + j)) | (bf16_round_bits(vload<U>(row + j + shift)) << 16));
-      for (; j < yp; ++j) {
-        uint32_t a, b = 0;
-        __builtin_memcpy(&a, row + j, 4);
-        if (j + shift < yp) __builtin_memcpy(&b, row + j + shift, 4);
-        const uint32_t w = bf16_round_bits(a) | (bf16_round_bits(b) << 16);
-        __builtin_memcpy(words + c * yp + j, &w, 4);
+      for (int64_t k = 0; k < A.n_chunks; ++k) {
+        const int32_t* chunk = A.chunks + 3 * k;
+        const int64_t end = k + 1 == A.n_chunks ? yp : chunk[1], shift = chunk[2];
+        int64_t j = chunk[0];
+        for (; j + W <= end && j + W + shift <= yp; j += W)
+          vstore(words + c * yp + j, bf16_round_bits(vload<U>(row + j)) | (bf16_round_bits(vload<U>(row + j + shift)) << 16));
+        for (; j < end; ++j) {
+          uint32_t a, b = 0;
+          __builtin_memcpy(&a, row + j, 4);
+          if (j + shift < yp) __builtin_memcpy(&b, row + j + shift, 4);
+          const uint32_t w = bf16_round_bits(a) | (bf16_round_bits(b) << 16);
+          __builtin_memcpy(words + c * yp + j, &w, 4);
+        }
       }
     }
   }
@@ -360,11 +368,11 @@ NA_INLINE void to_pairs(const float* f, float* words, int64_t D, int64_t yp, Row
 
 // a row in the given layout (pair layouts through the float row `scratch`, [D][yp] + 16)
 template <typename T>
-NA_INLINE void pack_layout(const PackArgs& A, int64_t task, T* dst, RowLayout layout, int64_t shift, T* scratch) {
+NA_INLINE void pack_layout(const PackArgs& A, int64_t task, T* dst, RowLayout layout, T* scratch) {
   if constexpr (sizeof(T) == 4) {
     if (layout != RowLayout::plain) {
       pack_any<T>(A, task, scratch);
-      return to_pairs(scratch, dst, A.D, A.yp, layout, shift);
+      return to_pairs(scratch, dst, A.D, A.yp, layout, A);
     }
   }
   pack_any<T>(A, task, dst);
@@ -382,12 +390,11 @@ struct RowCache {
   const PackArgs& src;
   int64_t n_slots, slot_elems, dil;
   RowLayout layout;
-  int64_t shift;
   T* buf;
   int64_t* tags;
   T* scratch;
-  RowCache(const PackArgs& s, int64_t slots, int64_t d, RowLayout lay = RowLayout::plain, int64_t sh = 0)
-      : src(s), n_slots(slots), slot_elems(s.D * s.yp + 16), dil(d), layout(lay), shift(sh),
+  RowCache(const PackArgs& s, int64_t slots, int64_t d, RowLayout lay = RowLayout::plain)
+      : src(s), n_slots(slots), slot_elems(s.D * s.yp + 16), dil(d), layout(lay),
         buf(new T[slots * (s.D * s.yp + 16)]()), tags(new int64_t[slots]),
         scratch(lay == RowLayout::plain ? nullptr : new T[s.D * s.yp + 16]()) {
     for (int64_t i = 0; i < n_slots; ++i) tags[i] = -1;
@@ -401,7 +408,7 @@ struct RowCache {
     const int64_t slot = (x / dil) % n_slots, tag = b * src.X + x;
     T* dst = buf + slot * slot_elems;
     if (tags[slot] != tag) {
-      pack_layout<T>(src, tag, dst, layout, shift, scratch);
+      pack_layout<T>(src, tag, dst, layout, scratch);
       tags[slot] = tag;
     }
     return dst;
@@ -444,9 +451,9 @@ NA_INLINE void with_rows(int n, F&& f) {
   else f(IntC<1>{});
 }
 
-// lane of window column t for the block's first lane: j0 + (t - m) * d * H
-NA_INLINE void block_cols(const int32_t* block, int64_t dH, int K, int64_t* col) {
-  for (int t = 0; t < K; ++t) col[t] = block[0] + (t - block[2]) * dH;
+// lane of window column t for the block's first lane: j0 + (t - m) * step (see Geometry)
+NA_INLINE void block_cols(const int32_t* block, int K, int64_t* col) {
+  for (int t = 0; t < K; ++t) col[t] = block[0] + (t - block[2]) * block[4];
 }
 
 // acc + a * b, or with PAIRS (rows in a pair layout) acc + a.lo * b.lo + a.hi * b.hi per lane of
@@ -523,40 +530,45 @@ NA_INLINE void block_wsum_rows(const T* const* w, const T* vrow, const int64_t* 
   for (; c0 < D; ++c0) block_wsum_rows_chunk<T, L, 1, NR, PAIRS>(w, vrow, col, K, yp, out, c0, slot, first);
 }
 
-// out[y][h][c] = scale * out_t[c][l] for the block's valid lanes l (j0 + l = y * H + h)
+// out[y][h][c] = scale * out_t[c][l] for the block's valid lanes l (j0 + l = pos * H + h, y =
+// y_of_pos[pos], see Geometry)
 template <typename T, typename S>
 NA_INLINE void store_block_as(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
-                              const int32_t* block, int64_t D, T scale) {
-  int64_t y = block[0] / H, h = block[0] - y * H;
+                              const int32_t* block, int64_t D, T scale, const int32_t* y_of_pos) {
+  int64_t pos = block[0] / H, h = block[0] - pos * H;
   constexpr int W = pack_width<T>();
   if constexpr (W > 1) {
-    // a full block of a densely strided output ([.., Y, H, D] with D contiguous): lane l is
-    // D elements after lane l - 1, so W x W tiles transpose in registers into contiguous stores
-    if (block[1] == W && slot >= W && out.sh == D && out.sy == H * D && D % W == 0) {
+    // a full block with D contiguous: W x W tiles transpose in registers into D-long stores, one
+    // output row per lane
+    if (block[1] == W && slot >= W && out.sh == D && D % W == 0) {
       typedef typename VecT<T, W>::type V;
-      S* op = at_mut<S>(out, b, x, y, h);
+      S* ptrs[W];
+      for (int l = 0; l < W; ++l) {
+        ptrs[l] = at_mut<S>(out, b, x, y_of_pos[pos], h);
+        if (++h == H) h = 0, ++pos;
+      }
       for (int64_t c0 = 0; c0 < D; c0 += W) {
         V r[W];
         for (int l = 0; l < W; ++l) r[l] = vload<V>(out_t + (c0 + l) * slot);
         transpose_tile<W>(r);
-        for (int l = 0; l < W; ++l) store_as(op + l * D + c0, r[l] * scale);
+        for (int l = 0; l < W; ++l) store_as(ptrs[l] + c0, r[l] * scale);
       }
       return;
     }
   }
   for (int64_t l = 0; l < block[1]; ++l) {
-    S* op = at_mut<S>(out, b, x, y, h);
+    S* op = at_mut<S>(out, b, x, y_of_pos[pos], h);
     for (int64_t c = 0; c < D; ++c) put(op + c, out_t[c * slot + l] * scale);
-    if (++h == H) h = 0, ++y;
+    if (++h == H) h = 0, ++pos;
   }
 }
 // store_block_as for the output's storage type
 template <typename T>
 NA_INLINE void store_block(const T* out_t, int64_t slot, const Strided& out, int64_t b, int64_t x, int64_t H,
-                           const int32_t* block, int64_t D, T scale) {
+                           const int32_t* block, int64_t D, T scale, const int32_t* y_of_pos) {
   if constexpr (sizeof(T) == 4)
-    if (out.elem == kElemBF16) return store_block_as<T, Bf16>(out_t, slot, out, b, x, H, block, D, scale);
-  store_block_as<T, T>(out_t, slot, out, b, x, H, block, D, scale);
+    if (out.elem == kElemBF16) return store_block_as<T, Bf16>(out_t, slot, out, b, x, H, block, D, scale, y_of_pos);
+  store_block_as<T, T>(out_t, slot, out, b, x, H, block, D, scale, y_of_pos);
 }
 
 // Per-thread buffers for the kRowGroup rows of a task, row r at offset r * (size of one):
@@ -609,7 +621,7 @@ template <typename T, int LMAX, int KT, bool PAIRS, class PerBlock>
 NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, const RowGroup& rg,
                         RowCache<T>& dot_rows, RowCache<T>& sum_rows, RowBuffers<T>& rb, PerBlock&& per_block) {
   const int K = KT ? KT : (int)g.K;
-  const int64_t KK = K * K, D = g.D, yp = lg.yp, dH = g.dil * g.H, nb = lg.n_blocks;
+  const int64_t KK = K * K, D = g.D, yp = lg.yp, nb = lg.n_blocks;
   int64_t col[kMaxKernelSize];
   // rows whose window holds key row u of the union: r_lo .. r_lo + count - 1 (contiguous, since
   // window starts do not decrease along a residue class), window row of row r: u - off[r]
@@ -630,8 +642,8 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
       active(u, r_lo, count);
       const T* row = rows.row(b, rg.first[0] + u * g.dil);
       for (int64_t i = 0; i < nb; ++i) {
-        const int32_t* block = lg.blocks + 4 * i;
-        block_cols(block, dH, K, col);
+        const int32_t* block = lg.blocks + kBlockInts * i;
+        block_cols(block, K, col);
         body(u, r_lo, count, row, i, block);
       }
     }
@@ -653,7 +665,7 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
   });
   for (int r = 0; r < rg.n; ++r)
     for (int64_t i = 0; i < nb; ++i) {
-      const int32_t* block = lg.blocks + 4 * i;
+      const int32_t* block = lg.blocks + kBlockInts * i;
       with_lanes<LMAX>(block[3], [&](auto lc) { per_block(r, i, block, lc); });
     }
   sweep(sum_rows, [&](int64_t u, int r_lo, int count, const T* vrow, int64_t i, const int32_t* block) {
@@ -701,7 +713,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   const int64_t YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
   RowCache<T> kc(A.k, K + kRowGroup, g.dil, PAIRS ? RowLayout::channel_pairs : RowLayout::plain),
-      vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain, g.dil * g.H);
+      vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain);
   const T scale = (T)A.scale;
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
@@ -744,11 +756,11 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
       if constexpr (PAIRS) to_column_pairs<L>(lg, K, LMAX);
     };
     for (int r = 0; r < rg.n; ++r)
-      pack_layout<T>(A.q, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain, 0, kc.scratch);
+      pack_layout<T>(A.q, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain, kc.scratch);
     row_pass<T, LMAX, KT, PAIRS>(g, A.lg, b, rg, kc, vc, rb, softmax);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
-        store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.out, b, rg.x[r], g.H, A.lg.blocks + 4 * i, D, T(1));
+        store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.out, b, rg.x[r], g.H, A.lg.blocks + kBlockInts * i, D, T(1), g.y_of_pos);
   }
 }
 
@@ -760,7 +772,7 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
   const int64_t H = g.H, YH = g.Y * g.H, D = g.D;
   RowBuffers<T> rb(A.lg.n_blocks, KK, D, LMAX, A.lg.yp);
   // dP = dO.v reduces over channels, dQ = dS.k over window columns (see forward_rows)
-  RowCache<T> kc(A.k, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain, g.dil * g.H),
+  RowCache<T> kc(A.k, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain),
       vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::channel_pairs : RowLayout::plain);
   const int64_t lane_table = H * K2 * K2 * kBiasLanes;
   T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every task
@@ -803,12 +815,13 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
       if constexpr (PAIRS) to_column_pairs<L>(dl, K, LMAX);
     };
     for (int r = 0; r < rg.n; ++r)
-      pack_layout<T>(A.grad_out, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain, 0,
+      pack_layout<T>(A.grad_out, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain,
                      vc.scratch);
     row_pass<T, LMAX, KT, PAIRS>(g, A.lg, b, rg, vc, kc, rb, dsoft);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
-        store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.grad_q, b, rg.x[r], H, A.lg.blocks + 4 * i, D, (T)A.scale);
+        store_block<T>(rb.o(r) + i * D * LMAX, LMAX, A.grad_q, b, rg.x[r], H, A.lg.blocks + kBlockInts * i, D, (T)A.scale,
+                       g.y_of_pos);
     for (int64_t p = 0; p < H; ++p)
       for (int64_t i = 0; i < K2 * K2; ++i) {
         T* src = lanes_acc + (p * K2 * K2 + i) * kBiasLanes;
@@ -840,16 +853,16 @@ NA_INLINE typename VecT<float, L>::type round_to_pairs(typename VecT<float, L>::
 }
 
 // The P and dS operands of one key block for backward_key_rows with bfloat16 products: for query
-// row i (of i_lo..i_hi) and pattern entries e, e+1 (queries s and s+1, whose lanes are dH apart),
+// row i (of i_lo..i_hi) and pattern entries e, e+1 (queries s and s+1, whose lanes are step apart),
 // the pairs (P[e], P[e+1]) and (dS[e], dS[e+1]) over the block's lanes, so that with q and dO rows
-// in shifted pairs (word at lane j = (row[j], row[j + dH])) one vdpbf16ps sums both entries. A
+// in shifted pairs (word at lane j = (row[j], row[j + step])) one vdpbf16ps sums both entries. A
 // last odd entry is paired with 0. Built once per block, read by every channel chunk.
 template <int L, typename WS>
 NA_INLINE void key_block_pairs(const BackwardKeyArgs& A, int64_t b, int64_t rx, int64_t kp, int64_t i_lo, int64_t i_hi,
                                const int32_t* block, float* pairs) {
   typedef typename VecT<float, L>::type V;
   const Geometry& g = A.g;
-  const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H;
+  const int64_t K = g.K, KK = K * K, d = g.dil, step = block[4], YH = g.Y * g.H;
   const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
   const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
   const int n_pairs = (n_st + 1) / 2;
@@ -860,10 +873,10 @@ NA_INLINE void key_block_pairs(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
     const WS* srow = static_cast<const WS*>(A.grad_logits) + (row * KK + a * K) * YH + block[0];
     float* out = pairs + (i - i_lo) * n_pairs * 2 * L;
     for (int e = 0; e < n_st; e += 2) {
-      const int64_t off = st[2 * e] * dH, tt = st[2 * e + 1] * YH;
+      const int64_t off = st[2 * e] * step, tt = st[2 * e + 1] * YH;
       V p_hi = V{}, s_hi = V{};
       if (e + 1 < n_st) {
-        const int64_t off1 = st[2 * e + 2] * dH, tt1 = st[2 * e + 3] * YH;
+        const int64_t off1 = st[2 * e + 2] * step, tt1 = st[2 * e + 3] * YH;
         p_hi = load_as<V>(prow + tt1 + off1);
         s_hi = load_as<V>(srow + tt1 + off1);
       }
@@ -883,7 +896,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
                                T* gv_t, int64_t slot, const T* pairs) {
   typedef typename VecT<T, L>::type V;
   const Geometry& g = A.g;
-  const int64_t K = g.K, KK = K * K, d = g.dil, dH = d * g.H, YH = g.Y * g.H, yp = A.q.yp;
+  const int64_t K = g.K, KK = K * K, d = g.dil, step = block[4], YH = g.Y * g.H, yp = A.q.yp;
   const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
   const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
   V acc_k[CB], acc_v[CB];
@@ -895,7 +908,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
       const T* grow = grows[i - i_lo] + c0 * yp + block[0];
       const T* pr = pairs + (i - i_lo) * n_pairs * 2 * L;
       for (int e = 0; e < n_st; e += 2) {
-        const int64_t off = st[2 * e] * dH;
+        const int64_t off = st[2 * e] * step;
         const V wp = vload<V>(pr + e * L), ws = vload<V>(pr + (e + 1) * L);
         for (int j = 0; j < CB; ++j) {
           acc_v[j] = madd<true>(acc_v[j], wp, vload<V>(grow + j * yp + off));
@@ -912,7 +925,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
     const T* qrow = qrows[i - i_lo] + c0 * yp + block[0];
     const T* grow = grows[i - i_lo] + c0 * yp + block[0];
     for (int e = 0; e < n_st; ++e) {
-      const int64_t off = st[2 * e] * dH, tt = st[2 * e + 1] * YH;
+      const int64_t off = st[2 * e] * step, tt = st[2 * e + 1] * YH;
       const V wp = load_as<V>(prow + tt + off), ws = load_as<V>(srow + tt + off);
       for (int j = 0; j < CB; ++j) {
         acc_v[j] += wp * vload<V>(grow + j * yp + off);
@@ -944,12 +957,12 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
       if (n > max_rows) max_rows = n;
     }
   const RowLayout layout = PAIRS ? RowLayout::shifted_pairs : RowLayout::plain;
-  RowCache<T> qc(A.q, max_rows + 1, d, layout, d * g.H), gc(A.grad_out, max_rows + 1, d, layout, d * g.H);
+  RowCache<T> qc(A.q, max_rows + 1, d, layout), gc(A.grad_out, max_rows + 1, d, layout);
   // PAIRS: the P / dS pairs of one block (key_block_pairs), n_st + 1 vectors per query row at most;
   // a pattern has up to K entries on long rows but up to the whole row on rows shorter than 2K
   int max_st = 0;
   for (int64_t n = 0; n < A.n_key_blocks; ++n) {
-    const int32_t pat = A.key_blocks[4 * n + 2];
+    const int32_t pat = A.key_blocks[kBlockInts * n + 2];
     const int n_st = A.pattern_begin[pat + 1] - A.pattern_begin[pat];
     if (n_st > max_st) max_st = n_st;
   }
@@ -957,26 +970,29 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   const T** qrows = new const T*[max_rows];
   const T** grows = new const T*[max_rows];
   for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t kx = task % g.X, b = task / g.X;
-    const int64_t rx = kx % d, kp = kx / d;
+    // key rows residue class by class (task = (b * d + rx) * Xs + kp): consecutive tasks share most
+    // of their query rows, which the row caches (slots by sub-grid index) then transpose once
+    const int64_t kp = task % g.Xs, rx = (task / g.Xs) % d, b = task / (g.Xs * d);
+    if (kp >= class_len(g.X, rx, d)) continue;
+    const int64_t kx = kp * d + rx;
     const int64_t i_lo = g.x_inv_lo[rx * g.Xs + kp], i_hi = g.x_inv_hi[rx * g.Xs + kp];
     for (int64_t i = i_lo; i <= i_hi; ++i) {
       qrows[i - i_lo] = qc.row(b, i * d + rx);
       grows[i - i_lo] = gc.row(b, i * d + rx);
     }
     for (int64_t n = 0; n < A.n_key_blocks; ++n) {
-      const int32_t* block = A.key_blocks + 4 * n;
+      const int32_t* block = A.key_blocks + kBlockInts * n;
       {
         // P and dS lines of the next block (whose lanes follow this block's): one stream per
         // query row and window column, fetched while this block is summed
         const int32_t* st = A.pattern_st + 2 * A.pattern_begin[block[2]];
         const int n_st = A.pattern_begin[block[2] + 1] - A.pattern_begin[block[2]];
-        const int64_t KK = g.K * g.K, YH = g.Y * g.H, dH = d * g.H;
+        const int64_t KK = g.K * g.K, YH = g.Y * g.H, step = block[4];
         for (int64_t i = i_lo; i <= i_hi; ++i) {
           const int64_t row = b * g.X + i * d + rx, a = kp - g.x_start[rx * g.Xs + i];
           const int64_t base = (row * KK + a * g.K) * YH + block[0] + LMAX;
           for (int e = 0; e < n_st; ++e) {
-            const int64_t off = base + st[2 * e + 1] * YH + st[2 * e] * dH;
+            const int64_t off = base + st[2 * e + 1] * YH + st[2 * e] * step;
             __builtin_prefetch(static_cast<const WS*>(A.weights) + off);
             __builtin_prefetch(static_cast<const WS*>(A.grad_logits) + off);
           }
@@ -991,8 +1007,8 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
         for (; c0 < D; ++c0)
           key_block_chunk<T, L, 1, PAIRS, WS>(A, b, rx, kp, i_lo, i_hi, qrows, grows, block, c0, gk_t, gv_t, LMAX, pairs);
       });
-      store_block<T>(gk_t, LMAX, A.grad_k, b, kx, g.H, block, D, (T)A.scale);
-      store_block<T>(gv_t, LMAX, A.grad_v, b, kx, g.H, block, D, T(1));
+      store_block<T>(gk_t, LMAX, A.grad_k, b, kx, g.H, block, D, (T)A.scale, g.y_of_pos);
+      store_block<T>(gv_t, LMAX, A.grad_v, b, kx, g.H, block, D, T(1), g.y_of_pos);
     }
   }
   delete[] gk_t;
@@ -1002,12 +1018,13 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   delete[] grows;
 }
 
-// Backward pass 2 for dilation > 1 (see backward_key_rows for dilation 1): per key, summing over its
-// inverse neighbourhood on its residue-class sub-grid, vectorised over head_dim, reading q and
-// grad_out in place. Tasks are key rows, residue class by class (consecutive tasks share most of
-// their query rows): task = (b * d + rx) * Xs + p for key row p * d + rx, every key and head of it.
-// With dilation the key-block loads of backward_key_rows spread over d*H lanes per window column
-// and miss L1; this path was measured faster there.
+// Backward pass 2 per key (see backward_key_rows for the row path), for dilated maps whose chunks
+// are narrower than a vector (see Geometry; na2d.cpp picks): summing over the key's inverse
+// neighbourhood on its residue-class sub-grid, vectorised over head_dim, reading q and grad_out in
+// place. Tasks are key rows, residue class by class (consecutive tasks share most of their query
+// rows): task = (b * d + rx) * Xs + p for key row p * d + rx, every key and head of it. With few
+// heads and a step below one vector, the rows of backward_key_rows run mostly half-empty vectors;
+// this path was measured faster there.
 // dK, dV for NV*WD channels starting at c0 of one key, summed over the queries whose window holds it
 template <typename T, typename S, int WD, int NV>
 NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t kp, int64_t ks, int64_t i_lo,
@@ -1027,7 +1044,7 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
     for (int64_t j = j_lo; j <= j_hi; ++j) {
       const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
       const int64_t y = j * d + ti.ry;
-      const int64_t widx = ((row_idx + a * K + t) * g.Y + y) * g.H + ti.h;
+      const int64_t widx = ((row_idx + a * K + t) * g.Y + g.pos_of_y[y]) * g.H + ti.h;
       const T ws = to_compute(grad_logits[widx]), wp = to_compute(weights[widx]);
       const S* qp = at<S>(A.q.src, ti.b, x, y, ti.h) + c0;
       const S* gp = at<S>(A.grad_out.src, ti.b, x, y, ti.h) + c0;
@@ -1092,7 +1109,7 @@ void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_
           for (int64_t j = j_lo; j <= j_hi; ++j) {
             const int64_t t = ks - g.y_start[ti.ry * g.Ys + j];
             const int64_t y = j * d + ti.ry;
-            const int64_t widx = ((((ti.b * g.X + x) * KK) + a * K + t) * g.Y + y) * g.H + ti.h;
+            const int64_t widx = ((((ti.b * g.X + x) * KK) + a * K + t) * g.Y + g.pos_of_y[y]) * g.H + ti.h;
             const S* qp = at<S>(A.q.src, ti.b, x, y, ti.h);
             const S* gp = at<S>(A.grad_out.src, ti.b, x, y, ti.h);
             for (int64_t c = c0; c < D; ++c) {
@@ -1136,21 +1153,23 @@ void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t t
 // the entry points declared by DINAT_DECLARE_ISA in na2d_kernel.h
 static constexpr int kLanes = NA_VEC_BYTES / 4;  // widest query block (float lanes of one vector)
 
-// float32 and, through conversions on load and store, bfloat16 tensors (whose saved weights and dS
-// are bfloat16 too, see na2d_kernel.h)
+// the storage type of the saved weights and dS for tensors stored as elem (every tensor of one call
+// has the same storage type): bfloat16 for bfloat16 tensors, else float (see na2d_kernel.h);
+// calls f(WS{})
+template <class F>
+NA_INLINE void with_weights_storage(int32_t elem, F&& f) {
+  if (elem == kElemBF16) f(Bf16{});
+  else f(float{});
+}
+
+// float32 and, through conversions on load and store, bfloat16 tensors
 void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
-  if (a.q.src.elem == kElemBF16) {
-    NA_DISPATCH_K(forward_rows, float, kLanes, false, Bf16, a, begin, end)
-  } else {
-    NA_DISPATCH_K(forward_rows, float, kLanes, false, float, a, begin, end)
-  }
+  with_weights_storage(a.q.src.elem, [&](auto ws) { NA_DISPATCH_K(forward_rows, float, kLanes, false, decltype(ws), a, begin, end) });
 }
 void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  if (a.k.src.elem == kElemBF16) {
-    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, Bf16, a, begin, end, drpb)
-  } else {
-    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, float, a, begin, end, drpb)
-  }
+  with_weights_storage(a.k.src.elem, [&](auto ws) {
+    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, decltype(ws), a, begin, end, drpb)
+  });
 }
 #if NA_BF16_ENTRY
 // bfloat16 tensors with bfloat16 products (vdpbf16ps) for both attention products (conversions
@@ -1166,8 +1185,7 @@ void backward_key_bf16(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
 }
 #endif
 void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
-  if (a.q.src.elem == kElemBF16) backward_key_rows<float, kLanes, false, Bf16>(a, begin, end);
-  else backward_key_rows<float, kLanes, false, float>(a, begin, end);
+  with_weights_storage(a.q.src.elem, [&](auto ws) { backward_key_rows<float, kLanes, false, decltype(ws)>(a, begin, end); });
 }
 void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
 
