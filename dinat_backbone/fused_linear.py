@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["set_fused_linear", "fused_linear_enabled", "linear", "linear_gelu", "linear_weights"]
+__all__ = ["set_fused_linear", "fused_linear_enabled", "linear", "linear_gelu", "linear_weights", "hook_free"]
 
 _ENABLED = True
 #: this torch build has the primitive (CPU wheels do; read once, not in the traced code)
@@ -92,7 +92,7 @@ def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return F.gelu(out) if gelu else out
 
 
-def _plain(*modules: nn.Module) -> bool:
+def hook_free(*modules: nn.Module) -> bool:
     """No forward hooks anywhere that could see these modules' calls."""
     from torch.nn.modules import module as module_mod
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
@@ -102,7 +102,7 @@ def _plain(*modules: nn.Module) -> bool:
 
 def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """``layer(x)``; for a hook-free ``nn.Linear``, through :func:`linear_weights`."""
-    if not torch.compiler.is_compiling() and type(layer) is nn.Linear and _plain(layer):
+    if not torch.compiler.is_compiling() and type(layer) is nn.Linear and hook_free(layer):
         return linear_weights(x, layer.weight, layer.bias)
     return layer(x)
 
@@ -110,6 +110,6 @@ def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 def linear_gelu(x: torch.Tensor, layer: nn.Module, act: nn.Module) -> torch.Tensor:
     """``act(layer(x))``; for a hook-free ``nn.Linear`` and exact ``nn.GELU()``, fused."""
     if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and type(act) is nn.GELU
-            and act.approximate == "none" and _plain(layer, act)):
+            and act.approximate == "none" and hook_free(layer, act)):
         return linear_weights(x, layer.weight, layer.bias, gelu=True)
     return act(layer(x))

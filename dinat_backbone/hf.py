@@ -14,7 +14,11 @@ fused :func:`dinat_backbone.ops.na2d` (compiled CPU kernel, Triton on CUDA), and
 :func:`~dinat_backbone.ops.natten2dqkrpb` / :func:`~dinat_backbone.ops.natten2dav` only when the
 attention weights are requested (``output_attentions=True``); the module's ``natten2dqkrpb`` /
 ``natten2dav`` names become the split ops, and its ``requires_backends`` stops asking for natten
-(every other backend is still checked). Everything else is transformers' own code, including
+(every other backend is still checked). On CPU inference the query / key / value projections (one
+GEMM), ``DinatIntermediate`` (dense + exact GELU) and ``DinatOutput``'s dense run on oneDNN's fused
+Linear like the native model's (:mod:`dinat_backbone.fused_linear`; same values, and the modules
+themselves wherever hooks, wrappers, autograd or tracing are involved). Everything else is
+transformers' own code, including
 ``DinatLayer.maybe_pad`` (maps smaller than ``kernel_size * dilation`` are zero-padded after the
 layer norm and cropped back), so the outputs are those transformers computed on NATTEN <= 0.17.4.
 
@@ -38,6 +42,7 @@ from typing import Optional
 
 import torch
 
+from .fused_linear import hook_free, linear, linear_weights
 from .ops import na2d, natten2dav, natten2dqkrpb
 
 __all__ = ["enable", "disable", "status", "BridgeStatus", "TESTED_TRANSFORMERS"]
@@ -118,8 +123,8 @@ def _check_layout(md):
     """RuntimeError naming what is missing when modeling_dinat is not the layout this bridge knows."""
     import transformers
 
-    problems = [f"no {name}" for name in ("NeighborhoodAttention", "DinatLayer", "natten2dqkrpb", "natten2dav",
-                                          "requires_backends") if not hasattr(md, name)]
+    problems = [f"no {name}" for name in ("NeighborhoodAttention", "DinatLayer", "DinatIntermediate", "DinatOutput",
+                                          "natten2dqkrpb", "natten2dav", "requires_backends") if not hasattr(md, name)]
     if not problems:
         forward = _original(md, "forward")
         if list(inspect.signature(forward).parameters) != ["self", "hidden_states", "output_attentions"]:
@@ -169,7 +174,8 @@ def _project_qkv(attention, hidden_states):
         return tuple(m(hidden_states) for m in projections)
     weight = torch.cat([m.weight for m in projections])
     bias = None if attention.query.bias is None else torch.cat([m.bias for m in projections])
-    return torch.nn.functional.linear(hidden_states, weight, bias).chunk(3, dim=-1)
+    # oneDNN's fused primitive on CPU inference, as the native model's qkv (dinat_backbone.fused_linear)
+    return linear_weights(hidden_states, weight, bias).chunk(3, dim=-1)
 
 
 def _make_forward(qk_rpb, av, fused: bool):
@@ -197,10 +203,35 @@ def _make_forward(qk_rpb, av, fused: bool):
     return forward
 
 
+def _exact_gelu(act) -> bool:
+    """transformers' ACT2FN['gelu'] (GELUActivation on torch's exact GELU), nn.GELU() or F.gelu itself."""
+    if act is torch.nn.functional.gelu:
+        return True
+    if type(act) is torch.nn.GELU:
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu
+
+
+def _intermediate_forward(self, hidden_states):
+    """``DinatIntermediate.forward`` (dense, then the activation) with dense + exact GELU on oneDNN's
+    fused primitive where :mod:`dinat_backbone.fused_linear` applies, as the native model's fc1."""
+    act = self.intermediate_act_fn
+    acts = [act] if isinstance(act, torch.nn.Module) else []
+    if _plain_linear(self.dense) and _exact_gelu(act) and hook_free(self.dense, *acts):
+        return linear_weights(hidden_states, self.dense.weight, self.dense.bias, gelu=True)
+    return act(self.dense(hidden_states))
+
+
+def _output_forward(self, hidden_states):
+    """``DinatOutput.forward`` (dense, dropout) with the bias fused, as the native model's fc2."""
+    return self.dropout(linear(hidden_states, self.dense))
+
+
 def _save_originals(md):
     if not _ORIGINALS:
         _ORIGINALS.update(natten2dqkrpb=md.natten2dqkrpb, natten2dav=md.natten2dav,
-                          requires_backends=md.requires_backends, forward=md.NeighborhoodAttention.forward)
+                          requires_backends=md.requires_backends, forward=md.NeighborhoodAttention.forward,
+                          intermediate_forward=md.DinatIntermediate.forward, output_forward=md.DinatOutput.forward)
 
 
 def enable(replace: bool = False) -> BridgeStatus:
@@ -240,6 +271,7 @@ def enable(replace: bool = False) -> BridgeStatus:
         md.natten2dqkrpb, md.natten2dav = natten2dqkrpb, natten2dav
         md.requires_backends = _requires_backends_without_natten(_ORIGINALS["requires_backends"])
         md.NeighborhoodAttention.forward = _make_forward(natten2dqkrpb, natten2dav, fused=True)
+        md.DinatIntermediate.forward, md.DinatOutput.forward = _intermediate_forward, _output_forward
         replaced = f" (replacing natten {natten_version})" if natten_ops else ""
         description = (f"dinat_backbone runs transformers {version}'s DiNAT{replaced}: fused na2d, and "
                        "natten2dqkrpb / natten2dav when attention weights are requested")
@@ -257,6 +289,8 @@ def disable() -> None:
         md.natten2dav = _ORIGINALS["natten2dav"]
         md.requires_backends = _ORIGINALS["requires_backends"]
         md.NeighborhoodAttention.forward = _ORIGINALS["forward"]
+        md.DinatIntermediate.forward = _ORIGINALS["intermediate_forward"]
+        md.DinatOutput.forward = _ORIGINALS["output_forward"]
         _ORIGINALS.clear()
     _STATUS = None
 

@@ -83,9 +83,11 @@ def test_enable_is_idempotent_and_says_what_runs(md, caplog):
 
 def test_disable_restores_transformers_module(md):
     forward = md.NeighborhoodAttention.forward
+    mlp_forwards = (md.DinatIntermediate.forward, md.DinatOutput.forward)
     hf.disable()
     try:
         assert md.NeighborhoodAttention.forward is not forward and hf.status() is None
+        assert md.DinatIntermediate.forward is not mlp_forwards[0] and md.DinatOutput.forward is not mlp_forwards[1]
         with pytest.raises(ImportError, match="natten"):  # transformers' own refusal without natten
             md.DinatModel(hf_config(md))
     finally:
@@ -337,6 +339,41 @@ def test_wrapped_or_hooked_projections_run_as_modules(md):
             assert not torch.allclose(hooked, plain)
         handle.remove()
         torch.testing.assert_close(model(x).feature_maps[0], plain, rtol=0, atol=0)
+
+
+def test_inference_linears_run_fused_like_the_native_model(md):
+    """CPU inference: the qkv GEMM, DinatIntermediate's dense + GELU and DinatOutput's dense on
+    oneDNN's fused Linear (three calls per layer, as the native block's qkv / fc1 / fc2), the same
+    feature maps as with the switch off; a hook on the intermediate's activation gets the modules."""
+    from torch.profiler import profile
+
+    from dinat_backbone import fused_linear
+
+    model = perturb_(md.DinatBackbone(hf_config(md)), seed=11).eval()
+    x = torch.randn(1, 3, 64, 64)
+
+    def onednn_calls():
+        with profile() as prof:
+            out = model(x).feature_maps
+        return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise"), out
+
+    with torch.no_grad():
+        calls, fused = onednn_calls()
+        assert calls == 3 * sum(DEPTHS)
+        fused_linear.set_fused_linear(False)
+        try:
+            plain = model(x).feature_maps
+        finally:
+            fused_linear.set_fused_linear(True)
+        for a, b in zip(fused, plain):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        intermediate = model.encoder.levels[0].layers[0].intermediate
+        seen = []
+        handle = intermediate.intermediate_act_fn.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            assert onednn_calls()[0] == 3 * sum(DEPTHS) - 1 and len(seen) == 1
+        finally:
+            handle.remove()
 
 
 @pytest.mark.cuda
