@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["set_fused_linear", "fused_linear_enabled", "linear", "linear_gelu", "linear_weights", "hook_free"]
+__all__ = ["set_fused_linear", "fused_linear_enabled", "linear", "linear_gelu", "linear_weights", "hook_free",
+           "exact_gelu"]
 
 _ENABLED = True
 #: this torch build has the primitive (CPU wheels do; read once, not in the traced code)
@@ -107,9 +108,21 @@ def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     return layer(x)
 
 
-def linear_gelu(x: torch.Tensor, layer: nn.Module, act: nn.Module) -> torch.Tensor:
-    """``act(layer(x))``; for a hook-free ``nn.Linear`` and exact ``nn.GELU()``, fused."""
-    if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and type(act) is nn.GELU
-            and act.approximate == "none" and hook_free(layer, act)):
+def exact_gelu(act) -> bool:
+    """Whether ``act`` is the exact (erf) GELU: ``nn.GELU()``, ``F.gelu`` itself, or transformers'
+    ``ACT2FN['gelu']`` (a ``GELUActivation`` module calling ``F.gelu``)."""
+    if act is F.gelu:
+        return True
+    if type(act) is nn.GELU:
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is F.gelu
+
+
+def linear_gelu(x: torch.Tensor, layer: nn.Module, act) -> torch.Tensor:
+    """``act(layer(x))``; for a hook-free ``nn.Linear`` and an exact GELU (:func:`exact_gelu`; a
+    module without hooks), fused."""
+    acts = [act] if isinstance(act, nn.Module) else []
+    if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and exact_gelu(act)
+            and hook_free(layer, *acts)):
         return linear_weights(x, layer.weight, layer.bias, gelu=True)
     return act(layer(x))

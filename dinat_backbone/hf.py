@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from .fused_linear import hook_free, linear, linear_weights
+from .fused_linear import linear, linear_gelu, linear_weights
 from .ops import na2d, natten2dav, natten2dqkrpb
 
 __all__ = ["enable", "disable", "status", "BridgeStatus", "TESTED_TRANSFORMERS"]
@@ -203,23 +203,10 @@ def _make_forward(qk_rpb, av, fused: bool):
     return forward
 
 
-def _exact_gelu(act) -> bool:
-    """transformers' ACT2FN['gelu'] (GELUActivation on torch's exact GELU), nn.GELU() or F.gelu itself."""
-    if act is torch.nn.functional.gelu:
-        return True
-    if type(act) is torch.nn.GELU:
-        return act.approximate == "none"
-    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu
-
-
 def _intermediate_forward(self, hidden_states):
     """``DinatIntermediate.forward`` (dense, then the activation) with dense + exact GELU on oneDNN's
     fused primitive where :mod:`dinat_backbone.fused_linear` applies, as the native model's fc1."""
-    act = self.intermediate_act_fn
-    acts = [act] if isinstance(act, torch.nn.Module) else []
-    if _plain_linear(self.dense) and _exact_gelu(act) and hook_free(self.dense, *acts):
-        return linear_weights(hidden_states, self.dense.weight, self.dense.bias, gelu=True)
-    return act(self.dense(hidden_states))
+    return linear_gelu(hidden_states, self.dense, self.intermediate_act_fn)
 
 
 def _output_forward(self, hidden_states):

@@ -493,10 +493,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
                         P.pattern_begin.data(),
                         P.pattern_st.data(),
                         scale};
-  at::parallel_for(0, P.class_row_tasks(), 1, [&](int64_t begin, int64_t end) {
-    if (key_rows) kern.backward_key(kargs, begin, end);
-    else kern.backward_key_gather(kargs, begin, end);
-  });
+  const auto backward_key = key_rows ? kern.backward_key : kern.backward_key_gather;
+  at::parallel_for(0, P.class_row_tasks(), 1, [&](int64_t begin, int64_t end) { backward_key(kargs, begin, end); });
 
   const bool has_rpb = rpb.has_value() && rpb->defined();
   Tensor drpb;

@@ -11,7 +11,7 @@
 // Deliberately includes no library header with inline functions (see na2d_kernel.h).
 //
 // Forward and backward pass 1 (see na2d_kernel.h): one task is a pair of query rows (all heads);
-// a row's lanes j = pos * H + h (columns in class order, see Geometry) are cut into vectors of L
+// a row's lanes j = pos * H + h (columns in chunk order, see Geometry) are cut into vectors of L
 // lanes whose queries have windows at the same relative offsets, and every quantity is a vector
 // over the L lanes (all useful, no horizontal sums), on rows transposed to [D][yp] in a per-thread
 // row cache:
@@ -19,7 +19,8 @@
 //   softmax elementwise across the K*K logit vectors, with a branch-free polynomial exp
 //   AV   out_t[c] += P[a][t] * vt[row a][c][...], 8 channels in registers, then transposed out.
 // Backward pass 2 (dK, dV) gathers over each key's inverse neighbourhood (no scatter, no races, no
-// atomics), vectorised across keys and heads the same way (backward_key_rows).
+// atomics), vectorised across keys and heads the same way (backward_key_rows), or per key,
+// vectorised over head_dim, where na2d.cpp picks the gather (backward_key_gather).
 #include "na2d_kernel.h"
 
 #ifndef NA_BF16_DOT
@@ -256,7 +257,7 @@ NA_INLINE void transpose_tile(typename VecT<float, W>::type* r) {
   if constexpr (W >= 2) transpose_stage<W, 1>(r);
 }
 
-// one row (task = b * X + x) of a tensor stored as S into row[D][yp] of T, lanes in column order
+// one row (task = b * X + x) of a tensor stored as S into row[D][yp] of T, lanes in chunk order
 // (lane j = pos * H + h holds column y_of_pos[pos], see Geometry); W = 1: scalar copies (double)
 template <typename T, int W, typename S>
 NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
@@ -1018,8 +1019,9 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   delete[] grows;
 }
 
-// Backward pass 2 per key (see backward_key_rows for the row path), for dilated maps whose chunks
-// are narrower than a vector (see Geometry; na2d.cpp picks): summing over the key's inverse
+// Backward pass 2 per key (see backward_key_rows for the row path), for dilated float32 maps and
+// dilated bfloat16 maps whose chunks are narrower than a vector (Problem::key_rows in na2d.cpp
+// picks): summing over the key's inverse
 // neighbourhood on its residue-class sub-grid, vectorised over head_dim, reading q and grad_out in
 // place. Tasks are key rows, residue class by class (consecutive tasks share most of their query
 // rows): task = (b * d + rx) * Xs + p for key row p * d + rx, every key and head of it. With few
