@@ -56,7 +56,7 @@ def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[t
     return t if t is None or dtype is None else t.to(dtype)
 
 
-def _linear_grads(grad_out, inputs, weight, has_bias):
+def _linear_grads(grad_out, inputs, has_bias):
     """Weight and bias gradients of ``linear(inputs, weight, bias)``, in the dtype of ``grad_out``."""
     grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
     grad_weight = grad_2d.t() @ inputs.reshape(-1, inputs.shape[-1])
@@ -74,8 +74,12 @@ class _LayerNormLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             norm_in = x.float() if norm_in_float32 else x
             normed, mean, rstd = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, eps)
-            out = linear_weights(_cast(normed, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
-        ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, weight)
+            linear_weight = _cast(weight, linear_dtype)
+            out = linear_weights(_cast(normed, linear_dtype), linear_weight, _cast(bias, linear_dtype))
+        # the weight as the GEMM used it (autocast's cast kept, not redone in backward: a weight-sized
+        # bfloat16 copy per layer until backward)
+        ctx.save_for_backward(x, mean, rstd, ln_weight, ln_bias, linear_weight)
+        ctx.weight_dtype = weight.dtype
         ctx.has_bias = bias is not None
         ctx.eps = eps
         ctx.linear_dtype = linear_dtype
@@ -85,7 +89,7 @@ class _LayerNormLinear(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, mean, rstd, ln_weight, ln_bias, weight = ctx.saved_tensors
+        x, mean, rstd, ln_weight, ln_bias, linear_weight = ctx.saved_tensors
         dt = ctx.linear_dtype
         channels = x.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
@@ -93,14 +97,14 @@ class _LayerNormLinear(torch.autograd.Function):
             # the forward's kernel again: the forward's normalised map bit for bit, in one pass over x
             # in its own dtype (not x - mean, * rstd, addcmul in the statistics' float32 and a cast)
             normed = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, ctx.eps)[0]
-            grad_weight, grad_bias = _linear_grads(grad_out, _cast(normed, dt), weight, ctx.has_bias)
-            grad_normed = (grad_out @ _cast(weight, dt)).to(normed.dtype)
+            grad_weight, grad_bias = _linear_grads(grad_out, _cast(normed, dt), ctx.has_bias)
+            grad_normed = (grad_out @ linear_weight).to(normed.dtype)
             grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
                 grad_normed, norm_in, (channels,), mean, rstd, ln_weight, ln_bias, list(ctx.needs_input_grad[:3]))
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
-        grad_weight = grad_weight.to(weight.dtype)
-        grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
+        grad_weight = grad_weight.to(ctx.weight_dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(ctx.weight_dtype)
         return grad_x, grad_ln_weight, grad_ln_bias, grad_weight, grad_bias, None, None, None
 
 
@@ -111,22 +115,24 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, linear_dtype):
         with torch.autocast(hidden.device.type, enabled=False):
             act = F.gelu(hidden)
-            out = linear_weights(_cast(act, linear_dtype), _cast(weight, linear_dtype), _cast(bias, linear_dtype))
-        ctx.save_for_backward(hidden, weight)
+            linear_weight = _cast(weight, linear_dtype)
+            out = linear_weights(_cast(act, linear_dtype), linear_weight, _cast(bias, linear_dtype))
+        ctx.save_for_backward(hidden, linear_weight)  # as in _LayerNormLinear
+        ctx.weight_dtype = weight.dtype
         ctx.linear_dtype = linear_dtype
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        hidden, weight = ctx.saved_tensors
+        hidden, linear_weight = ctx.saved_tensors
         dt = ctx.linear_dtype
         with torch.autocast(hidden.device.type, enabled=False):
             act = F.gelu(hidden)
-            grad_weight, grad_bias = _linear_grads(grad_out, _cast(act, dt), weight, True)
-            grad_act = (grad_out @ _cast(weight, dt)).to(hidden.dtype)
+            grad_weight, grad_bias = _linear_grads(grad_out, _cast(act, dt), True)
+            grad_act = (grad_out @ linear_weight).to(hidden.dtype)
             grad_hidden = torch.ops.aten.gelu_backward(grad_act, hidden)
-        return grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
+        return grad_hidden, grad_weight.to(ctx.weight_dtype), grad_bias.to(ctx.weight_dtype), None
 
 
 def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:

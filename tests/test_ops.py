@@ -523,3 +523,48 @@ def test_window_rule_is_the_geometry(backend, K, d, X, Y):
     out = na2d(q, q, v, K, d, backend=backend)[0, :, :, 0]
     torch.testing.assert_close(out[..., 0], keys_x.double().mean(1)[:, None].expand(X, Y))
     torch.testing.assert_close(out[..., 1], keys_y.double().mean(1)[None, :].expand(X, Y))
+
+
+# ----------------------------------------------------------------------------------------------
+# The qkv projection's gradient: the kernel's packed dq / dk / dv handed on without a stack
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qkv_gradient_is_the_kernels_packed_buffer(dtype):
+    """The compiled kernel's backward writes dq, dk, dv into one [B, X, Y, 3, heads, head_dim]
+    buffer; split_qkv hands it on as the qkv projection's gradient (no stack: the profiler sees no
+    aten::stack / cat in backward), with the values of the plain unbind path."""
+    from dinat_backbone.ops.modules import split_qkv
+
+    torch.manual_seed(0)
+    B, X, Y, H, D = 2, 9, 11, 2, 8
+    qkv = torch.randn(B, X, Y, 3 * H * D).to(dtype).requires_grad_()
+    rpb = torch.randn(H, 13, 13, requires_grad=True)
+    grad_out = torch.randn(B, X, Y, H, D).to(dtype)
+
+    def run(split):
+        qkv.grad = None
+        q, k, v = split(qkv)
+        out = na2d(q, k, v, 7, 1, rpb, backend="cpu")
+        with torch.profiler.profile() as prof:
+            out.backward(grad_out)
+        return qkv.grad, {e.key for e in prof.key_averages()}
+
+    packed, ops_seen = run(lambda t: split_qkv(t, H, D))
+    assert not ops_seen & {"aten::stack", "aten::cat"}, ops_seen
+    stacked, ops_seen = run(lambda t: t.reshape(B, X, Y, 3, H, D).unbind(3))
+    assert ops_seen & {"aten::stack", "aten::cat"}
+    assert packed.shape == qkv.shape and packed.dtype == dtype
+    torch.testing.assert_close(packed, stacked, rtol=0, atol=0)
+
+
+def test_split_qkv_backward_with_unused_parts_and_foreign_gradients():
+    """Gradients that are not the kernel's buffer (another backend's, or None for an unused part)
+    are stacked: the same values as unbind's own backward."""
+    from dinat_backbone.ops.modules import split_qkv
+
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 5, 6, 3 * 2 * 4, dtype=torch.float64, requires_grad=True)
+    q, k, v = split_qkv(qkv, 2, 4)
+    (q * 2 + k.square()).sum().backward()
+    expected = torch.stack([torch.full_like(q, 2.0), 2 * k.detach(), torch.zeros_like(v)], dim=3).reshape(qkv.shape)
+    torch.testing.assert_close(qkv.grad, expected, rtol=0, atol=0)

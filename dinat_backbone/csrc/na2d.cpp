@@ -440,7 +440,11 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   return {out.to(query.scalar_type()), weights};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& query, const Tensor& key,
+// Returns (grad_qkv [B, X, Y, 3, heads, head_dim], grad_rpb): dq, dk, dv are written into one buffer, the
+// layout of the qkv projection q, k, v are usually unbound from, so that its gradient needs no stack
+// (ops/modules.py hands the buffer on as the projection's gradient; a stack of three stage-1 maps cost
+// as much as a tenth of the op's backward, most of it first touches of a fresh allocation).
+std::tuple<Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& query, const Tensor& key,
                                                          const Tensor& value, const Tensor& weights,
                                                          const c10::optional<Tensor>& rpb, int64_t kernel_size,
                                                          int64_t dilation, double scale) {
@@ -465,8 +469,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   }
   Tensor grad_logits = scratch(w.numel() + kVectorPad, wdt);
   grad_logits.narrow(0, w.numel(), kVectorPad).zero_();
-  Tensor dq = at::empty({P.B, P.X, P.Y, P.H, P.D}, q.options());
-  Tensor dk = at::empty_like(dq), dv = at::empty_like(dq);
+  Tensor grad_qkv = at::empty({P.B, P.X, P.Y, 3, P.H, P.D}, q.options());
+  Tensor dq = grad_qkv.select(3, 0), dk = grad_qkv.select(3, 1), dv = grad_qkv.select(3, 2);
   const Geometry geo = P.geometry();
 
   const int threads = at::get_num_threads();
@@ -507,8 +511,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> na2d_backward(const Tensor& grad_out,
   } else {
     drpb = at::empty({0}, query.options());
   }
-  const auto in_dtype = query.scalar_type();
-  return {dq.to(in_dtype), dk.to(in_dtype), dv.to(in_dtype), drpb};
+  return {grad_qkv.to(query.scalar_type()), drpb};
 }
 
 std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
@@ -555,7 +558,7 @@ DINAT_TORCH_LIBRARY(DINAT_OPS_NS, m) {
       "bool save_weights) -> (Tensor, Tensor)");
   m.def(
       "na2d_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor weights, Tensor? rpb, "
-      "int kernel_size, int dilation, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
 }
 
 DINAT_TORCH_LIBRARY_IMPL(DINAT_OPS_NS, CPU, m) {

@@ -90,10 +90,10 @@ def _register_python_parts():
 
     @torch.library.register_fake("dinat::na2d_backward")
     def _na2d_backward_fake(grad_out, query, key, value, weights, rpb, kernel_size, dilation, scale):
-        shape = tuple(query.shape)
-        grads = [query.new_empty(shape) for _ in range(3)]
+        B, X, Y, H, D = query.shape
+        grad_qkv = query.new_empty((B, X, Y, 3, H, D))  # dq, dk, dv in one buffer (see _backward)
         drpb = rpb.new_empty(tuple(rpb.shape)) if rpb is not None else query.new_empty((0,))
-        return grads[0], grads[1], grads[2], drpb
+        return grad_qkv, drpb
 
     def _setup_context(ctx, inputs, output):
         query, key, value, rpb, kernel_size, dilation, scale, save_weights = inputs
@@ -115,9 +115,12 @@ def _register_python_parts():
                 "save_weights=False (no input required grad, or grad mode was off); call na2d with "
                 "inputs that require grad"
             )
-        dq, dk, dv, drpb = torch.ops.dinat.na2d_backward(
+        # dq, dk, dv as views of one [B, X, Y, 3, heads, head_dim] buffer: where q, k, v were unbound
+        # from a qkv projection, ops.modules.split_qkv hands the buffer on as its gradient (no stack)
+        grad_qkv, drpb = torch.ops.dinat.na2d_backward(
             grad_out, query, key, value, weights, rpb, kernel_size, dilation, scale
         )
+        dq, dk, dv = grad_qkv.unbind(3)
         return dq, dk, dv, (drpb if rpb is not None else None), None, None, None, None
 
     torch.library.register_autograd("dinat::na2d_forward", _backward, setup_context=_setup_context)

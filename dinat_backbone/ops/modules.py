@@ -12,7 +12,46 @@ from .dispatch import na2d, na2d_padded
 from .inputs import require_int
 from .padding import zero_token_qkv
 
-__all__ = ["NeighborhoodAttention2D"]
+__all__ = ["NeighborhoodAttention2D", "split_qkv"]
+
+
+class _SplitQKV(torch.autograd.Function):
+    """``qkv.reshape(B, X, Y, 3, heads, head_dim).unbind(3)`` whose backward stacks dq, dk, dv only
+    when it must: the compiled kernel's backward writes them into one ``[B, X, Y, 3, heads,
+    head_dim]`` buffer, which already is the gradient of ``qkv`` (unbind's own backward would copy
+    it into a fresh one: a tenth of the op's backward at DiNAT-T's stage-1 map)."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads, head_dim):
+        B, X, Y, C3 = qkv.shape
+        ctx.shape = (B, X, Y, C3)
+        return qkv.view(B, X, Y, 3, heads, head_dim).unbind(3)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dq, dk, dv):
+        grads = (dq, dk, dv)
+        if any(g is None for g in grads):
+            like = next(g for g in grads if g is not None)
+            grads = tuple(torch.zeros_like(like) if g is None else g for g in grads)
+        base = grads[0]._base
+        B, X, Y, heads, head_dim = grads[0].shape
+        if (base is not None and all(g._base is base for g in grads)
+                and tuple(base.shape) == (B, X, Y, 3, heads, head_dim) and base.is_contiguous()
+                and all(g.data_ptr() == base.select(3, i).data_ptr() and g.stride() == base.select(3, i).stride()
+                        for i, g in enumerate(grads))):
+            return base.view(ctx.shape), None, None  # the three slices are all of the buffer, in order
+        return torch.stack(grads, dim=3).view(ctx.shape), None, None
+
+
+def split_qkv(qkv: torch.Tensor, heads: int, head_dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[B, X, Y, 3 * heads * head_dim]`` -> q, k, v, each ``[B, X, Y, heads, head_dim]`` (views).
+    With autograd, in eager mode, through :class:`_SplitQKV` (no copy of a packed gradient)."""
+    B, X, Y, _ = qkv.shape
+    if (qkv.requires_grad and torch.is_grad_enabled() and qkv.is_contiguous()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+        return _SplitQKV.apply(qkv, heads, head_dim)
+    return qkv.reshape(B, X, Y, 3, heads, head_dim).unbind(3)
 
 
 class NeighborhoodAttention2D(nn.Module):
@@ -57,8 +96,7 @@ class NeighborhoodAttention2D(nn.Module):
 
     def split_heads(self, qkv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, X, Y, 3C]`` -> q, k, v, each ``[B, X, Y, heads, head_dim]`` (views)."""
-        B, X, Y, _ = qkv.shape
-        return qkv.reshape(B, X, Y, 3, self.num_heads, self.head_dim).unbind(3)
+        return split_qkv(qkv, self.num_heads, self.head_dim)
 
     def pad_tokens(self, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v of a zero input token, each ``[heads, head_dim]``: what a map zero-padded before
