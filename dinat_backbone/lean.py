@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fused_linear import linear_weights
+from .ops.cpu import gelu_backward as cpu_gelu_backward
 
 __all__ = ["layer_norm_linear", "gelu_linear"]
 
@@ -128,10 +129,15 @@ class _GeluLinear(torch.autograd.Function):
         hidden, linear_weight = ctx.saved_tensors
         dt = ctx.linear_dtype
         with torch.autocast(hidden.device.type, enabled=False):
-            act = F.gelu(hidden)
-            grad_weight, grad_bias = _linear_grads(grad_out, _cast(act, dt), True)
             grad_act = (grad_out @ linear_weight).to(hidden.dtype)
-            grad_hidden = torch.ops.aten.gelu_backward(grad_act, hidden)
+            # bfloat16 on CPU: gelu(hidden) again and the GELU gradient in one pass of the compiled
+            # kernel (one erfc and exp per element, not ATen's gelu then gelu_backward, each with its erf)
+            fused = cpu_gelu_backward(grad_act, hidden)
+            if fused is None:
+                act, grad_hidden = F.gelu(hidden), torch.ops.aten.gelu_backward(grad_act, hidden)
+            else:
+                act, grad_hidden = fused
+            grad_weight, grad_bias = _linear_grads(grad_out, _cast(act, dt), True)
         return grad_hidden, grad_weight.to(ctx.weight_dtype), grad_bias.to(ctx.weight_dtype), None
 
 

@@ -514,6 +514,34 @@ std::tuple<Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& q
   return {grad_qkv.to(query.scalar_type()), drpb};
 }
 
+// The memory-lean MLP's GELU backward (dinat_backbone/lean.py): from the fc1 output h and the
+// gradient of gelu(h), (gelu(h), grad * gelu'(h)) in one pass, one erfc and one exp per element
+// (ATen needs a gelu pass to recompute gelu(h) and a gelu_backward pass, each with its own erf).
+std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input) {
+  TORCH_CHECK(grad.sizes() == input.sizes(), "dinat::gelu_backward: grad has shape ", grad.sizes(),
+              ", input has shape ", input.sizes());
+  TORCH_CHECK(grad.scalar_type() == input.scalar_type() &&
+                  (input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat),
+              "dinat::gelu_backward: grad and input must both be bfloat16 or both float32, got ", grad.scalar_type(),
+              " and ", input.scalar_type());
+  TORCH_CHECK(grad.device().is_cpu() && input.device().is_cpu(), "dinat::gelu_backward: CPU tensors only");
+  const Tensor g = grad.contiguous(), x = input.contiguous();
+  Tensor out = at::empty(x.sizes(), x.options()), grad_input = at::empty(x.sizes(), x.options());
+  using Fn = void (*)(const void*, const void*, void*, void*, int64_t, int64_t);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  Fn fn;
+  switch (static_cast<Isa>(active_isa().load())) {
+    case Isa::avx512bf16: fn = bf16 ? avx512bf16::gelu_backward_bf16 : avx512bf16::gelu_backward_f32; break;
+    case Isa::avx512: fn = bf16 ? avx512::gelu_backward_bf16 : avx512::gelu_backward_f32; break;
+    case Isa::avx2: fn = bf16 ? avx2::gelu_backward_bf16 : avx2::gelu_backward_f32; break;
+    default: fn = bf16 ? generic::gelu_backward_bf16 : generic::gelu_backward_f32; break;
+  }
+  const void *gp = g.data_ptr(), *xp = x.data_ptr();
+  void *op = out.data_ptr(), *gip = grad_input.data_ptr();
+  at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) { fn(gp, xp, op, gip, begin, end); });
+  return {out, grad_input};
+}
+
 std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
 
 // Cap the instruction set ("generic", "avx2", "avx512", "avx512bf16"); returns the one now active, which is
@@ -559,11 +587,13 @@ DINAT_TORCH_LIBRARY(DINAT_OPS_NS, m) {
   m.def(
       "na2d_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor weights, Tensor? rpb, "
       "int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
+  m.def("gelu_backward(Tensor grad, Tensor input) -> (Tensor, Tensor)");
 }
 
 DINAT_TORCH_LIBRARY_IMPL(DINAT_OPS_NS, CPU, m) {
   m.impl("na2d_forward", &dinat::na2d_forward);
   m.impl("na2d_backward", &dinat::na2d_backward);
+  m.impl("gelu_backward", &dinat::gelu_backward);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -150,6 +150,8 @@ struct BackwardKeyArgs {
   void backward_query_f32(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb); \
   void backward_key_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);                 \
   void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);          \
+  void gelu_backward_bf16(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end); \
+  void gelu_backward_f32(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end);  \
   }
 
 DINAT_DECLARE_ISA(avx512bf16)

@@ -19,7 +19,7 @@ from .inputs import compute_dtype
 from .reference import differentiable_grads
 
 NAME = "cpu"
-__all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size"]
+__all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size", "gelu_backward"]
 
 try:  # the extension registers torch.ops.dinat.* on import
     from .. import _C
@@ -125,9 +125,28 @@ def _register_python_parts():
 
     torch.library.register_autograd("dinat::na2d_forward", _backward, setup_context=_setup_context)
 
+    if hasattr(torch.ops.dinat, "gelu_backward"):
+        @torch.library.register_fake("dinat::gelu_backward")
+        def _gelu_backward_fake(grad, input):
+            return (torch.empty_like(input, memory_format=torch.contiguous_format),
+                    torch.empty_like(input, memory_format=torch.contiguous_format))
+
 
 if kernel_available():
     _register_python_parts()
+_HAS_GELU_BACKWARD = kernel_available() and hasattr(torch.ops.dinat, "gelu_backward")
+
+
+def gelu_backward(grad: torch.Tensor, hidden: torch.Tensor):
+    """``(gelu(hidden), grad * gelu'(hidden))`` (exact GELU) in one pass of the compiled kernel, for
+    bfloat16 CPU tensors (the memory-lean MLP's backward under CPU autocast,
+    :mod:`dinat_backbone.lean`); None where it does not apply (other dtypes keep ATen's exact
+    float32 / float64 formulas, and the kernel may be missing). Float32 arithmetic, erfc with
+    relative error < 1.2e-7: within one bfloat16 rounding of ATen's gelu / gelu_backward."""
+    if (_HAS_GELU_BACKWARD and hidden.device.type == "cpu" and hidden.dtype == torch.bfloat16
+            and grad.dtype == torch.bfloat16 and grad.shape == hidden.shape):
+        return torch.ops.dinat.gelu_backward(grad, hidden)
+    return None
 
 
 def run(query, key, value, rpb, scale, call: Call):
