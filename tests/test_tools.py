@@ -472,3 +472,10 @@ def test_show_dir_keeps_the_libraries_layout_and_names(tmp_path, capsys, monkeyp
         assert sorted(os.listdir(folder)) == sorted(f"test_{name}_0.png" for name in sources)
     assert f"[test] painted predictions: {len(sources)} images in " in out, out
     assert os.path.samefile(out.split(f"{len(sources)} images in ")[1].split("\n")[0], folder)
+
+
+def test_benchmark_gelu_quick_times_both_paths(capsys):
+    """tools/benchmark_gelu.py --quick: one row per shape, both timings positive."""
+    rows = load_tool("benchmark_gelu").main(["--quick"])
+    assert len(rows) == 2 and all(a > 0 and b > 0 for _, _, a, b in rows)
+    assert "dinat::gelu_backward" in capsys.readouterr().out
