@@ -1,8 +1,40 @@
-"""Helpers the op test files share (tests/test_ops.py, tests/test_triton.py, tests/test_kernel_sweep.py):
-random inputs, the relative error the tolerances are stated in, and one forward + backward."""
+"""Helpers the op test files share (tests/test_ops.py, tests/test_triton.py, tests/test_kernel_sweep.py,
+tests/test_gelu_backward.py): random inputs, the relative error the tolerances are stated in, one
+forward + backward, and the compiled kernel's instruction sets."""
+import contextlib
+
 import torch
 
-__all__ = ["rel_err", "make_inputs", "forward_and_grads"]
+__all__ = ["rel_err", "make_inputs", "forward_and_grads", "ISA_ORDER", "instruction_sets", "using_isa"]
+
+#: the compiled kernel's instruction sets, from the least to the most capable; avx512bf16 differs
+#: from avx512 only for bfloat16 inputs
+ISA_ORDER = ("generic", "avx2", "avx512", "avx512bf16")
+
+
+def instruction_sets():
+    """The instruction sets of ISA_ORDER this CPU runs (capping to one it lacks gives a lower one)."""
+    from dinat_backbone import _C
+
+    previous = _C.isa()
+    try:
+        available = {_C.set_isa(name) for name in ISA_ORDER}
+    finally:
+        _C.set_isa(previous)
+    return [name for name in ISA_ORDER if name in available]
+
+
+@contextlib.contextmanager
+def using_isa(isa: str):
+    """The compiled kernel capped to ``isa`` inside the block, the previous one restored after."""
+    from dinat_backbone import _C
+
+    previous = _C.isa()
+    try:
+        _C.set_isa(isa)
+        yield
+    finally:
+        _C.set_isa(previous)
 
 
 def rel_err(actual, expected) -> float:

@@ -2,24 +2,17 @@
 MLP's backward on bfloat16 CPU tensors (:mod:`dinat_backbone.lean`): gelu(h) and the GELU gradient
 in one pass, against float64, on every instruction set this CPU has."""
 import math
+import os
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dinat_backbone import _C
 from dinat_backbone.ops import cpu
 
-ISA_ORDER = ["generic", "avx2", "avx512", "avx512bf16"]
-
-
-def instruction_sets():
-    previous = _C.isa()
-    try:
-        available = {_C.set_isa(name) for name in ISA_ORDER}
-    finally:
-        _C.set_isa(previous)
-    return [name for name in ISA_ORDER if name in available]
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers import instruction_sets, using_isa  # noqa: E402
 
 
 def exact(h: torch.Tensor, g: torch.Tensor):
@@ -43,12 +36,8 @@ def test_float32_against_float64(isa):
     """Float32 arithmetic: relative error of a few float32 ulps where the value is not tiny, and the
     far negative tail (gelu(h) ~ h * exp(-h^2/2)) keeps its relative accuracy."""
     h, g = inputs(10007, torch.float32)  # not a multiple of any vector width: the tail lanes too
-    previous = _C.isa()
-    try:
-        _C.set_isa(isa)
+    with using_isa(isa):
         act, grad = torch.ops.dinat.gelu_backward(g, h)
-    finally:
-        _C.set_isa(previous)
     ref_act, ref_grad = exact(h, g)
     assert act.dtype == grad.dtype == torch.float32
     rel_act = (act.double() - ref_act).abs() / ref_act.abs().clamp_min(1e-38)
@@ -68,12 +57,8 @@ def test_bfloat16_within_one_rounding_and_no_worse_than_aten(isa):
     value, and no element further from float64 than ATen's own gelu / gelu_backward allow themselves
     beyond that."""
     h, g = inputs(4099, torch.bfloat16, seed=1)
-    previous = _C.isa()
-    try:
-        _C.set_isa(isa)
+    with using_isa(isa):
         act, grad = torch.ops.dinat.gelu_backward(g, h)
-    finally:
-        _C.set_isa(previous)
     ref_act, ref_grad = exact(h, g)
     assert act.dtype == grad.dtype == torch.bfloat16
     aten_act, aten_grad = F.gelu(h), torch.ops.aten.gelu_backward(g, h)

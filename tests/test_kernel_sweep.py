@@ -30,7 +30,7 @@ import torch
 from dinat_backbone import ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import forward_and_grads, rel_err  # noqa: E402
+from helpers import forward_and_grads, instruction_sets, rel_err  # noqa: E402
 from reference import na2d_reference_gathered  # noqa: E402
 
 KERNEL_SIZES = (3, 5, 7, 9, 11, 13)
@@ -40,8 +40,6 @@ DILATIONS = (1, 2, 3)
 HEAD_SHAPES = ((1, 4), (2, 8), (3, 5), (4, 4), (2, 3), (1, 17))
 # max |error| / max |reference|, as in test_ops.py
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
-# from the least to the most capable; avx512bf16 differs from avx512 only for bfloat16 inputs
-ISA_ORDER = ("generic", "avx2", "avx512", "avx512bf16")
 
 
 def sweep_shapes(K, d):
@@ -55,17 +53,6 @@ def sweep_shapes(K, d):
         H, D = HEAD_SHAPES[(n + 3) % len(HEAD_SHAPES)]
         shapes.append((2 if n % 4 == 2 else 1, lo + 1 + n % 2, Y, H, D, n % 5 != 1))
     return shapes
-
-
-def instruction_sets():
-    from dinat_backbone import _C
-
-    previous = _C.isa()
-    try:
-        available = {_C.set_isa(name) for name in ISA_ORDER}
-    finally:
-        _C.set_isa(previous)
-    return [name for name in ISA_ORDER if name in available]
 
 
 def bf16_numbers(*shape, generator):

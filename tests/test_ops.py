@@ -24,7 +24,7 @@ from dinat_backbone.ops import NeighborhoodAttention2D, na2d
 # `from tests.reference import ...` is shadowed by the top-level `tests` package that the
 # mmsegmentation 1.2.2 wheel installs into site-packages; import the module from this directory.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import forward_and_grads, make_inputs, rel_err  # noqa: E402
+from helpers import forward_and_grads, make_inputs, rel_err, using_isa  # noqa: E402
 from reference import axis_neighbours, na2d_reference  # noqa: E402
 
 HAVE_KERNEL = ops.cpu_kernel_available()
@@ -164,16 +164,10 @@ def test_low_precision_vs_float64(backend, dtype, K, d, B, X, Y, use_rpb, D):
                          LOW_PRECISION_CASES + [(9, 1, 1, 12, 40, True, 16), (15, 1, 1, 16, 17, True, 4)])
 def test_kernel_instruction_sets(isa, K, d, B, X, Y, use_rpb, D):
     """Every run-time code path of the kernel (capped to what this CPU has) against float64."""
-    from dinat_backbone import _C
-
     q, k, v, rpb = make_inputs(B, X, Y, 2, D, K, use_rpb, dtype=torch.float32)
     grad_out = torch.randn(B, X, Y, 2, D, generator=torch.Generator().manual_seed(3))
-    previous = _C.isa()
-    try:
-        _C.set_isa(isa)
+    with using_isa(isa):
         out, *grads = forward_and_grads(lambda *t: na2d(*t[:3], K, d, t[3], backend="cpu"), (q, k, v, rpb), grad_out)
-    finally:
-        _C.set_isa(previous)
     wide = lambda t: None if t is None else t.double()  # noqa: E731
     ref_out, *ref_grads = forward_and_grads(
         lambda *t: na2d(*t[:3], K, d, t[3], backend="torch"), (wide(q), wide(k), wide(v), wide(rpb)), grad_out.double()
