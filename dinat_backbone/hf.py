@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from .fused_linear import linear, linear_gelu, linear_weights
+from .fused_linear import hook_free, linear, linear_gelu, linear_weights
 from .ops import na2d, natten2dav, natten2dqkrpb
 
 __all__ = ["enable", "disable", "status", "BridgeStatus", "TESTED_TRANSFORMERS"]
@@ -161,16 +161,13 @@ def _split_heads(x, shape):
     return x.view(shape).permute(0, 3, 1, 2, 4)  # [batch, heads, X, Y, head_dim]
 
 
-def _plain_linear(module) -> bool:
-    return type(module) is torch.nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-
-
 def _project_qkv(attention, hidden_states):
     """query, key, value ``[batch, X, Y, heads * head_dim]``: one GEMM with the three weights
     concatenated (as the native model's qkv Linear) while they are plain Linears; otherwise (PEFT /
     LoRA wrappers, hooks, quantised layers) the modules themselves run, so nothing they add is skipped."""
     projections = (attention.query, attention.key, attention.value)
-    if not all(_plain_linear(m) for m in projections) or len({m.bias is None for m in projections}) != 1:
+    plain = all(type(m) is torch.nn.Linear for m in projections) and hook_free(*projections)
+    if not plain or len({m.bias is None for m in projections}) != 1:
         return tuple(m(hidden_states) for m in projections)
     weight = torch.cat([m.weight for m in projections])
     bias = None if attention.query.bias is None else torch.cat([m.bias for m in projections])

@@ -125,16 +125,17 @@ def _register_python_parts():
 
     torch.library.register_autograd("dinat::na2d_forward", _backward, setup_context=_setup_context)
 
-    if hasattr(torch.ops.dinat, "gelu_backward"):
+    if _HAS_GELU_BACKWARD:
         @torch.library.register_fake("dinat::gelu_backward")
         def _gelu_backward_fake(grad, input):
             return (torch.empty_like(input, memory_format=torch.contiguous_format),
                     torch.empty_like(input, memory_format=torch.contiguous_format))
 
 
+#: the extension has the lean MLP's GELU backward (an extension built before it lacks the op)
+_HAS_GELU_BACKWARD = kernel_available() and hasattr(torch.ops.dinat, "gelu_backward")
 if kernel_available():
     _register_python_parts()
-_HAS_GELU_BACKWARD = kernel_available() and hasattr(torch.ops.dinat, "gelu_backward")
 
 
 def gelu_backward(grad: torch.Tensor, hidden: torch.Tensor):
