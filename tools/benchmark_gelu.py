@@ -11,12 +11,14 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(TOOLS_DIR))
+sys.path.insert(0, TOOLS_DIR)
+from bench_common import timed  # noqa: E402
 from dinat_backbone import _C  # noqa: E402,F401  (registers torch.ops.dinat.*)
 
 #: (tokens, fc1 width) of DiNAT-T's four stages at 1x3x800x1216
@@ -45,9 +47,7 @@ def main(argv=None):
             fn()
         for r in range(reps):
             for k in (("aten", "fused") if r % 2 == 0 else ("fused", "aten")):
-                t = time.perf_counter()
-                runs[k]()
-                times[k].append(time.perf_counter() - t)
+                times[k].append(timed(runs[k]))
         a, b = (statistics.median(times[k]) * 1e3 for k in ("aten", "fused"))
         rows.append((n, c, a, b))
         print(f"{f'{n}x{c}':>14}  {a:23.2f} ms  {b:18.2f} ms  {a / b:7.2f}x")
