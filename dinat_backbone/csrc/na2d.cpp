@@ -85,30 +85,41 @@ std::atomic<int>& key_pass() {
   return pass;
 }
 
+using GeluBackwardFn = void (*)(const void*, const void*, void*, void*, int64_t, int64_t);
+
 struct Kernels {
   int lanes;  // widest query block of forward / backward pass 1
   void (*forward)(const ForwardArgs&, int64_t, int64_t);
   void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
   void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);         // key rows
   void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // per key
-  bool dilated_rows = false;  // dilated maps take the key rows too (see Problem::key_rows)
+  GeluBackwardFn gelu_backward;  // the lean MLP's GELU backward (none for float64)
+  bool dilated_rows = false;     // dilated maps take the key rows too (see Problem::key_rows)
 };
 
 // storage: the dtype the tensors are handed to the kernels in (float64, float32, or bfloat16 read
 // and written as such by the float32 kernels)
 Kernels kernels_for(at::ScalarType storage) {
   if (storage == at::kDouble)
-    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::backward_key_gather_f64};
+    return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::backward_key_gather_f64,
+            nullptr};
+  const bool bf16 = storage == at::kBFloat16;
   switch (static_cast<Isa>(active_isa().load())) {
     case Isa::avx512bf16:
-      if (storage == at::kBFloat16)
+      if (bf16)
         return {16, avx512bf16::forward_bf16, avx512bf16::backward_query_bf16, avx512bf16::backward_key_bf16,
-                avx512bf16::backward_key_gather_f32, true};
+                avx512bf16::backward_key_gather_f32, avx512bf16::gelu_backward_bf16, true};
       return {16, avx512bf16::forward_f32, avx512bf16::backward_query_f32, avx512bf16::backward_key_f32,
-              avx512bf16::backward_key_gather_f32};
-    case Isa::avx512: return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::backward_key_gather_f32};
-    case Isa::avx2: return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::backward_key_gather_f32};
-    default: return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::backward_key_gather_f32};
+              avx512bf16::backward_key_gather_f32, avx512bf16::gelu_backward_f32};
+    case Isa::avx512:
+      return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::backward_key_gather_f32,
+              bf16 ? avx512::gelu_backward_bf16 : avx512::gelu_backward_f32};
+    case Isa::avx2:
+      return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::backward_key_gather_f32,
+              bf16 ? avx2::gelu_backward_bf16 : avx2::gelu_backward_f32};
+    default:
+      return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::backward_key_gather_f32,
+              bf16 ? generic::gelu_backward_bf16 : generic::gelu_backward_f32};
   }
 }
 
@@ -527,15 +538,7 @@ std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input
   TORCH_CHECK(grad.device().is_cpu() && input.device().is_cpu(), "dinat::gelu_backward: CPU tensors only");
   const Tensor g = grad.contiguous(), x = input.contiguous();
   Tensor out = at::empty(x.sizes(), x.options()), grad_input = at::empty(x.sizes(), x.options());
-  using Fn = void (*)(const void*, const void*, void*, void*, int64_t, int64_t);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  Fn fn;
-  switch (static_cast<Isa>(active_isa().load())) {
-    case Isa::avx512bf16: fn = bf16 ? avx512bf16::gelu_backward_bf16 : avx512bf16::gelu_backward_f32; break;
-    case Isa::avx512: fn = bf16 ? avx512::gelu_backward_bf16 : avx512::gelu_backward_f32; break;
-    case Isa::avx2: fn = bf16 ? avx2::gelu_backward_bf16 : avx2::gelu_backward_f32; break;
-    default: fn = bf16 ? generic::gelu_backward_bf16 : generic::gelu_backward_f32; break;
-  }
+  const GeluBackwardFn fn = kernels_for(x.scalar_type()).gelu_backward;  // the attention kernels' ISA table
   const void *gp = g.data_ptr(), *xp = x.data_ptr();
   void *op = out.data_ptr(), *gip = grad_input.data_ptr();
   at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) { fn(gp, xp, op, gip, begin, end); });
