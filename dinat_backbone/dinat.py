@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from .fused_linear import linear, linear_gelu
+from .fused_norm import add_layer_norm, layer_norm
 from .lean import gelu_linear, layer_norm_linear
 from .ops import NeighborhoodAttention2D, exporting
 from .ops.inputs import require_int
@@ -144,7 +145,7 @@ class ConvTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last convolutions: the NHWC view of the result is then contiguous for free
         x = self.proj(x.contiguous(memory_format=torch.channels_last))
-        return self.norm(x.permute(0, 2, 3, 1))
+        return layer_norm(x.permute(0, 2, 3, 1), self.norm)
 
 
 class ConvDownsampler(nn.Module):
@@ -166,7 +167,7 @@ class ConvDownsampler(nn.Module):
             # permute -> Conv2d). Under torch.compile only: eager keeps the copy-free path.
             x = x.contiguous()
         x = self.reduction(x)
-        return self.norm(x.permute(0, 2, 3, 1))
+        return layer_norm(x.permute(0, 2, 3, 1), self.norm)
 
 
 class Mlp(nn.Module):
@@ -271,15 +272,18 @@ class DiNATBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._training():
             y = self._attention(qkv=layer_norm_linear(x, self.norm1, self.attn.qkv))
-        else:
-            y = self._attention(self.norm1(x))
-        if self.layer_scale:
-            y = self.gamma1 * y
-        x = x + self.drop_path(y)
-        if self._training():
+            if self.layer_scale:
+                y = self.gamma1 * y
+            x = x + self.drop_path(y)
             y = self._mlp_lean(layer_norm_linear(x, self.norm2, self.mlp.fc1))
         else:
-            y = self.mlp(self.norm2(x))
+            # inference: LayerNorm (and the residual add before norm2) in the compiled kernel on CPU
+            # where nothing can tell (dinat_backbone.fused_norm)
+            y = self._attention(layer_norm(x, self.norm1))
+            if self.layer_scale:
+                y = self.gamma1 * y
+            x, normed = add_layer_norm(x, self.drop_path(y), self.norm2)
+            y = self.mlp(normed)
         if self.layer_scale:
             y = self.gamma2 * y
         return x + self.drop_path(y)
@@ -617,14 +621,14 @@ class DiNATBackboneBase(nn.Module):
         x = self.pos_drop(self.patch_embed(x))
         outs = []
         if "stem" in self.out_features:
-            outs.append(self.norm_stem(x).permute(0, 3, 1, 2).contiguous())
+            outs.append(layer_norm(x, self.norm_stem).permute(0, 3, 1, 2).contiguous())
         last = max(self.out_indices, default=-1)
         for i, stage in enumerate(self.stages):
             if i > last:
                 break  # nothing later is returned
             stage_out, x = stage(x) if i < last else (stage.forward_blocks(x), None)
             if i in self.out_indices:
-                outs.append(getattr(self, f"norm{i}")(stage_out).permute(0, 3, 1, 2).contiguous())
+                outs.append(layer_norm(stage_out, getattr(self, f"norm{i}")).permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
 

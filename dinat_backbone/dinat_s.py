@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .dinat import DiNATBackboneBase
+from .fused_norm import layer_norm
 
 __all__ = ["DiNAT_s", "PatchEmbed", "PatchMerging", "ARCH_SETTINGS", "DILATION_PRESETS"]
 
@@ -76,7 +77,7 @@ class PatchEmbed(nn.Module):
             x = F.pad(x, (0, _pad_to_multiple(W, p), 0, _pad_to_multiple(H, p)))
         # channels_last convolution: the NHWC view of the result is then contiguous for free
         x = self.proj(x.contiguous(memory_format=torch.channels_last))
-        return self.norm(x.permute(0, 2, 3, 1))
+        return layer_norm(x.permute(0, 2, 3, 1), self.norm)
 
 
 class PatchMerging(nn.Module):
@@ -95,7 +96,7 @@ class PatchMerging(nn.Module):
         if torch.compiler.is_compiling() or H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, _pad_to_multiple(W, 2), 0, _pad_to_multiple(H, 2)))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
+        return self.reduction(layer_norm(x, self.norm))
 
 
 class DiNAT_s(DiNATBackboneBase):  # noqa: N801  (the authors' and the registries' name)

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["set_fused_linear", "fused_linear_enabled", "linear", "linear_gelu", "linear_weights", "hook_free",
-           "exact_gelu"]
+           "exact_gelu", "tracing"]
 
 _ENABLED = True
 #: this torch build has the primitive (CPU wheels do; read once, not in the traced code)
@@ -46,7 +46,8 @@ def fused_linear_enabled() -> bool:
     return _ENABLED and _HAVE_ONEDNN and torch.backends.mkldnn.enabled
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
+    """torch.compile, export, torch.jit or torch.fx is tracing the caller (plain ops wanted there)."""
     if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
         return True
     fx = torch.fx._symbolic_trace
@@ -76,7 +77,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     needs_graph = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if torch.is_grad_enabled() and needs_graph:
         return False
-    return not _tracing()
+    return not tracing()
 
 
 def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

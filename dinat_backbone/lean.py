@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from .fused_linear import linear_weights
 from .ops.cpu import gelu_backward as cpu_gelu_backward
+from .ops.cpu import layer_norm as cpu_layer_norm
+from .ops.cpu import layer_norm_backward as cpu_layer_norm_backward
 
 __all__ = ["layer_norm_linear", "gelu_linear"]
 
@@ -74,7 +76,13 @@ class _LayerNormLinear(torch.autograd.Function):
         channels = x.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
             norm_in = x.float() if norm_in_float32 else x
-            normed, mean, rstd = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, eps)
+            # CPU float32 / bfloat16: the compiled kernel's LayerNorm (dinat_backbone.fused_norm says why),
+            # forward and backward; elsewhere ATen's
+            fused = cpu_layer_norm(norm_in, ln_weight, ln_bias, eps)
+            if fused is None:
+                normed, mean, rstd = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, eps)
+            else:
+                normed, _, mean, rstd = fused
             linear_weight = _cast(weight, linear_dtype)
             out = linear_weights(_cast(normed, linear_dtype), linear_weight, _cast(bias, linear_dtype))
         # the weight as the GEMM used it (autocast's cast kept, not redone in backward: a weight-sized
@@ -85,6 +93,7 @@ class _LayerNormLinear(torch.autograd.Function):
         ctx.eps = eps
         ctx.linear_dtype = linear_dtype
         ctx.norm_in_float32 = norm_in_float32
+        ctx.kernel_norm = fused is not None
         return out
 
     @staticmethod
@@ -97,11 +106,19 @@ class _LayerNormLinear(torch.autograd.Function):
             norm_in = x.float() if ctx.norm_in_float32 else x
             # the forward's kernel again: the forward's normalised map bit for bit, in one pass over x
             # in its own dtype (not x - mean, * rstd, addcmul in the statistics' float32 and a cast)
-            normed = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, ctx.eps)[0]
+            if ctx.kernel_norm:
+                normed = cpu_layer_norm(norm_in, ln_weight, ln_bias, ctx.eps)[0]
+            else:
+                normed = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, ctx.eps)[0]
             grad_weight, grad_bias = _linear_grads(grad_out, _cast(normed, dt), ctx.has_bias)
             grad_normed = (grad_out @ linear_weight).to(normed.dtype)
-            grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
-                grad_normed, norm_in, (channels,), mean, rstd, ln_weight, ln_bias, list(ctx.needs_input_grad[:3]))
+            mask = ctx.needs_input_grad[:3]
+            if ctx.kernel_norm:
+                grad_x, grad_ln_weight, grad_ln_bias = cpu_layer_norm_backward(
+                    grad_normed, norm_in, mean, rstd, ln_weight, mask)
+            else:
+                grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
+                    grad_normed, norm_in, (channels,), mean, rstd, ln_weight, ln_bias, list(mask))
         if grad_x is not None:
             grad_x = grad_x.to(x.dtype)
         grad_weight = grad_weight.to(ctx.weight_dtype)

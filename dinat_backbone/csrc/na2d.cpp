@@ -11,6 +11,8 @@
 #include <cpuid.h>
 #endif
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -86,6 +88,8 @@ std::atomic<int>& key_pass() {
 }
 
 using GeluBackwardFn = void (*)(const void*, const void*, void*, void*, int64_t, int64_t);
+using LayerNormFn = void (*)(const LayerNormArgs&, int64_t, int64_t);
+using LayerNormBackwardFn = void (*)(const LayerNormBackwardArgs&, int64_t, int64_t, float*, float*);
 
 struct Kernels {
   int lanes;  // widest query block of forward / backward pass 1
@@ -94,6 +98,8 @@ struct Kernels {
   void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);         // key rows
   void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // per key
   GeluBackwardFn gelu_backward;  // the lean MLP's GELU backward (none for float64)
+  LayerNormFn layer_norm;        // the block's LayerNorm (layer_norm_impl.h; none for float64)
+  LayerNormBackwardFn layer_norm_backward;
   bool dilated_rows = false;     // dilated maps take the key rows too (see Problem::key_rows)
 };
 
@@ -102,25 +108,31 @@ struct Kernels {
 Kernels kernels_for(at::ScalarType storage) {
   if (storage == at::kDouble)
     return {4, generic::forward_f64, generic::backward_query_f64, generic::backward_key_f64, generic::backward_key_gather_f64,
-            nullptr};
+            nullptr, nullptr, nullptr};
   const bool bf16 = storage == at::kBFloat16;
+// the block's elementwise kernels of one instruction set, for bfloat16 or float32 storage
+#define DINAT_BLOCK_KERNELS(isa)                                                   \
+  bf16 ? isa::gelu_backward_bf16 : isa::gelu_backward_f32,                         \
+      bf16 ? isa::layer_norm_bf16 : isa::layer_norm_f32,                           \
+      bf16 ? isa::layer_norm_backward_bf16 : isa::layer_norm_backward_f32
   switch (static_cast<Isa>(active_isa().load())) {
     case Isa::avx512bf16:
       if (bf16)
         return {16, avx512bf16::forward_bf16, avx512bf16::backward_query_bf16, avx512bf16::backward_key_bf16,
-                avx512bf16::backward_key_gather_f32, avx512bf16::gelu_backward_bf16, true};
+                avx512bf16::backward_key_gather_f32, DINAT_BLOCK_KERNELS(avx512bf16), true};
       return {16, avx512bf16::forward_f32, avx512bf16::backward_query_f32, avx512bf16::backward_key_f32,
-              avx512bf16::backward_key_gather_f32, avx512bf16::gelu_backward_f32};
+              avx512bf16::backward_key_gather_f32, DINAT_BLOCK_KERNELS(avx512bf16)};
     case Isa::avx512:
       return {16, avx512::forward_f32, avx512::backward_query_f32, avx512::backward_key_f32, avx512::backward_key_gather_f32,
-              bf16 ? avx512::gelu_backward_bf16 : avx512::gelu_backward_f32};
+              DINAT_BLOCK_KERNELS(avx512)};
     case Isa::avx2:
       return {8, avx2::forward_f32, avx2::backward_query_f32, avx2::backward_key_f32, avx2::backward_key_gather_f32,
-              bf16 ? avx2::gelu_backward_bf16 : avx2::gelu_backward_f32};
+              DINAT_BLOCK_KERNELS(avx2)};
     default:
       return {4, generic::forward_f32, generic::backward_query_f32, generic::backward_key_f32, generic::backward_key_gather_f32,
-              bf16 ? generic::gelu_backward_bf16 : generic::gelu_backward_f32};
+              DINAT_BLOCK_KERNELS(generic)};
   }
+#undef DINAT_BLOCK_KERNELS
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +557,111 @@ std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input
   return {out, grad_input};
 }
 
+// ---------------------------------------------------------------------------------------------
+// LayerNorm of the DiNAT block (layer_norm_impl.h)
+// ---------------------------------------------------------------------------------------------
+void check_norm_input(const Tensor& t, const char* name, const Tensor& input, const char* op) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": CPU tensors only, got ", name, " on ", t.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " must have input's dtype ",
+              input.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == input.sizes(), op, ": ", name, " has shape ", t.sizes(), ", input has shape ", input.sizes());
+}
+
+// weight / bias as the contiguous float32 [C] vector the kernel reads (`absent` where there is none)
+Tensor norm_param(const c10::optional<Tensor>& p, const char* name, int64_t C, const char* op, float absent) {
+  if (!p.has_value() || !p->defined()) return at::full({C}, absent, at::TensorOptions().dtype(at::kFloat));
+  TORCH_CHECK(p->device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", p->device());
+  TORCH_CHECK(p->dim() == 1 && p->size(0) == C, op, ": ", name, " must have shape [", C,
+              "] (input's last axis), got ", p->sizes());
+  TORCH_CHECK(p->is_floating_point(), op, ": ", name, " must be floating point, got ", p->scalar_type());
+  return p->to(at::kFloat).contiguous();
+}
+
+// Rows of at least this many elements per parallel chunk (short rows are cheap).
+constexpr int64_t kNormGrainElems = 1 << 15;
+
+// LayerNorm over the last axis of a float32 / bfloat16 CPU tensor, optionally of input + residual:
+// returns (out, sum, mean, rstd); sum = input + residual as rounded to the dtype (empty without a
+// residual), mean / rstd float32 of shape input.shape[:-1] + [1] (as aten::native_layer_norm).
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_norm(const Tensor& input, const c10::optional<Tensor>& residual,
+                                                      const c10::optional<Tensor>& weight,
+                                                      const c10::optional<Tensor>& bias, double eps) {
+  const char* op = "dinat::layer_norm";
+  TORCH_CHECK(input.device().is_cpu(), op, ": CPU tensors only, got input on ", input.device());
+  TORCH_CHECK(input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat, op,
+              ": input must be bfloat16 or float32, got ", input.scalar_type());
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op, ": input needs a non-empty last axis, got shape ",
+              input.sizes());
+  const int64_t C = input.size(-1), rows = input.numel() / C;
+  const Tensor x = input.contiguous();
+  Tensor r;
+  if (residual.has_value() && residual->defined()) {
+    check_norm_input(*residual, "residual", input, op);
+    r = residual->contiguous();
+  }
+  const Tensor w = norm_param(weight, "weight", C, op, 1.0f), b = norm_param(bias, "bias", C, op, 0.0f);
+  Tensor out = at::empty(x.sizes(), x.options());
+  Tensor sum = r.defined() ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  std::vector<int64_t> stat_shape(x.sizes().begin(), x.sizes().end());
+  stat_shape.back() = 1;
+  Tensor mean = at::empty(stat_shape, x.options().dtype(at::kFloat)), rstd = at::empty(stat_shape, mean.options());
+  LayerNormArgs a{x.data_ptr(), r.defined() ? r.data_ptr() : nullptr, r.defined() ? sum.data_ptr() : nullptr,
+                  out.data_ptr(), w.data_ptr<float>(), b.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), C,
+                  static_cast<float>(eps)};
+  const LayerNormFn fn = kernels_for(x.scalar_type()).layer_norm;
+  at::parallel_for(0, rows, std::max<int64_t>(1, kNormGrainElems / C), [&](int64_t begin, int64_t end) { fn(a, begin, end); });
+  return {out, sum, mean, rstd};
+}
+
+// Gradients of layer_norm (of its normalised input: the sum, with a residual) from the forward's
+// mean / rstd: (grad_input, grad_weight, grad_bias), each empty where output_mask says not wanted;
+// grad_weight / grad_bias in the weight's dtype, summed over rows in float64 from float32 partial
+// sums of at most kNormChunkRows rows.
+constexpr int64_t kNormChunkRows = 256;
+
+std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, const Tensor& input, const Tensor& mean,
+                                                       const Tensor& rstd, const c10::optional<Tensor>& weight,
+                                                       std::array<bool, 3> output_mask) {
+  const char* op = "dinat::layer_norm_backward";
+  TORCH_CHECK(input.device().is_cpu(), op, ": CPU tensors only, got input on ", input.device());
+  TORCH_CHECK(input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat, op,
+              ": input must be bfloat16 or float32, got ", input.scalar_type());
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op, ": input needs a non-empty last axis, got shape ",
+              input.sizes());
+  check_norm_input(grad_out, "grad_out", input, op);
+  const int64_t C = input.size(-1), rows = input.numel() / C;
+  for (const Tensor* s : {&mean, &rstd})
+    TORCH_CHECK(s->scalar_type() == at::kFloat && s->device().is_cpu() && s->numel() == rows, op,
+                ": mean and rstd must be float32 CPU tensors of ", rows, " elements (layer_norm's), got ",
+                s->scalar_type(), " ", s->sizes());
+  const bool has_weight = weight.has_value() && weight->defined();
+  const Tensor w = norm_param(weight, "weight", C, op, 1.0f);
+  const bool want_weight = output_mask[1] && has_weight, want_bias = output_mask[2];
+  const Tensor x = input.contiguous(), g = grad_out.contiguous(), m = mean.contiguous(), rs = rstd.contiguous();
+  Tensor grad_input = output_mask[0] ? at::empty(x.sizes(), x.options()) : Tensor();
+  const int64_t n_chunks = (rows + kNormChunkRows - 1) / kNormChunkRows;
+  Tensor partial = at::zeros({want_weight || want_bias ? n_chunks : 0, 2, C}, x.options().dtype(at::kFloat));
+  LayerNormBackwardArgs a{g.data_ptr(), x.data_ptr(), m.data_ptr<float>(), rs.data_ptr<float>(), w.data_ptr<float>(),
+                          grad_input.defined() ? grad_input.data_ptr() : nullptr, C};
+  const LayerNormBackwardFn fn = kernels_for(x.scalar_type()).layer_norm_backward;
+  float* pp = partial.numel() ? partial.data_ptr<float>() : nullptr;
+  at::parallel_for(0, n_chunks, std::max<int64_t>(1, kNormGrainElems / (C * kNormChunkRows)), [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      float* acc = pp ? pp + chunk * 2 * C : nullptr;
+      fn(a, chunk * kNormChunkRows, std::min(rows, (chunk + 1) * kNormChunkRows), want_weight ? acc : nullptr,
+         want_bias ? acc + C : nullptr);
+    }
+  });
+  Tensor grad_weight, grad_bias;
+  if (want_weight || want_bias) {
+    const Tensor total = partial.to(at::kDouble).sum(0);  // [2, C]
+    if (want_weight) grad_weight = total[0].to(weight->scalar_type());
+    if (want_bias) grad_bias = total[1].to(has_weight ? weight->scalar_type() : at::kFloat);
+  }
+  const auto or_empty = [&](const Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+}
+
 std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
 
 // Cap the instruction set ("generic", "avx2", "avx512", "avx512bf16"); returns the one now active, which is
@@ -591,12 +708,18 @@ DINAT_TORCH_LIBRARY(DINAT_OPS_NS, m) {
       "na2d_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor weights, Tensor? rpb, "
       "int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
   m.def("gelu_backward(Tensor grad, Tensor input) -> (Tensor, Tensor)");
+  m.def("layer_norm(Tensor input, Tensor? residual, Tensor? weight, Tensor? bias, float eps) -> "
+        "(Tensor, Tensor, Tensor, Tensor)");
+  m.def("layer_norm_backward(Tensor grad_out, Tensor input, Tensor mean, Tensor rstd, Tensor? weight, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 DINAT_TORCH_LIBRARY_IMPL(DINAT_OPS_NS, CPU, m) {
   m.impl("na2d_forward", &dinat::na2d_forward);
   m.impl("na2d_backward", &dinat::na2d_backward);
   m.impl("gelu_backward", &dinat::gelu_backward);
+  m.impl("layer_norm", &dinat::layer_norm);
+  m.impl("layer_norm_backward", &dinat::layer_norm_backward);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

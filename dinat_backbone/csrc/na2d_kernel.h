@@ -144,6 +144,31 @@ struct BackwardKeyArgs {
   double scale;
 };
 
+// LayerNorm over the last axis of contiguous [rows, C] tensors (layer_norm_impl.h): storage type
+// float32 or bfloat16 (the entry point's suffix), weight / bias and the statistics float32.
+struct LayerNormArgs {
+  const void* input;
+  const void* residual;  // added to input first (same storage), or nullptr
+  void* sum;             // input + residual as stored (the block's residual stream), with residual
+  void* out;
+  const float* weight;   // [C] (ones where the module has none)
+  const float* bias;     // [C] (zeros where the module has none)
+  float* mean;           // [rows] or nullptr (then rstd too)
+  float* rstd;
+  int64_t C;
+  float eps;
+};
+
+struct LayerNormBackwardArgs {
+  const void* grad_out;
+  const void* input;  // the forward's normalised input (the sum, with a residual)
+  const float* mean;
+  const float* rstd;
+  const float* weight;  // [C] (ones where the module has none)
+  void* grad_input;     // or nullptr
+  int64_t C;
+};
+
 #define DINAT_DECLARE_ISA(isa)                                                                           \
   namespace isa {                                                                                        \
   void forward_f32(const ForwardArgs& a, int64_t task_begin, int64_t task_end);                          \
@@ -152,6 +177,13 @@ struct BackwardKeyArgs {
   void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);          \
   void gelu_backward_bf16(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end); \
   void gelu_backward_f32(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end);  \
+  void layer_norm_bf16(const LayerNormArgs& a, int64_t row_begin, int64_t row_end);                      \
+  void layer_norm_f32(const LayerNormArgs& a, int64_t row_begin, int64_t row_end);                       \
+  /* adds the rows' grad_weight / grad_bias terms to the float [C] accumulators (nullptr: not wanted) */ \
+  void layer_norm_backward_bf16(const LayerNormBackwardArgs& a, int64_t row_begin, int64_t row_end,      \
+                                float* grad_weight, float* grad_bias);                                   \
+  void layer_norm_backward_f32(const LayerNormBackwardArgs& a, int64_t row_begin, int64_t row_end,       \
+                               float* grad_weight, float* grad_bias);                                    \
   }
 
 DINAT_DECLARE_ISA(avx512bf16)

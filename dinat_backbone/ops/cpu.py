@@ -19,7 +19,8 @@ from .inputs import compute_dtype
 from .reference import differentiable_grads
 
 NAME = "cpu"
-__all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size", "gelu_backward"]
+__all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size", "gelu_backward", "layer_norm",
+           "layer_norm_backward"]
 
 try:  # the extension registers torch.ops.dinat.* on import
     from .. import _C
@@ -131,9 +132,29 @@ def _register_python_parts():
             return (torch.empty_like(input, memory_format=torch.contiguous_format),
                     torch.empty_like(input, memory_format=torch.contiguous_format))
 
+    if _HAS_LAYER_NORM:
+        @torch.library.register_fake("dinat::layer_norm")
+        def _layer_norm_fake(input, residual, weight, bias, eps):
+            out = torch.empty_like(input, memory_format=torch.contiguous_format)
+            total = torch.empty_like(out) if residual is not None else input.new_empty((0,))
+            mean = input.new_empty(tuple(input.shape[:-1]) + (1,), dtype=torch.float32)
+            return out, total, mean, torch.empty_like(mean)
+
+        @torch.library.register_fake("dinat::layer_norm_backward")
+        def _layer_norm_backward_fake(grad_out, input, mean, rstd, weight, output_mask):
+            C = input.shape[-1]
+            empty = input.new_empty((0,))
+            grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else empty
+            grad_weight = input.new_empty((C,), dtype=weight.dtype) if output_mask[1] and weight is not None else empty
+            grad_bias = (input.new_empty((C,), dtype=torch.float32 if weight is None else weight.dtype)
+                         if output_mask[2] else empty)
+            return grad_input, grad_weight, grad_bias
+
 
 #: the extension has the lean MLP's GELU backward (an extension built before it lacks the op)
 _HAS_GELU_BACKWARD = kernel_available() and hasattr(torch.ops.dinat, "gelu_backward")
+#: ... and the block's LayerNorm (forward, with the residual add, and backward)
+_HAS_LAYER_NORM = kernel_available() and hasattr(torch.ops.dinat, "layer_norm")
 if kernel_available():
     _register_python_parts()
 
@@ -148,6 +169,40 @@ def gelu_backward(grad: torch.Tensor, hidden: torch.Tensor):
             and grad.dtype == torch.bfloat16 and grad.shape == hidden.shape):
         return torch.ops.dinat.gelu_backward(grad, hidden)
     return None
+
+
+_NORM_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def layer_norm(x: torch.Tensor, weight, bias, eps: float, residual=None):
+    """LayerNorm over the last axis of a float32 / bfloat16 CPU tensor, of ``x + residual`` when given
+    (the sum rounded to x's dtype, as the plain add stores it), in one pass of the compiled kernel:
+    ``(out, sum, mean, rstd)`` (sum empty without a residual; mean / rstd float32 ``[..., 1]``, as
+    ``torch.native_layer_norm``'s). None where it does not apply (other dtypes or devices, weight /
+    bias of another dtype than x's or float32, the kernel missing); the caller runs ATen's then.
+    Float32 statistics (two passes over each row); matches ATen's output within one rounding (bit
+    for bit at DiNAT's shapes here). No autograd: the training path wraps it (dinat_backbone.lean)."""
+    if not (_HAS_LAYER_NORM and x.device.type == "cpu" and x.dtype in _NORM_DTYPES and x.dim() >= 1
+            and x.shape[-1] > 0):
+        return None
+    for p in (weight, bias):
+        if p is not None and (p.device.type != "cpu" or p.shape != x.shape[-1:]
+                              or p.dtype not in (x.dtype, torch.float32)):
+            return None
+    if residual is not None and (residual.device.type != "cpu" or residual.dtype != x.dtype
+                                 or residual.shape != x.shape):
+        return None
+    return torch.ops.dinat.layer_norm(x, residual, weight, bias, float(eps))
+
+
+def layer_norm_backward(grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight,
+                        output_mask):
+    """Gradients of :func:`layer_norm` from its mean / rstd: ``(grad_x, grad_weight, grad_bias)``, None
+    where ``output_mask`` says not wanted. grad_weight / grad_bias summed in float64 over float32
+    partial sums (ATen's bfloat16 CPU backward rounds them to bfloat16: off by ~1e-1 relative at
+    60800 rows)."""
+    grads = torch.ops.dinat.layer_norm_backward(grad_out, x, mean, rstd, weight, list(output_mask))
+    return tuple(g if wanted else None for g, wanted in zip(grads, output_mask))
 
 
 def run(query, key, value, rpb, scale, call: Call):

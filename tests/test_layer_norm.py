@@ -1,0 +1,228 @@
+"""The compiled kernel's LayerNorm (``torch.ops.dinat.layer_norm`` / ``layer_norm_backward``): forward
+(optionally of x + residual) and backward against float64 on every instruction set this CPU has,
+against ATen, its argument errors, and where the model uses it (:mod:`dinat_backbone.fused_norm` in
+inference, :mod:`dinat_backbone.lean` in training)."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from dinat_backbone import fused_norm
+from dinat_backbone.ops import cpu
+
+from conftest import small_model
+
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers import instruction_sets, rel_err, using_isa  # noqa: E402
+
+#: [rows..., C]: C a multiple of every vector width (DiNAT's), and C with a partial last vector,
+#: row counts past the 8- and 4-row groups with a remainder
+SHAPES = [(2, 7, 5, 64), (3, 11, 40), (37, 7), (1, 3), (5, 200)]
+EPS = 1e-5
+
+
+def _inputs(shape, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    C = shape[-1]
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 1).to(dtype)
+    r = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(C, generator=gen)
+    b = torch.randn(C, generator=gen)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    return x, r, w, b, g
+
+
+def _reference(s, w, b, g):
+    """LayerNorm of s and its gradients (x, weight, bias) for the output gradient g, in float64."""
+    s64 = s.double().requires_grad_()
+    w64 = None if w is None else w.double().requires_grad_()
+    b64 = None if b is None else b.double().requires_grad_()
+    out = F.layer_norm(s64, s.shape[-1:], w64, b64, EPS)
+    out.backward(g.double())
+    return out.detach(), s64.grad, None if w is None else w64.grad, None if b is None else b64.grad
+
+
+@pytest.mark.parametrize("isa", instruction_sets())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_against_float64(isa, dtype, shape):
+    """Forward of x + residual: the sum exactly the plain add's (rounded to the dtype), the output
+    within one rounding of the float64 LayerNorm of that sum, mean / rstd float32-accurate;
+    backward: grad_x within the dtype's rounding, grad_weight / grad_bias float32-accurate."""
+    x, r, w, b, g = _inputs(shape, dtype)
+    with using_isa(isa):
+        out, total, mean, rstd = torch.ops.dinat.layer_norm(x, r, w, b, EPS)
+        grad_x, grad_w, grad_b = torch.ops.dinat.layer_norm_backward(g, total, mean, rstd, w, [True, True, True])
+    assert torch.equal(total, x + r)
+    ref, ref_gx, ref_gw, ref_gb = _reference(total, w, b, g)
+    assert out.dtype == grad_x.dtype == dtype and grad_w.dtype == grad_b.dtype == torch.float32
+    assert mean.shape == rstd.shape == shape[:-1] + (1,) and mean.dtype == torch.float32
+    rounding = {torch.float32: 2e-6, torch.bfloat16: 2 ** -8}[dtype]
+    assert rel_err(out, ref) <= rounding
+    s64 = total.double()
+    torch.testing.assert_close(mean.double(), s64.mean(-1, keepdim=True), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd.double(), (s64.var(-1, unbiased=False, keepdim=True) + EPS).rsqrt(),
+                               rtol=1e-5, atol=0)
+    assert rel_err(grad_x, ref_gx) <= {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype]
+    assert rel_err(grad_w, ref_gw) <= 1e-5 and rel_err(grad_b, ref_gb) <= 1e-5
+
+
+@pytest.mark.parametrize("isa", instruction_sets())
+def test_without_residual_weight_or_bias(isa):
+    """No residual: the sum output is empty and the input is normalised; no weight / bias: ones / zeros;
+    output_mask leaves out what is not wanted (empty tensors)."""
+    x, _, w, b, g = _inputs((4, 9, 48), torch.bfloat16, seed=2)
+    with using_isa(isa):
+        out, total, mean, rstd = torch.ops.dinat.layer_norm(x, None, None, None, EPS)
+        grad_x, grad_w, grad_b = torch.ops.dinat.layer_norm_backward(g, x, mean, rstd, None, [True, False, True])
+        only_w = torch.ops.dinat.layer_norm_backward(g, x, mean, rstd, w, [False, True, False])
+    assert total.numel() == 0
+    ref, ref_gx, _, _ = _reference(x, None, None, g)
+    assert rel_err(out, ref) <= 2 ** -8 and rel_err(grad_x, ref_gx) <= 2 ** -7
+    assert grad_w.numel() == 0 and rel_err(grad_b, g.double().sum((0, 1))) <= 1e-5
+    assert only_w[0].numel() == 0 and only_w[2].numel() == 0
+    assert rel_err(only_w[1], _reference(x, w, b, g)[2]) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_aten(dtype):
+    """At DiNAT-T's stage shapes the output is ATen's within one rounding in bfloat16 (bit for bit
+    here, not promised), in float32 as close to float64 as ATen's. ATen's bfloat16 backward rounds
+    grad_weight / grad_bias to bfloat16, the kernel's are float32-accurate: every gradient no further
+    from float64 than ATen's."""
+    for shape in [(1, 50, 76, 64), (2, 16, 16, 256), (1, 13, 19, 512)]:
+        x, r, w, b, g = _inputs(shape, dtype, seed=3)
+        total = x + r
+        aten, aten_mean, aten_rstd = torch.native_layer_norm(total, shape[-1:], w, b, EPS)
+        out, _, mean, rstd = torch.ops.dinat.layer_norm(x, r, w, b, EPS)
+        ref = F.layer_norm(total.double(), shape[-1:], w.double(), b.double(), EPS)
+        if dtype == torch.bfloat16:
+            # one rounding of the result, or of its terms where they cancel (xhat * w + b near 0)
+            xhat = F.layer_norm(total.double(), shape[-1:], eps=EPS)
+            scale = torch.maximum(aten.double().abs(), (xhat * w.double()).abs() + b.double().abs())
+            assert ((out.double() - aten.double()).abs() <= scale * 2 ** -8).all()
+        else:  # float32: both carry the statistics' rounding (x - mean cancels); no further from float64
+            assert rel_err(out, ref) <= rel_err(aten, ref) * 1.5
+        torch.testing.assert_close(mean, aten_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rstd, aten_rstd, rtol=1e-5, atol=0)
+        _, ref_gx, ref_gw, ref_gb = _reference(total, w, b, g)
+        ours = torch.ops.dinat.layer_norm_backward(g, total, mean, rstd, w, [True, True, True])
+        theirs = torch.ops.aten.native_layer_norm_backward(g, total, shape[-1:], aten_mean, aten_rstd, w, b,
+                                                            [True, True, True])
+        for o, t, ref in zip(ours, theirs, (ref_gx, ref_gw, ref_gb)):
+            assert rel_err(o, ref) <= rel_err(t, ref) + 1e-6
+
+
+def test_special_values_and_strides():
+    """A row holding NaN or inf gives NaN like ATen (other rows unaffected); a constant row gives the
+    bias; non-contiguous inputs are read correctly."""
+    x, r, w, b, _ = _inputs((6, 32), torch.bfloat16, seed=4)
+    x[1, 3] = float("nan")
+    x[2, 0] = float("inf")
+    x[3] = 2.5
+    out = torch.ops.dinat.layer_norm(x, None, w, b, EPS)[0]
+    aten = F.layer_norm(x, (32,), w, b, EPS)
+    assert out[1].isnan().all() and out[2].isnan().all() and aten[1].isnan().all()
+    torch.testing.assert_close(out[3].float(), b.bfloat16().float())
+    torch.testing.assert_close(out[[0, 4, 5]].float(), aten[[0, 4, 5]].float(), rtol=2 ** -7, atol=2 ** -7)
+    wide = torch.randn(6, 64).bfloat16()
+    view = wide[:, ::2]  # strided
+    torch.testing.assert_close(torch.ops.dinat.layer_norm(view, None, w, b, EPS)[0].float(),
+                               F.layer_norm(view, (32,), w, b, EPS).float(), rtol=2 ** -7, atol=2 ** -7)
+
+
+@pytest.mark.parametrize("args, match", [
+    (lambda x: (x.double(), None, None, None, EPS), r"input must be bfloat16 or float32, got Double"),
+    (lambda x: (x, x[:, :-1], None, None, EPS), r"residual has shape \[4, 15\], input has shape \[4, 16\]"),
+    (lambda x: (x, x.float(), None, None, EPS), r"residual must have input's dtype BFloat16, got Float"),
+    (lambda x: (x, None, torch.ones(15), None, EPS), r"weight must have shape \[16\] \(input's last axis\)"),
+])
+def test_bad_arguments_are_named(args, match):
+    x = torch.randn(4, 16).bfloat16()
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.dinat.layer_norm(*args(x))
+    mean = torch.zeros(4, 1)
+    with pytest.raises(RuntimeError, match=r"mean and rstd must be float32 CPU tensors of 4 elements"):
+        torch.ops.dinat.layer_norm_backward(x, x, mean[:2], mean, None, [True, True, True])
+
+
+def _kernel_calls(fn, name="dinat::layer_norm") -> int:
+    with profile() as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == name)
+
+
+@pytest.fixture
+def switch_restored():
+    yield
+    fused_norm.set_fused_norm(True)
+
+
+def test_inference_uses_the_kernel_where_nothing_can_tell(switch_restored):
+    """no_grad inference (float32 and bf16 autocast) runs every LayerNorm of the model in the kernel:
+    norm1, norm2 (with the residual add), the patch embedding's, the downsamplers' and the output
+    norms; the outputs equal the switched-off model's within rounding. With a graph to build, a hook
+    on a norm, or the switch off, the modules run as written."""
+    model = small_model(seed=0, perturb=True).eval()
+    blocks = [blk for level in model.levels for blk in level.blocks]
+    n_norms = 2 * len(blocks) + 1 + sum(lv.downsample is not None for lv in model.levels) + len(model.out_indices)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        assert _kernel_calls(lambda: model(x)) == n_norms
+        fused = model(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert _kernel_calls(lambda: model(x)) == n_norms
+            fused_bf16 = model(x)
+        handle = blocks[0].norm1.register_forward_hook(lambda m, i, o: None)
+        assert _kernel_calls(lambda: model(x)) == n_norms - 1
+        handle.remove()
+        fused_norm.set_fused_norm(False)
+        assert _kernel_calls(lambda: model(x)) == 0
+        plain = model(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            plain_bf16 = model(x)
+    assert _kernel_calls(lambda: model(x)) == 0  # grad enabled, parameters require grad
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused_bf16, plain_bf16):
+        assert a.dtype == b.dtype and rel_err(a, b) <= 2e-2
+
+
+def test_add_layer_norm_falls_back_to_the_plain_ops():
+    """Mixed dtypes (a float32 layer-scale branch on a bfloat16 stream) or a non-LayerNorm module:
+    the plain add and module, same values."""
+    norm = nn.LayerNorm(8)
+    x = torch.randn(2, 8).bfloat16()
+    y = torch.randn(2, 8)
+    with torch.no_grad():
+        total, normed = fused_norm.add_layer_norm(x, y, norm)
+        assert total.dtype == torch.float32 and torch.equal(normed, norm(x + y))
+        ident = nn.Identity()
+        total, normed = fused_norm.add_layer_norm(x, x, ident)
+        assert torch.equal(normed, x + x)
+
+
+def test_training_step_runs_the_kernel_forward_and_backward():
+    """The lean training path's LayerNorm -> Linear runs the kernel's forward (and its recompute)
+    and backward on CPU float32 and bf16 autocast; float64 keeps ATen's."""
+    for dtype, autocast in [(torch.float32, False), (torch.float32, True), (torch.float64, False)]:
+        model = small_model(seed=0, perturb=True).to(dtype).train()
+        n_blocks = sum(len(level.blocks) for level in model.levels)
+        x = torch.randn(1, 3, 64, 64, dtype=dtype)
+
+        def step():
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                loss = sum(o.float().mean() for o in model(x))
+            loss.backward()
+
+        with profile() as prof:
+            step()
+        counts = {e.key: e.count for e in prof.key_averages()}
+        expected = 0 if dtype == torch.float64 else 2 * n_blocks
+        assert counts.get("dinat::layer_norm_backward", 0) == expected
+        assert counts.get("dinat::layer_norm", 0) == 2 * expected  # forward and the backward's recompute
+    assert cpu.layer_norm(torch.randn(2, 4, dtype=torch.float64), None, None, EPS) is None
