@@ -42,9 +42,10 @@ assert ops.cpu_kernel_available(), 'the ASan build of the kernel did not load'
 assert kernel.__file__.startswith('$WORK'), kernel.__file__
 print('[asan] kernel under test:', kernel.__file__)
 "
-say "running the kernel sweep, the op tests and the GELU backward tests under AddressSanitizer"
-# (not the test of gelu_backward's argument errors: a C++ exception thrown under the preloaded libasan
+say "running the kernel sweep, the op tests, the GELU backward and LayerNorm tests under AddressSanitizer"
+# (not the tests of argument errors: a C++ exception thrown under the preloaded libasan
 # aborts in its __cxa_throw interceptor, which found no real __cxa_throw; nothing to do with the kernel)
 LD_PRELOAD="$LIBASAN" "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_sweep.py tests/test_ops.py \
-  tests/test_gelu_backward.py --deselect tests/test_gelu_backward.py::test_bad_arguments_are_named "$@"
+  tests/test_gelu_backward.py --deselect tests/test_gelu_backward.py::test_bad_arguments_are_named \
+  tests/test_layer_norm.py --deselect tests/test_layer_norm.py::test_bad_arguments_are_named "$@"
 say "no memory errors"
