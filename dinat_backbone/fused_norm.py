@@ -12,10 +12,12 @@ rounded to x's dtype before the statistics, as the plain add stores it. Equal to
 within one rounding (bit for bit at DiNAT-T's shapes in bfloat16 here).
 
 Used, like :mod:`dinat_backbone.fused_linear`, only where nothing can tell the difference: CPU
-float32 / bfloat16 tensors, no autograd graph to build (inference; training runs the kernel inside
-its own autograd function, :mod:`dinat_backbone.lean`), exactly ``nn.LayerNorm`` over the last axis
-without hooks, not while tracing or exporting, and with ``set_fused_norm(True)`` (the default).
-Everything else runs the modules as written.
+float32 / bfloat16 tensors, exactly ``nn.LayerNorm`` over the last axis without hooks, not while
+tracing or exporting, and with ``set_fused_norm(True)`` (the default). Where autograd needs a graph
+(training), :func:`layer_norm` runs the kernel's forward and backward in an autograd function (first
+derivatives, as the memory-lean block functions of :mod:`dinat_backbone.lean`, which run the
+blocks' norms in the kernel too); the fused add is for inference. Everything else runs the modules
+as written.
 """
 from __future__ import annotations
 
@@ -44,41 +46,63 @@ def fused_norm_enabled() -> bool:
 
 
 def _kernel_ok(x: torch.Tensor, norm: nn.Module, residual: Optional[torch.Tensor]) -> bool:
-    """Whether the kernel computes exactly what ``norm(x [+ residual])`` would here (no graph, no tracing)."""
+    """Whether the kernel computes exactly what ``norm(x [+ residual])`` would here (no tracing)."""
     if not fused_norm_enabled() or type(norm) is not nn.LayerNorm or type(x) is not torch.Tensor:
         return False
-    if x.device.type != "cpu" or x.layout != torch.strided or tuple(norm.normalized_shape) != tuple(x.shape[-1:]):
+    if x.layout != torch.strided or tuple(norm.normalized_shape) != tuple(x.shape[-1:]):
         return False
     if residual is not None and (type(residual) is not torch.Tensor or residual.layout != torch.strided):
+        return False
+    if not cpu_ops.layer_norm_applies(x, norm.weight, norm.bias, residual):
         return False
     if torch.is_autocast_enabled("cpu") and x.dtype != torch.float32:
         from .lean import _autocast_layer_norm_in_float32  # this build's autocast policy for layer_norm
 
         if _autocast_layer_norm_in_float32(x, torch.get_autocast_dtype("cpu")):
             return False  # plain runs it in float32 there (not on CPU in torch <= 2.13)
-    if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)
-                                    or any(p is not None and p.requires_grad for p in (norm.weight, norm.bias))):
-        return False
     return hook_free(norm) and not tracing()
 
 
+def _needs_graph(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _KernelLayerNorm(torch.autograd.Function):
+    """``norm(x)`` through the kernel, forward and backward, where autograd needs a graph (the
+    training step's patch-embedding, downsampler and output norms; the blocks' norms run in the
+    memory-lean functions of :mod:`dinat_backbone.lean`). First derivatives only, like those."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        out, _, mean, rstd = cpu_ops.layer_norm(x, weight, bias, eps)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, mean, rstd, weight = ctx.saved_tensors
+        grads = cpu_ops.layer_norm_backward(grad_out, x, mean, rstd, weight, ctx.needs_input_grad[:3])
+        return (*grads, None)
+
+
 def layer_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """``norm(x)``; for a hook-free ``nn.LayerNorm`` on a CPU float32 / bfloat16 map with no graph
-    to build, through the kernel (see the module docstring)."""
+    """``norm(x)``; for a hook-free ``nn.LayerNorm`` on a CPU float32 / bfloat16 map, through the
+    kernel (see the module docstring), with autograd where a graph is needed."""
     if not torch.compiler.is_compiling() and _kernel_ok(x, norm, None):
-        fused = cpu_ops.layer_norm(x, norm.weight, norm.bias, norm.eps)
-        if fused is not None:
-            return fused[0]
+        if _needs_graph(x, norm.weight, norm.bias):
+            return _KernelLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
+        return cpu_ops.layer_norm(x, norm.weight, norm.bias, norm.eps)[0]
     return norm(x)
 
 
 def add_layer_norm(x: torch.Tensor, y: torch.Tensor, norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(x + y, norm(x + y))``: the residual add and the next LayerNorm, in one pass of the kernel
-    where :func:`layer_norm` would use it and x, y have one dtype and shape."""
-    if not torch.compiler.is_compiling() and _kernel_ok(x, norm, y):
-        fused = cpu_ops.layer_norm(x, norm.weight, norm.bias, norm.eps, residual=y)
-        if fused is not None:
-            return fused[1], fused[0]
+    where :func:`layer_norm` would use it, x and y have one dtype and shape, and no graph is needed
+    (else the add, then :func:`layer_norm`)."""
+    if (not torch.compiler.is_compiling() and _kernel_ok(x, norm, y)
+            and not _needs_graph(x, y, norm.weight, norm.bias)):
+        normed, total, _, _ = cpu_ops.layer_norm(x, norm.weight, norm.bias, norm.eps, residual=y)
+        return total, normed
     total = x + y
-    return total, norm(total)
-
+    return total, layer_norm(total, norm)

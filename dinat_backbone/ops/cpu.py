@@ -20,7 +20,7 @@ from .reference import differentiable_grads
 
 NAME = "cpu"
 __all__ = ["NAME", "BACKEND", "run", "kernel_available", "max_kernel_size", "gelu_backward", "layer_norm",
-           "layer_norm_backward"]
+           "layer_norm_applies", "layer_norm_backward"]
 
 try:  # the extension registers torch.ops.dinat.* on import
     from .. import _C
@@ -102,8 +102,13 @@ def _register_python_parts():
         ctx.save_for_backward(query, key, value, weights, rpb)
         ctx.params = (kernel_size, dilation, scale, save_weights)
         ctx.mark_non_differentiable(weights)
+        # no zero-filled gradient for the weights output (never used): autograd would otherwise
+        # materialise one as large as the attention weights on every backward call
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_out, _grad_weights):
+        if grad_out is None:  # the output took no part in the loss (grads are not materialised)
+            return (None,) * 8
         query, key, value, weights, rpb = ctx.saved_tensors
         kernel_size, dilation, scale, save_weights = ctx.params
         if torch.is_grad_enabled():  # create_graph=True: the kernel's backward is not differentiable
@@ -174,23 +179,29 @@ def gelu_backward(grad: torch.Tensor, hidden: torch.Tensor):
 _NORM_DTYPES = (torch.bfloat16, torch.float32)
 
 
+def layer_norm_applies(x: torch.Tensor, weight, bias, residual=None) -> bool:
+    """Whether :func:`layer_norm` runs the kernel on these tensors (float32 / bfloat16 CPU tensors,
+    weight / bias of x's dtype or float32 over x's last axis, a residual like x; the kernel built)."""
+    if not (_HAS_LAYER_NORM and x.device.type == "cpu" and x.dtype in _NORM_DTYPES and x.dim() >= 1
+            and x.shape[-1] > 0):
+        return False
+    for p in (weight, bias):
+        if p is not None and (p.device.type != "cpu" or p.shape != x.shape[-1:]
+                              or p.dtype not in (x.dtype, torch.float32)):
+            return False
+    return residual is None or (residual.device.type == "cpu" and residual.dtype == x.dtype
+                                and residual.shape == x.shape)
+
+
 def layer_norm(x: torch.Tensor, weight, bias, eps: float, residual=None):
     """LayerNorm over the last axis of a float32 / bfloat16 CPU tensor, of ``x + residual`` when given
     (the sum rounded to x's dtype, as the plain add stores it), in one pass of the compiled kernel:
     ``(out, sum, mean, rstd)`` (sum empty without a residual; mean / rstd float32 ``[..., 1]``, as
-    ``torch.native_layer_norm``'s). None where it does not apply (other dtypes or devices, weight /
-    bias of another dtype than x's or float32, the kernel missing); the caller runs ATen's then.
-    Float32 statistics (two passes over each row); matches ATen's output within one rounding (bit
-    for bit at DiNAT's shapes here). No autograd: the training path wraps it (dinat_backbone.lean)."""
-    if not (_HAS_LAYER_NORM and x.device.type == "cpu" and x.dtype in _NORM_DTYPES and x.dim() >= 1
-            and x.shape[-1] > 0):
-        return None
-    for p in (weight, bias):
-        if p is not None and (p.device.type != "cpu" or p.shape != x.shape[-1:]
-                              or p.dtype not in (x.dtype, torch.float32)):
-            return None
-    if residual is not None and (residual.device.type != "cpu" or residual.dtype != x.dtype
-                                 or residual.shape != x.shape):
+    ``torch.native_layer_norm``'s). None where it does not apply (:func:`layer_norm_applies`); the
+    caller runs ATen's then. Float32 statistics (two passes over each row); matches ATen's output
+    within one rounding (bit for bit at DiNAT's shapes in bfloat16 here). No autograd: callers wrap
+    it (dinat_backbone.fused_norm, dinat_backbone.lean)."""
+    if not layer_norm_applies(x, weight, bias, residual):
         return None
     return torch.ops.dinat.layer_norm(x, residual, weight, bias, float(eps))
 
