@@ -479,3 +479,12 @@ def test_benchmark_gelu_quick_times_both_paths(capsys):
     rows = load_tool("benchmark_gelu").main(["--quick"])
     assert len(rows) == 2 and all(a > 0 and b > 0 for _, _, a, b in rows)
     assert "dinat::gelu_backward" in capsys.readouterr().out
+
+
+def test_benchmark_layer_norm_quick_times_both_paths(capsys):
+    """tools/benchmark_layer_norm.py --quick: one row per shape, ATen and kernel timings positive for
+    the forward, the add + forward and the backward."""
+    rows = load_tool("benchmark_layer_norm").main(["--quick"])
+    assert len(rows) == 2
+    assert all(a > 0 and k > 0 for row in rows for a, k in (row["fwd"], row["add"], row["bwd"]))
+    assert "add + forward" in capsys.readouterr().out

@@ -183,6 +183,20 @@ def best_and_median(fn: Callable[[], object], dev: Device, repeats: int, warmup:
     return min(times), statistics.median(times)
 
 
+def alternating_medians(runs: Dict[str, Callable[[], object]], reps: int) -> Dict[str, float]:
+    """Median wall time (seconds) of each of ``runs`` over ``reps`` repetitions in one process, the
+    order alternating between repetitions (so that a slow spell of a shared machine hits every run
+    alike); one warm-up call each first. CPU calls (no device sync)."""
+    for fn in runs.values():
+        fn()
+    times: Dict[str, list] = {k: [] for k in runs}
+    order = list(runs)
+    for r in range(reps):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            times[k].append(timed(runs[k]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def median_or_nan(times) -> float:
     return statistics.median(times) if times else float("nan")
 

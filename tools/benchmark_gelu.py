@@ -9,7 +9,6 @@ repetitions in one process, fresh outputs every call (as in a training step).
 """
 import argparse
 import os
-import statistics
 import sys
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(TOOLS_DIR))
 sys.path.insert(0, TOOLS_DIR)
-from bench_common import timed  # noqa: E402
+from bench_common import alternating_medians  # noqa: E402
 from dinat_backbone import _C  # noqa: E402,F401  (registers torch.ops.dinat.*)
 
 #: (tokens, fc1 width) of DiNAT-T's four stages at 1x3x800x1216
@@ -40,15 +39,9 @@ def main(argv=None):
     for n, c in shapes:
         h = torch.randn(n, c, generator=gen).bfloat16()
         g = torch.randn(n, c, generator=gen).bfloat16()
-        runs = {"aten": lambda: (F.gelu(h), torch.ops.aten.gelu_backward(g, h)),
-                "fused": lambda: torch.ops.dinat.gelu_backward(g, h)}
-        times = {k: [] for k in runs}
-        for fn in runs.values():
-            fn()
-        for r in range(reps):
-            for k in (("aten", "fused") if r % 2 == 0 else ("fused", "aten")):
-                times[k].append(timed(runs[k]))
-        a, b = (statistics.median(times[k]) * 1e3 for k in ("aten", "fused"))
+        medians = alternating_medians({"aten": lambda: (F.gelu(h), torch.ops.aten.gelu_backward(g, h)),
+                                       "fused": lambda: torch.ops.dinat.gelu_backward(g, h)}, reps)
+        a, b = medians["aten"] * 1e3, medians["fused"] * 1e3
         rows.append((n, c, a, b))
         print(f"{f'{n}x{c}':>14}  {a:23.2f} ms  {b:18.2f} ms  {a / b:7.2f}x")
     return rows
