@@ -1,23 +1,25 @@
-"""CPU LayerNorm of the DiNAT model through the compiled kernel (``torch.ops.dinat.layer_norm``),
+"""CPU bfloat16 LayerNorm of the DiNAT model through the compiled kernel (``torch.ops.dinat.layer_norm``),
 fused with the residual add before norm2 in inference.
 
-ATen's LayerNorm on CPU is slow on DiNAT's short rows: at the 800 x 1216 COCO size, stage 1 is a
-60800 x 64 map, which ATen normalises in 2.7 ms in bfloat16 (3.2 ms in float32), while a copy of it
-takes 0.3 ms; the block's ``x + attn`` before norm2 is one more pass. The kernel takes both in one
-pass, 0.75 ms / 1.3 ms with the add (2-core AMD EPYC, 2 threads, bfloat16); it is ~6 % of DiNAT-T's
-bfloat16 forward.
+ATen's bfloat16 LayerNorm on CPU is slow on DiNAT's short rows: at the 800 x 1216 COCO size, stage 1
+is a 60800 x 64 map, which ATen normalises in 2.3-2.7 ms while a copy of it takes 0.3 ms; the
+block's ``x + attn`` before norm2 is one more pass. The kernel takes 0.7 ms, 1.2 ms with the add,
+and its backward 0.8 ms against ATen's 2.6 (``python tools/benchmark_layer_norm.py``; 2-core AMD
+EPYC, 2 threads). LayerNorm was ~6 % of DiNAT-T's bfloat16 forward. Float32 tensors keep ATen's:
+there the kernel is no faster (``--dtype float32``).
 
 Values: float32 statistics (two passes over each row in L1), output rounded once; the sum is
-rounded to x's dtype before the statistics, as the plain add stores it. Equal to ATen's output
-within one rounding (bit for bit at DiNAT-T's shapes in bfloat16 here).
+rounded to bfloat16 before the statistics, as the plain add stores it. Equal to ATen's output
+within one rounding (bit for bit at DiNAT-T's shapes here); the weight / bias gradients are
+float32-accurate, where ATen's bfloat16 backward rounds them to bfloat16.
 
 Used, like :mod:`dinat_backbone.fused_linear`, only where nothing can tell the difference: CPU
-float32 / bfloat16 tensors, exactly ``nn.LayerNorm`` over the last axis without hooks, not while
-tracing or exporting, and with ``set_fused_norm(True)`` (the default). Where autograd needs a graph
-(training), :func:`layer_norm` runs the kernel's forward and backward in an autograd function (first
-derivatives, as the memory-lean block functions of :mod:`dinat_backbone.lean`, which run the
-blocks' norms in the kernel too); the fused add is for inference. Everything else runs the modules
-as written.
+bfloat16 maps (the residual stream under CPU bf16 autocast, or a bf16 model), exactly
+``nn.LayerNorm`` over the last axis without hooks, not while tracing or exporting, and with
+``set_fused_norm(True)`` (the default). Where autograd needs a graph (training), :func:`layer_norm`
+runs the kernel's forward and backward in an autograd function (first derivatives, as the
+memory-lean block functions of :mod:`dinat_backbone.lean`, which run the blocks' norms in the kernel
+too); the fused add is for inference. Everything else runs the modules as written.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ class _KernelLayerNorm(torch.autograd.Function):
 
 
 def layer_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """``norm(x)``; for a hook-free ``nn.LayerNorm`` on a CPU float32 / bfloat16 map, through the
+    """``norm(x)``; for a hook-free ``nn.LayerNorm`` on a CPU bfloat16 map, through the
     kernel (see the module docstring), with autograd where a graph is needed."""
     if not torch.compiler.is_compiling() and _kernel_ok(x, norm, None):
         if _needs_graph(x, norm.weight, norm.bias):

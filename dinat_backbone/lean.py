@@ -76,7 +76,7 @@ class _LayerNormLinear(torch.autograd.Function):
         channels = x.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
             norm_in = x.float() if norm_in_float32 else x
-            # CPU float32 / bfloat16: the compiled kernel's LayerNorm (dinat_backbone.fused_norm says why),
+            # CPU bfloat16: the compiled kernel's LayerNorm (dinat_backbone.fused_norm says why),
             # forward and backward; elsewhere ATen's
             fused = cpu_layer_norm(norm_in, ln_weight, ln_bias, eps)
             if fused is None:
