@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fused_linear import linear_weights
+from .fused_norm import fused_norm_enabled
 from .ops.cpu import gelu_backward as cpu_gelu_backward
 from .ops.cpu import layer_norm as cpu_layer_norm
 from .ops.cpu import layer_norm_backward as cpu_layer_norm_backward
@@ -78,7 +79,7 @@ class _LayerNormLinear(torch.autograd.Function):
             norm_in = x.float() if norm_in_float32 else x
             # CPU bfloat16: the compiled kernel's LayerNorm (dinat_backbone.fused_norm says why),
             # forward and backward; elsewhere ATen's
-            fused = cpu_layer_norm(norm_in, ln_weight, ln_bias, eps)
+            fused = cpu_layer_norm(norm_in, ln_weight, ln_bias, eps) if fused_norm_enabled() else None
             if fused is None:
                 normed, mean, rstd = torch.native_layer_norm(norm_in, (channels,), ln_weight, ln_bias, eps)
             else:

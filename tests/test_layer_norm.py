@@ -255,3 +255,17 @@ def test_autograd_function_gradients():
     handle = norm.register_forward_hook(lambda m, i, o: seen.append(o))
     assert _kernel_calls(lambda: fused_norm.layer_norm(x, norm)) == 0 and len(seen) == 1
     handle.remove()
+
+
+def test_switch_off_gives_aten_everywhere(switch_restored):
+    """set_fused_norm(False): a bf16 training step runs no kernel LayerNorm (the lean functions too)."""
+    fused_norm.set_fused_norm(False)
+    model = small_model(seed=0, perturb=True).train()
+    x = torch.randn(1, 3, 64, 64)
+
+    def step():
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = sum(o.float().mean() for o in model(x))
+        loss.backward()
+
+    assert _kernel_calls(step) == 0
