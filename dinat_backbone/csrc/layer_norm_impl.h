@@ -30,14 +30,12 @@ NA_INLINE typename IntVecT<W>::type first_lanes(int64_t n) {
 // two sums per row are the latency chain of a short row)
 template <int W>
 NA_INLINE float hsum_tree(typename VecT<float, W>::type v) {
-  if constexpr (W == 16) {
-    return hsum_tree<8>(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                        __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
-  } else if constexpr (W == 8) {
-    return hsum_tree<4>(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
-  } else if constexpr (W == 4) {
-    const auto pair = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
-    return pair[0] + pair[1];
+  if constexpr (W >= 8) {  // halves by memcpy: one extract each (no __builtin_shufflevector before GCC 12)
+    typedef typename VecT<float, W / 2>::type Half;
+    Half lo, hi;
+    __builtin_memcpy(&lo, &v, sizeof(Half));
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(Half), sizeof(Half));
+    return hsum_tree<W / 2>(lo + hi);
   } else {
     return hsum<float, W>(v);
   }
