@@ -411,9 +411,9 @@ def test_lean_training_path_under_autocast(dtype, x_dtype):
     (max error / max value <= 1e-2 for bfloat16's 8 mantissa bits, 2e-3 for float16). A bfloat16 x
     is the real model's residual stream under CPU bf16 autocast (the patch embedding's Linear/Conv
     output): CPU autocast runs layer_norm in x's dtype (it is on CUDA's float32 list, not CPU's), and
-    so does the lean path (in the compiled kernel's LayerNorm there, equal to ATen's bit for bit at
-    this shape), so its forward is the plain modules' forward bit for bit. (Without layer scale, as
-    DiNAT-T: a float32 gamma would promote the residual stream, and norm2's input, to float32.)
+    so does the lean path (in the compiled kernel's LayerNorm there, within one rounding of ATen's:
+    bit for bit on this project's EPYC, not promised on every CPU). (Without layer scale, as DiNAT-T:
+    a float32 gamma would promote the residual stream, and norm2's input, to float32.)
     The LayerNorm weight / bias gradients of a bfloat16 x are the exception: ATen's CPU backward
     rounds them to bfloat16 (up to 3 % of the largest off here), the kernel's are float32-accurate
     (tests/test_layer_norm.py), so those compare within 5e-2."""
@@ -436,7 +436,7 @@ def test_lean_training_path_under_autocast(dtype, x_dtype):
         bf16_norm_param = x_dtype == torch.bfloat16 and name.startswith("norm")
         assert rel(gp1[name], gp2[name]) <= (5e-2 if bf16_norm_param else tol), (name, rel(gp1[name], gp2[name]))
     if x_dtype != torch.float32:
-        assert o1.dtype == x_dtype and torch.equal(o1, o2)
+        assert o1.dtype == x_dtype
 
 
 def test_random_init_happens_once():
