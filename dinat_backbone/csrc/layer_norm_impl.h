@@ -43,7 +43,9 @@ NA_INLINE float hsum_tree(typename VecT<float, W>::type v) {
 
 // bfloat16 row loads and stores of the LayerNorm kernel: one widening load (GCC splits the vector
 // extension's 16 x u16 -> u32 conversion into two halves and an insert), and on AVX512_BF16 one
-// rounding instruction (vcvtneps2bf16: round to nearest even like torch; NaN lanes set to torch's 0x7fc0)
+// rounding instruction (vcvtneps2bf16: round to nearest even like torch; NaN lanes set to torch's
+// 0x7fc0; unlike torch it flushes results below 2^-126 in magnitude to zero, immaterial for a
+// normalised output)
 template <class V>
 NA_INLINE V ln_load(const float* p, int64_t n) { return load_lanes<V>(p, n); }
 template <class V>
