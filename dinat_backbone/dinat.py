@@ -270,18 +270,18 @@ class DiNATBlock(nn.Module):
         return self.training and torch.is_grad_enabled() and not exporting()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # inference: LayerNorm (and the residual add before norm2) in the compiled kernel on CPU
+        # where nothing can tell (dinat_backbone.fused_norm)
         if self._training():
             y = self._attention(qkv=layer_norm_linear(x, self.norm1, self.attn.qkv))
-            if self.layer_scale:
-                y = self.gamma1 * y
+        else:
+            y = self._attention(layer_norm(x, self.norm1))
+        if self.layer_scale:
+            y = self.gamma1 * y
+        if self._training():
             x = x + self.drop_path(y)
             y = self._mlp_lean(layer_norm_linear(x, self.norm2, self.mlp.fc1))
         else:
-            # inference: LayerNorm (and the residual add before norm2) in the compiled kernel on CPU
-            # where nothing can tell (dinat_backbone.fused_norm)
-            y = self._attention(layer_norm(x, self.norm1))
-            if self.layer_scale:
-                y = self.gamma1 * y
             x, normed = add_layer_norm(x, self.drop_path(y), self.norm2)
             y = self.mlp(normed)
         if self.layer_scale:

@@ -48,7 +48,8 @@ def fused_norm_enabled() -> bool:
 
 
 def _kernel_ok(x: torch.Tensor, norm: nn.Module, residual: Optional[torch.Tensor]) -> bool:
-    """Whether the kernel computes exactly what ``norm(x [+ residual])`` would here (no tracing)."""
+    """Whether the kernel computes exactly what ``norm(x [+ residual])`` would here (no tracing); the
+    callers then run the op itself (cpu_ops.layer_norm would check its tensors a second time)."""
     if not fused_norm_enabled() or type(norm) is not nn.LayerNorm or type(x) is not torch.Tensor:
         return False
     if x.layout != torch.strided or tuple(norm.normalized_shape) != tuple(x.shape[-1:]):
@@ -57,7 +58,7 @@ def _kernel_ok(x: torch.Tensor, norm: nn.Module, residual: Optional[torch.Tensor
         return False
     if not cpu_ops.layer_norm_applies(x, norm.weight, norm.bias, residual):
         return False
-    if torch.is_autocast_enabled("cpu") and x.dtype != torch.float32:
+    if torch.is_autocast_enabled("cpu"):
         from .lean import _autocast_layer_norm_in_float32  # this build's autocast policy for layer_norm
 
         if _autocast_layer_norm_in_float32(x, torch.get_autocast_dtype("cpu")):
@@ -76,7 +77,7 @@ class _KernelLayerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        out, _, mean, rstd = cpu_ops.layer_norm(x, weight, bias, eps)
+        out, _, mean, rstd = torch.ops.dinat.layer_norm(x, None, weight, bias, eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         return out
 
@@ -93,8 +94,8 @@ def layer_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     kernel (see the module docstring), with autograd where a graph is needed."""
     if not torch.compiler.is_compiling() and _kernel_ok(x, norm, None):
         if _needs_graph(x, norm.weight, norm.bias):
-            return _KernelLayerNorm.apply(x, norm.weight, norm.bias, norm.eps)
-        return cpu_ops.layer_norm(x, norm.weight, norm.bias, norm.eps)[0]
+            return _KernelLayerNorm.apply(x, norm.weight, norm.bias, float(norm.eps))
+        return torch.ops.dinat.layer_norm(x, None, norm.weight, norm.bias, float(norm.eps))[0]
     return norm(x)
 
 
@@ -104,7 +105,7 @@ def add_layer_norm(x: torch.Tensor, y: torch.Tensor, norm: nn.Module) -> Tuple[t
     (else the add, then :func:`layer_norm`)."""
     if (not torch.compiler.is_compiling() and _kernel_ok(x, norm, y)
             and not _needs_graph(x, y, norm.weight, norm.bias)):
-        normed, total, _, _ = cpu_ops.layer_norm(x, norm.weight, norm.bias, norm.eps, residual=y)
+        normed, total, _, _ = torch.ops.dinat.layer_norm(x, y, norm.weight, norm.bias, float(norm.eps))
         return total, normed
     total = x + y
     return total, layer_norm(total, norm)

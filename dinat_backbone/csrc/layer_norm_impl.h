@@ -26,6 +26,13 @@ NA_INLINE typename IntVecT<W>::type first_lanes(int64_t n) {
   return lane < (int32_t)n;
 }
 
+// lanes of the vector at column c of a row of C: W, or the remainder for the last one (kFull: C a
+// multiple of W, every vector full)
+template <int W, bool kFull>
+NA_INLINE int64_t vector_lanes(int64_t C, int64_t c) {
+  return kFull || C - c >= W ? W : C - c;
+}
+
 // sum of the lanes by halving (log2 W dependent adds, not the W - 1 of a lane-by-lane sum: the
 // two sums per row are the latency chain of a short row)
 template <int W>
@@ -93,7 +100,7 @@ NA_INLINE void layer_norm_group(const LayerNormArgs& a, int64_t row0) {
       const S* res = static_cast<const S*>(a.residual) + (row0 + r) * C;
       S* sum = static_cast<S*>(a.sum) + (row0 + r) * C;
       for (int64_t c = 0; c < C; c += W) {
-        const int64_t n = kFull || C - c >= W ? W : C - c;
+        const int64_t n = vector_lanes<W, kFull>(C, c);
         ln_store(sum + c, ln_load<V>(src[r] + c, n) + ln_load<V>(res + c, n), n);
       }
       src[r] = sum;  // the statistics of the sum as stored (rounded to S), as LayerNorm(x + r) sees it
@@ -102,7 +109,7 @@ NA_INLINE void layer_norm_group(const LayerNormArgs& a, int64_t row0) {
   V acc[R];
   for (int r = 0; r < R; ++r) acc[r] = V{};
   for (int64_t c = 0; c < C; c += W) {
-    const int64_t n = kFull || C - c >= W ? W : C - c;
+    const int64_t n = vector_lanes<W, kFull>(C, c);
     for (int r = 0; r < R; ++r) acc[r] += ln_load<V>(src[r] + c, n);
   }
   float mean[R];
@@ -111,7 +118,7 @@ NA_INLINE void layer_norm_group(const LayerNormArgs& a, int64_t row0) {
     acc[r] = V{};
   }
   for (int64_t c = 0; c < C; c += W) {
-    const int64_t n = kFull || C - c >= W ? W : C - c;
+    const int64_t n = vector_lanes<W, kFull>(C, c);
     for (int r = 0; r < R; ++r) {
       V d = ln_load<V>(src[r] + c, n) - mean[r];
       if (!kFull && n < W) d = first_lanes<W>(n) ? d : V{};  // padding lanes (x = 0) would add mean^2
@@ -121,7 +128,7 @@ NA_INLINE void layer_norm_group(const LayerNormArgs& a, int64_t row0) {
   float rstd[R];
   for (int r = 0; r < R; ++r) rstd[r] = 1.0f / __builtin_sqrtf(hsum_tree<W>(acc[r]) * inv_c + a.eps);
   for (int64_t c = 0; c < C; c += W) {
-    const int64_t n = kFull || C - c >= W ? W : C - c;
+    const int64_t n = vector_lanes<W, kFull>(C, c);
     const V w = load_lanes<V>(a.weight + c, n), b = load_lanes<V>(a.bias + c, n);
     for (int r = 0; r < R; ++r)
       ln_store(static_cast<S*>(a.out) + (row0 + r) * C + c, (ln_load<V>(src[r] + c, n) - mean[r]) * rstd[r] * w + b, n);
@@ -165,7 +172,7 @@ NA_INLINE void layer_norm_backward_group(const LayerNormBackwardArgs& a, int64_t
   V sum_gy[R], sum_gy_xhat[R];
   for (int r = 0; r < R; ++r) sum_gy[r] = sum_gy_xhat[r] = V{};
   for (int64_t c = 0; c < C; c += W) {
-    const int64_t n = kFull || C - c >= W ? W : C - c;
+    const int64_t n = vector_lanes<W, kFull>(C, c);
     const V w = load_lanes<V>(a.weight + c, n);
     V gw = V{}, gb = V{};
     for (int r = 0; r < R; ++r) {
@@ -187,7 +194,7 @@ NA_INLINE void layer_norm_backward_group(const LayerNormBackwardArgs& a, int64_t
     mean_gy_xhat[r] = hsum_tree<W>(sum_gy_xhat[r]) * inv_c;
   }
   for (int64_t c = 0; c < C; c += W) {
-    const int64_t n = kFull || C - c >= W ? W : C - c;
+    const int64_t n = vector_lanes<W, kFull>(C, c);
     const V w = load_lanes<V>(a.weight + c, n);
     for (int r = 0; r < R; ++r) {
       const V xhat = (ln_load<V>(x[r] + c, n) - mean[r]) * rstd[r];

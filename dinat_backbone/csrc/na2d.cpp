@@ -560,6 +560,16 @@ std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input
 // ---------------------------------------------------------------------------------------------
 // LayerNorm of the DiNAT block (layer_norm_impl.h)
 // ---------------------------------------------------------------------------------------------
+// the normalised tensor: a float32 / bfloat16 CPU tensor with a non-empty last axis
+void check_norm_input_tensor(const Tensor& input, const char* op) {
+  TORCH_CHECK(input.device().is_cpu(), op, ": CPU tensors only, got input on ", input.device());
+  TORCH_CHECK(input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat, op,
+              ": input must be bfloat16 or float32, got ", input.scalar_type());
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op, ": input needs a non-empty last axis, got shape ",
+              input.sizes());
+}
+
+// a tensor that must match the normalised one (the residual, the output gradient)
 void check_norm_input(const Tensor& t, const char* name, const Tensor& input, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), op, ": CPU tensors only, got ", name, " on ", t.device());
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " must have input's dtype ",
@@ -587,11 +597,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_norm(const Tensor& input, const
                                                       const c10::optional<Tensor>& weight,
                                                       const c10::optional<Tensor>& bias, double eps) {
   const char* op = "dinat::layer_norm";
-  TORCH_CHECK(input.device().is_cpu(), op, ": CPU tensors only, got input on ", input.device());
-  TORCH_CHECK(input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat, op,
-              ": input must be bfloat16 or float32, got ", input.scalar_type());
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op, ": input needs a non-empty last axis, got shape ",
-              input.sizes());
+  check_norm_input_tensor(input, op);
   const int64_t C = input.size(-1), rows = input.numel() / C;
   const Tensor x = input.contiguous();
   Tensor r;
@@ -623,11 +629,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, c
                                                        const Tensor& rstd, const c10::optional<Tensor>& weight,
                                                        std::array<bool, 3> output_mask) {
   const char* op = "dinat::layer_norm_backward";
-  TORCH_CHECK(input.device().is_cpu(), op, ": CPU tensors only, got input on ", input.device());
-  TORCH_CHECK(input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat, op,
-              ": input must be bfloat16 or float32, got ", input.scalar_type());
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) > 0, op, ": input needs a non-empty last axis, got shape ",
-              input.sizes());
+  check_norm_input_tensor(input, op);
   check_norm_input(grad_out, "grad_out", input, op);
   const int64_t C = input.size(-1), rows = input.numel() / C;
   for (const Tensor* s : {&mean, &rstd})
