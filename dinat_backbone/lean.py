@@ -115,8 +115,9 @@ class _LayerNormLinear(torch.autograd.Function):
             grad_normed = (grad_out @ linear_weight).to(normed.dtype)
             mask = ctx.needs_input_grad[:3]
             if ctx.kernel_norm:
+                # grad_normed is this function's own fresh tensor: grad_x may overwrite it
                 grad_x, grad_ln_weight, grad_ln_bias = cpu_layer_norm_backward(
-                    grad_normed, norm_in, mean, rstd, ln_weight, mask)
+                    grad_normed, norm_in, mean, rstd, ln_weight, mask, overwrite_grad=True)
             else:
                 grad_x, grad_ln_weight, grad_ln_bias = torch.ops.aten.native_layer_norm_backward(
                     grad_normed, norm_in, (channels,), mean, rstd, ln_weight, ln_bias, list(mask))
@@ -149,8 +150,9 @@ class _GeluLinear(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             grad_act = (grad_out @ linear_weight).to(hidden.dtype)
             # bfloat16 on CPU: gelu(hidden) again and the GELU gradient in one pass of the compiled
-            # kernel (one erfc and exp per element, not ATen's gelu then gelu_backward, each with its erf)
-            fused = cpu_gelu_backward(grad_act, hidden)
+            # kernel (one erfc and exp per element, not ATen's gelu then gelu_backward, each with its
+            # erf), the gradient written over grad_act (this function's own fresh tensor)
+            fused = cpu_gelu_backward(grad_act, hidden, overwrite_grad=True)
             if fused is None:
                 act, grad_hidden = F.gelu(hidden), torch.ops.aten.gelu_backward(grad_act, hidden)
             else:

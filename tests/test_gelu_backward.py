@@ -86,6 +86,49 @@ def test_bad_arguments_are_named():
         torch.ops.dinat.gelu_backward(torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("isa", instruction_sets())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_variant_matches(isa, dtype):
+    """gelu_backward_ writes the gradient over grad (same bits as gelu_backward, every element read
+    before it is overwritten) and returns gelu(h)."""
+    h, g = inputs(1237, dtype, seed=2)
+    with using_isa(isa):
+        act, grad = torch.ops.dinat.gelu_backward(g, h)
+        g2 = g.clone()
+        ptr = g2.data_ptr()
+        act2 = torch.ops.dinat.gelu_backward_(g2, h)
+    assert g2.data_ptr() == ptr and torch.equal(act2, act) and torch.equal(g2, grad)
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        torch.ops.dinat.gelu_backward_(torch.ones(4, 6)[:, ::2], torch.ones(4, 3))
+    with pytest.raises(RuntimeError, match="grad has shape"):
+        torch.ops.dinat.gelu_backward_(torch.ones(3), torch.ones(4))
+
+
+def test_cpu_gelu_backward_overwrites_only_what_it_may():
+    """ops.cpu.gelu_backward(overwrite_grad=True): the result in grad itself where grad is
+    contiguous; a non-contiguous grad gets a new tensor and keeps its values."""
+    h = torch.randn(6, 16).bfloat16()
+    g = torch.randn(6, 16).bfloat16()
+    ref_act, ref_grad = cpu.gelu_backward(g, h)
+    g_own = g.clone()
+    act, grad = cpu.gelu_backward(g_own, h, overwrite_grad=True)
+    assert grad is g_own and torch.equal(grad, ref_grad) and torch.equal(act, ref_act)
+    g_t = g.t().contiguous().t()  # same values, not contiguous
+    act, grad = cpu.gelu_backward(g_t, h, overwrite_grad=True)
+    assert grad.data_ptr() != g_t.data_ptr() and torch.equal(g_t, g) and torch.equal(grad, ref_grad)
+
+
+def test_in_place_op_under_torch_compile_fake_tensors():
+    """The in-place op's fake (meta) kernel gives gelu(h)'s shape and dtype, so that a traced graph
+    holding it has the right metadata."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        h = torch.empty(2, 3, 5, dtype=torch.bfloat16)
+        act = torch.ops.dinat.gelu_backward_(torch.empty_like(h), h)
+    assert act.shape == (2, 3, 5) and act.dtype == torch.bfloat16
+
+
 def test_cpu_gelu_backward_serves_bfloat16_only():
     """ops.cpu.gelu_backward takes bfloat16 CPU tensors; others (float32 / float64 training) keep ATen."""
     h = torch.randn(8, 24)
@@ -107,4 +150,5 @@ def test_lean_mlp_backward_runs_it_under_bfloat16_autocast():
     with torch.profiler.profile() as prof:
         out.float().sum().backward()
     seen = {e.key for e in prof.key_averages()}
-    assert "dinat::gelu_backward" in seen and "aten::gelu_backward" not in seen, seen
+    # in place: the gradient written over the fc2 input gradient the function made itself
+    assert "dinat::gelu_backward_" in seen and "aten::gelu_backward" not in seen, seen

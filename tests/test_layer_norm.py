@@ -88,6 +88,43 @@ def test_without_residual_weight_or_bias(isa):
     assert rel_err(only_w[1], _reference(x, w, b, g)[2]) <= 1e-5
 
 
+@pytest.mark.parametrize("isa", instruction_sets())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_in_place_backward_matches(isa, dtype, shape):
+    """layer_norm_backward_ writes grad_x over grad_out (the same bits as layer_norm_backward: each
+    element of a row is read before it is overwritten) and returns the weight / bias gradients."""
+    x, _, w, b, g = _inputs(shape, dtype, seed=5)
+    with using_isa(isa):
+        _, _, mean, rstd = torch.ops.dinat.layer_norm(x, None, w, b, EPS)
+        grad_x, grad_w, grad_b = torch.ops.dinat.layer_norm_backward(g, x, mean, rstd, w, [True, True, True])
+        g2 = g.clone()
+        ptr = g2.data_ptr()
+        grad_w2, grad_b2 = torch.ops.dinat.layer_norm_backward_(g2, x, mean, rstd, w, [True, True])
+    assert g2.data_ptr() == ptr and torch.equal(g2, grad_x)
+    assert torch.equal(grad_w2, grad_w) and torch.equal(grad_b2, grad_b)
+
+
+def test_in_place_backward_arguments_and_wrapper():
+    """The in-place op wants a contiguous grad_out shaped like the input (named errors); the wrapper
+    ops.cpu.layer_norm_backward(overwrite_grad=True) overwrites only a contiguous grad_out and
+    otherwise returns a new tensor, grad_out unchanged."""
+    x, _, w, b, g = _inputs((6, 32), torch.bfloat16, seed=6)
+    _, _, mean, rstd = torch.ops.dinat.layer_norm(x, None, w, b, EPS)
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        torch.ops.dinat.layer_norm_backward_(torch.zeros(32, 6).bfloat16().t(), x, mean, rstd, w, [True, True])
+    with pytest.raises(RuntimeError, match=r"grad_out has shape \[3, 64\], input has shape \[6, 32\]"):
+        torch.ops.dinat.layer_norm_backward_(g.reshape(3, 64), x, mean, rstd, w, [True, True])
+    ref = cpu.layer_norm_backward(g, x, mean, rstd, w, (True, True, True))
+    own = g.clone()
+    grads = cpu.layer_norm_backward(own, x, mean, rstd, w, (True, True, True), overwrite_grad=True)
+    assert grads[0] is own and all(torch.equal(a, r) for a, r in zip(grads, ref))
+    strided = g.t().contiguous().t()
+    grads = cpu.layer_norm_backward(strided, x, mean, rstd, w, (True, False, True), overwrite_grad=True)
+    assert grads[0].data_ptr() != strided.data_ptr() and torch.equal(strided, g) and grads[1] is None
+    assert torch.equal(grads[0], ref[0]) and torch.equal(grads[2], ref[2])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matches_aten(dtype):
     """At DiNAT-T's stage shapes the output is ATen's within one rounding in bfloat16 (bit for bit
@@ -221,7 +258,9 @@ def test_training_step_runs_the_kernel_forward_and_backward():
             step()
         counts = {e.key: e.count for e in prof.key_averages()}
         kernel = autocast
-        assert counts.get("dinat::layer_norm_backward", 0) == (n_block_norms + n_other if kernel else 0)
+        # the blocks' norms write grad_x over the gradient their function made (the in-place op)
+        assert counts.get("dinat::layer_norm_backward_", 0) == (n_block_norms if kernel else 0)
+        assert counts.get("dinat::layer_norm_backward", 0) == (n_other if kernel else 0)
         assert counts.get("dinat::layer_norm", 0) == (2 * n_block_norms + n_other if kernel else 0)
     for dtype in (torch.float64, torch.float32):
         assert cpu.layer_norm(torch.randn(2, 4, dtype=dtype), None, None, EPS) is None

@@ -540,21 +540,44 @@ std::tuple<Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& q
 // The memory-lean MLP's GELU backward (dinat_backbone/lean.py): from the fc1 output h and the
 // gradient of gelu(h), (gelu(h), grad * gelu'(h)) in one pass, one erfc and one exp per element
 // (ATen needs a gelu pass to recompute gelu(h) and a gelu_backward pass, each with its own erf).
-std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input) {
-  TORCH_CHECK(grad.sizes() == input.sizes(), "dinat::gelu_backward: grad has shape ", grad.sizes(),
-              ", input has shape ", input.sizes());
+// grad_input may be grad itself (gelu_backward_): each element is read before it is overwritten.
+void check_gelu_backward_args(const Tensor& grad, const Tensor& input, const char* op) {
+  TORCH_CHECK(grad.sizes() == input.sizes(), op, ": grad has shape ", grad.sizes(), ", input has shape ",
+              input.sizes());
   TORCH_CHECK(grad.scalar_type() == input.scalar_type() &&
                   (input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kFloat),
-              "dinat::gelu_backward: grad and input must both be bfloat16 or both float32, got ", grad.scalar_type(),
-              " and ", input.scalar_type());
-  TORCH_CHECK(grad.device().is_cpu() && input.device().is_cpu(), "dinat::gelu_backward: CPU tensors only");
-  const Tensor g = grad.contiguous(), x = input.contiguous();
-  Tensor out = at::empty(x.sizes(), x.options()), grad_input = at::empty(x.sizes(), x.options());
+              op, ": grad and input must both be bfloat16 or both float32, got ", grad.scalar_type(), " and ",
+              input.scalar_type());
+  TORCH_CHECK(grad.device().is_cpu() && input.device().is_cpu(), op, ": CPU tensors only");
+}
+
+void gelu_backward_into(const Tensor& g, const Tensor& x, Tensor& act, Tensor& grad_input) {
   const GeluBackwardFn fn = kernels_for(x.scalar_type()).gelu_backward;  // the attention kernels' ISA table
   const void *gp = g.data_ptr(), *xp = x.data_ptr();
-  void *op = out.data_ptr(), *gip = grad_input.data_ptr();
+  void *op = act.data_ptr(), *gip = grad_input.data_ptr();
   at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) { fn(gp, xp, op, gip, begin, end); });
-  return {out, grad_input};
+}
+
+std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input) {
+  check_gelu_backward_args(grad, input, "dinat::gelu_backward");
+  const Tensor g = grad.contiguous(), x = input.contiguous();
+  Tensor act = at::empty(x.sizes(), x.options()), grad_input = at::empty(x.sizes(), x.options());
+  gelu_backward_into(g, x, act, grad_input);
+  return {act, grad_input};
+}
+
+// gelu_backward writing grad * gelu'(input) over grad (a contiguous tensor the caller owns: the
+// memory-lean MLP's fc2 input gradient, fresh from its GEMM), returning gelu(input): no second
+// fresh tensor of the MLP's width, whose first touches cost as much as the kernel at stage 1.
+Tensor gelu_backward_(Tensor& grad, const Tensor& input) {
+  const char* op = "dinat::gelu_backward_";
+  check_gelu_backward_args(grad, input, op);
+  TORCH_CHECK(grad.is_contiguous(), op, ": grad is overwritten in place and must be contiguous; call "
+              "gelu_backward(grad, input) for a new tensor instead");
+  const Tensor x = input.contiguous();
+  Tensor act = at::empty(x.sizes(), x.options());
+  gelu_backward_into(grad, x, act, grad);
+  return act;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -625,10 +648,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_norm(const Tensor& input, const
 // sums of at most kNormChunkRows rows.
 constexpr int64_t kNormChunkRows = 256;
 
-std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, const Tensor& input, const Tensor& mean,
-                                                       const Tensor& rstd, const c10::optional<Tensor>& weight,
-                                                       std::array<bool, 3> output_mask) {
-  const char* op = "dinat::layer_norm_backward";
+// grad_input: an empty tensor where not wanted, else a contiguous tensor shaped like input (grad_out
+// itself for layer_norm_backward_: the kernel reads each element of a row before overwriting it)
+std::tuple<Tensor, Tensor> layer_norm_backward_into(const Tensor& grad_out, const Tensor& input, const Tensor& mean,
+                                                    const Tensor& rstd, const c10::optional<Tensor>& weight,
+                                                    bool want_weight_grad, bool want_bias_grad, const Tensor& grad_input,
+                                                    const char* op) {
   check_norm_input_tensor(input, op);
   check_norm_input(grad_out, "grad_out", input, op);
   const int64_t C = input.size(-1), rows = input.numel() / C;
@@ -638,13 +663,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, c
                 s->scalar_type(), " ", s->sizes());
   const bool has_weight = weight.has_value() && weight->defined();
   const Tensor w = norm_param(weight, "weight", C, op, 1.0f);
-  const bool want_weight = output_mask[1] && has_weight, want_bias = output_mask[2];
+  const bool want_weight = want_weight_grad && has_weight, want_bias = want_bias_grad;
   const Tensor x = input.contiguous(), g = grad_out.contiguous(), m = mean.contiguous(), rs = rstd.contiguous();
-  Tensor grad_input = output_mask[0] ? at::empty(x.sizes(), x.options()) : Tensor();
   const int64_t n_chunks = (rows + kNormChunkRows - 1) / kNormChunkRows;
   Tensor partial = at::zeros({want_weight || want_bias ? n_chunks : 0, 2, C}, x.options().dtype(at::kFloat));
   LayerNormBackwardArgs a{g.data_ptr(), x.data_ptr(), m.data_ptr<float>(), rs.data_ptr<float>(), w.data_ptr<float>(),
-                          grad_input.defined() ? grad_input.data_ptr() : nullptr, C};
+                          grad_input.numel() ? grad_input.data_ptr() : nullptr, C};
   const LayerNormBackwardFn fn = kernels_for(x.scalar_type()).layer_norm_backward;
   float* pp = partial.numel() ? partial.data_ptr<float>() : nullptr;
   at::parallel_for(0, n_chunks, std::max<int64_t>(1, kNormGrainElems / (C * kNormChunkRows)), [&](int64_t begin, int64_t end) {
@@ -661,8 +685,33 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, c
     if (want_bias) grad_bias = total[1].to(has_weight ? weight->scalar_type() : at::kFloat);
   }
   const auto or_empty = [&](const Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
-  return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+  return {or_empty(grad_weight), or_empty(grad_bias)};
 }
+
+std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, const Tensor& input, const Tensor& mean,
+                                                       const Tensor& rstd, const c10::optional<Tensor>& weight,
+                                                       std::array<bool, 3> output_mask) {
+  const Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous))
+                                           : at::empty({0}, input.options());
+  auto [grad_weight, grad_bias] = layer_norm_backward_into(grad_out, input, mean, rstd, weight, output_mask[1],
+                                                           output_mask[2], grad_input, "dinat::layer_norm_backward");
+  return {grad_input, grad_weight, grad_bias};
+}
+
+// layer_norm_backward writing the input gradient over grad_out (a contiguous tensor the caller owns:
+// the memory-lean LayerNorm -> Linear's gradient of the normalised map, fresh from its GEMM);
+// returns (grad_weight, grad_bias) as layer_norm_backward does
+std::tuple<Tensor, Tensor> layer_norm_backward_(Tensor& grad_out, const Tensor& input, const Tensor& mean,
+                                                const Tensor& rstd, const c10::optional<Tensor>& weight,
+                                                std::array<bool, 2> output_mask) {
+  const char* op = "dinat::layer_norm_backward_";
+  TORCH_CHECK(grad_out.is_contiguous(), op, ": grad_out is overwritten in place and must be contiguous; call "
+              "layer_norm_backward for a new tensor instead");
+  TORCH_CHECK(grad_out.sizes() == input.sizes(), op, ": grad_out has shape ", grad_out.sizes(), ", input has shape ",
+              input.sizes());
+  return layer_norm_backward_into(grad_out, input, mean, rstd, weight, output_mask[0], output_mask[1], grad_out, op);
+}
+
 
 std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
 
@@ -710,18 +759,23 @@ DINAT_TORCH_LIBRARY(DINAT_OPS_NS, m) {
       "na2d_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor weights, Tensor? rpb, "
       "int kernel_size, int dilation, float scale) -> (Tensor, Tensor)");
   m.def("gelu_backward(Tensor grad, Tensor input) -> (Tensor, Tensor)");
+  m.def("gelu_backward_(Tensor(a!) grad, Tensor input) -> Tensor");
   m.def("layer_norm(Tensor input, Tensor? residual, Tensor? weight, Tensor? bias, float eps) -> "
         "(Tensor, Tensor, Tensor, Tensor)");
   m.def("layer_norm_backward(Tensor grad_out, Tensor input, Tensor mean, Tensor rstd, Tensor? weight, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("layer_norm_backward_(Tensor(a!) grad_out, Tensor input, Tensor mean, Tensor rstd, Tensor? weight, "
+        "bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 DINAT_TORCH_LIBRARY_IMPL(DINAT_OPS_NS, CPU, m) {
   m.impl("na2d_forward", &dinat::na2d_forward);
   m.impl("na2d_backward", &dinat::na2d_backward);
   m.impl("gelu_backward", &dinat::gelu_backward);
+  m.impl("gelu_backward_", &dinat::gelu_backward_);
   m.impl("layer_norm", &dinat::layer_norm);
   m.impl("layer_norm_backward", &dinat::layer_norm_backward);
+  m.impl("layer_norm_backward_", &dinat::layer_norm_backward_);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

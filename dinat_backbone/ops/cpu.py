@@ -137,6 +137,10 @@ def _register_python_parts():
             return (torch.empty_like(input, memory_format=torch.contiguous_format),
                     torch.empty_like(input, memory_format=torch.contiguous_format))
 
+        @torch.library.register_fake("dinat::gelu_backward_")
+        def _gelu_backward_inplace_fake(grad, input):
+            return torch.empty_like(input, memory_format=torch.contiguous_format)
+
     if _HAS_LAYER_NORM:
         @torch.library.register_fake("dinat::layer_norm")
         def _layer_norm_fake(input, residual, weight, bias, eps):
@@ -155,6 +159,10 @@ def _register_python_parts():
                          if output_mask[2] else empty)
             return grad_input, grad_weight, grad_bias
 
+        @torch.library.register_fake("dinat::layer_norm_backward_")
+        def _layer_norm_backward_inplace_fake(grad_out, input, mean, rstd, weight, output_mask):
+            return _layer_norm_backward_fake(grad_out, input, mean, rstd, weight, [False] + list(output_mask))[1:]
+
 
 #: the extension has the lean MLP's GELU backward (an extension built before it lacks the op)
 _HAS_GELU_BACKWARD = kernel_available() and hasattr(torch.ops.dinat, "gelu_backward")
@@ -164,14 +172,27 @@ if kernel_available():
     _register_python_parts()
 
 
-def gelu_backward(grad: torch.Tensor, hidden: torch.Tensor):
+def _owned_for_overwrite(t: torch.Tensor) -> bool:
+    """Whether an in-place kernel may overwrite ``t``: contiguous, and eager (a traced graph gets the
+    functional op). The caller owns ``t`` (it made it and hands it on no further)."""
+    from ..fused_linear import tracing  # here: fused_linear imports ops
+
+    return t.is_contiguous() and not tracing()
+
+
+def gelu_backward(grad: torch.Tensor, hidden: torch.Tensor, overwrite_grad: bool = False):
     """``(gelu(hidden), grad * gelu'(hidden))`` (exact GELU) in one pass of the compiled kernel, for
     bfloat16 CPU tensors (the memory-lean MLP's backward under CPU autocast,
     :mod:`dinat_backbone.lean`); None where it does not apply (other dtypes keep ATen's exact
     float32 / float64 formulas, and the kernel may be missing). Float32 arithmetic, erfc with
-    relative error < 1.2e-7: within one bfloat16 rounding of ATen's gelu / gelu_backward."""
+    relative error < 1.2e-7: within one bfloat16 rounding of ATen's gelu / gelu_backward.
+    ``overwrite_grad``: the caller owns ``grad`` and lets the kernel write the result over it
+    (``torch.ops.dinat.gelu_backward_``; the second result is then ``grad`` itself) where it is
+    contiguous and nothing is tracing: no second fresh tensor of the MLP's width."""
     if (_HAS_GELU_BACKWARD and hidden.device.type == "cpu" and hidden.dtype == torch.bfloat16
             and grad.dtype == torch.bfloat16 and grad.shape == hidden.shape):
+        if overwrite_grad and _owned_for_overwrite(grad):
+            return torch.ops.dinat.gelu_backward_(grad, hidden), grad
         return torch.ops.dinat.gelu_backward(grad, hidden)
     return None
 
@@ -206,13 +227,20 @@ def layer_norm(x: torch.Tensor, weight, bias, eps: float, residual=None):
 
 
 def layer_norm_backward(grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight,
-                        output_mask):
+                        output_mask, overwrite_grad: bool = False):
     """Gradients of :func:`layer_norm` from its mean / rstd: ``(grad_x, grad_weight, grad_bias)``, None
     where ``output_mask`` says not wanted. grad_weight / grad_bias summed in float64 over float32
     partial sums (ATen's bfloat16 CPU backward rounds them to bfloat16: off by ~1e-1 relative at
-    60800 rows)."""
-    grads = torch.ops.dinat.layer_norm_backward(grad_out, x, mean, rstd, weight, list(output_mask))
-    return tuple(g if wanted else None for g, wanted in zip(grads, output_mask))
+    60800 rows). ``overwrite_grad``: the caller owns ``grad_out`` and lets the kernel write grad_x
+    over it (``torch.ops.dinat.layer_norm_backward_``; grad_x is then ``grad_out`` itself) where it
+    is contiguous, shaped like x and nothing is tracing."""
+    mask = [bool(m) for m in output_mask]
+    if overwrite_grad and mask[0] and grad_out.shape == x.shape and _owned_for_overwrite(grad_out):
+        grad_weight, grad_bias = torch.ops.dinat.layer_norm_backward_(grad_out, x, mean, rstd, weight, mask[1:])
+        grads = (grad_out, grad_weight, grad_bias)
+    else:
+        grads = torch.ops.dinat.layer_norm_backward(grad_out, x, mean, rstd, weight, mask)
+    return tuple(g if wanted else None for g, wanted in zip(grads, mask))
 
 
 def run(query, key, value, rpb, scale, call: Call):
