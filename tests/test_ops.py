@@ -436,6 +436,35 @@ def test_module_attention_dropout_in_training():
         m(x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K, d, B, X, Y", [(7, 1, 2, 23, 19), (5, 3, 1, 31, 17), (3, 2, 3, 6, 40)])
+def test_cpu_kernel_results_do_not_depend_on_the_thread_count(dtype, K, d, B, X, Y):
+    """The kernel's threads split the tasks (query row groups, key rows) with work stealing: a
+    thread that is done takes tasks off another's share. Whichever thread runs a task, the results
+    are the same bits (one thread, two, and more threads than cores, where shares finish unevenly
+    and get stolen from); only drpb, summed per thread, may differ in its last float64 digits."""
+    if not ops.cpu_kernel_available():
+        pytest.fail("the compiled CPU kernel is not built (python setup.py build_ext --inplace)")
+    gen = torch.Generator().manual_seed(11)
+    q, k, v, go = (torch.randn(B, X, Y, 3, 8, generator=gen).to(dtype) for _ in range(4))
+    rpb = torch.randn(3, 2 * K - 1, 2 * K - 1, generator=gen).to(dtype)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3, 7):
+            torch.set_num_threads(threads)
+            results.append(forward_and_grads(lambda q, k, v, rpb: na2d(q, k, v, K, d, rpb=rpb, backend="cpu"),
+                                             (q, k, v, rpb), go))
+    finally:
+        torch.set_num_threads(before)
+    first = results[0]
+    for other in results[1:]:
+        for a, b in zip(first[:4], other[:4]):  # out, dq, dk, dv
+            assert torch.equal(a, b)
+        torch.testing.assert_close(other[4], first[4], rtol=1e-6, atol=1e-6)  # drpb
+
+
+
 @pytest.mark.parametrize("d", [1, 2])
 def test_kernel_backward_accepts_weights_without_vector_padding(d):
     """na2d_backward reads the saved weights with full vectors past their end; weights that do not

@@ -93,10 +93,10 @@ using LayerNormBackwardFn = void (*)(const LayerNormBackwardArgs&, int64_t, int6
 
 struct Kernels {
   int lanes;  // widest query block of forward / backward pass 1
-  void (*forward)(const ForwardArgs&, int64_t, int64_t);
-  void (*backward_query)(const BackwardQueryArgs&, int64_t, int64_t, double*);
-  void (*backward_key)(const BackwardKeyArgs&, int64_t, int64_t);         // key rows
-  void (*backward_key_gather)(const BackwardKeyArgs&, int64_t, int64_t);  // per key
+  void (*forward)(const ForwardArgs&, TaskSource&);
+  void (*backward_query)(const BackwardQueryArgs&, TaskSource&, double*);
+  void (*backward_key)(const BackwardKeyArgs&, TaskSource&);         // key rows
+  void (*backward_key_gather)(const BackwardKeyArgs&, TaskSource&);  // per key
   GeluBackwardFn gelu_backward;  // the lean MLP's GELU backward (none for float64)
   LayerNormFn layer_norm;        // the block's LayerNorm (layer_norm_impl.h; none for float64)
   LayerNormBackwardFn layer_norm_backward;
@@ -440,6 +440,27 @@ Tensor bias_table(const c10::optional<Tensor>& rpb, const Problem& P, at::Scalar
   return rr.permute({2, 0, 1, 3}).contiguous();
 }
 
+// Runs n_tasks tasks on the intra-op threads with work stealing (see TaskSource in na2d_kernel.h):
+// worker w starts on the w-th of equal contiguous shares (consecutive tasks reuse each other's
+// transposed rows) and takes single tasks off the others' back ends once its own is done.
+// run(source) is one worker's whole run (one kernel call: its row caches live across its tasks);
+// where at::parallel_for runs inline (one thread, or inside another parallel region) the first
+// worker simply takes every task.
+template <class Run>
+void run_tasks(int64_t n_tasks, Run&& run) {
+  TORCH_CHECK(n_tasks < (int64_t(1) << 31), "dinat: too many tasks for one call (", n_tasks, ")");
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tasks));
+  std::vector<uint64_t> shares(static_cast<size_t>(workers));
+  for (int64_t w = 0; w < workers; ++w)
+    shares[w] = (static_cast<uint64_t>(n_tasks * w / workers) << 32) | static_cast<uint64_t>(n_tasks * (w + 1) / workers);
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      TaskSource source{shares.data(), static_cast<int32_t>(workers), static_cast<int32_t>(w)};
+      run(source);
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ops
 // ---------------------------------------------------------------------------------------------
@@ -459,7 +480,7 @@ std::tuple<Tensor, Tensor> na2d_forward(const Tensor& query, const Tensor& key, 
   Tensor weights = save_weights ? padded_empty({P.B, P.X, P.K * P.K, P.Y, P.H}, wopt) : at::empty({0}, wopt);
   ForwardArgs args{P.geometry(), P.lane_geometry(), pack_args(q, P), pack_args(k, P), pack_args(v, P), strided(out),
                    bias.data_ptr(), save_weights ? weights.data_ptr() : nullptr, scale};
-  at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) { kern.forward(args, begin, end); });
+  run_tasks(P.group_tasks(), [&](TaskSource& tasks) { kern.forward(args, tasks); });
   return {out.to(query.scalar_type()), weights};
 }
 
@@ -501,10 +522,10 @@ std::tuple<Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& q
   std::vector<double> drpb_acc(static_cast<size_t>(threads) * drpb_size, 0.0);
   BackwardQueryArgs qargs{geo,           P.lane_geometry(), pack_args(go, P), pack_args(k, P), pack_args(v, P), strided(dq),
                           w.data_ptr(),  grad_logits.data_ptr(), P.rp, scale};
-  at::parallel_for(0, P.group_tasks(), 1, [&](int64_t begin, int64_t end) {
+  run_tasks(P.group_tasks(), [&](TaskSource& tasks) {
     const int tid = at::get_thread_num();
     TORCH_CHECK(tid >= 0 && tid < threads, "dinat::na2d_backward: unexpected thread id ", tid);
-    kern.backward_query(qargs, begin, end, drpb_acc.data() + tid * drpb_size);
+    kern.backward_query(qargs, tasks, drpb_acc.data() + tid * drpb_size);
   });
   const bool key_rows = P.key_rows(kern);
   if (key_rows) plan_key_blocks(P, kern.lanes);
@@ -521,7 +542,7 @@ std::tuple<Tensor, Tensor> na2d_backward(const Tensor& grad_out, const Tensor& q
                         P.pattern_st.data(),
                         scale};
   const auto backward_key = key_rows ? kern.backward_key : kern.backward_key_gather;
-  at::parallel_for(0, P.class_row_tasks(), 1, [&](int64_t begin, int64_t end) { backward_key(kargs, begin, end); });
+  run_tasks(P.class_row_tasks(), [&](TaskSource& tasks) { backward_key(kargs, tasks); });
 
   const bool has_rpb = rpb.has_value() && rpb->defined();
   Tensor drpb;

@@ -92,6 +92,19 @@ struct PackArgs {
   int64_t n_chunks;
 };
 
+// The tasks one worker of an op call runs (forward, backward pass 1 and pass 2): its own share of
+// the tasks front to back, then, once that is done, single tasks from the back end of whichever
+// share has the most left (work stealing). A static split made every pass wait for its slowest
+// thread: on a 2-core host the threads' times for equal shares differed by ~12 % (cache and
+// neighbour noise), and a descheduled thread stalled the op. Tasks write disjoint outputs, so who
+// runs a task changes nothing but the order of the per-thread drpb sums. shares[w] =
+// (next << 32) | end of worker w, changed only by compare-and-swap (na2d_kernel_impl.h take_task).
+struct TaskSource {
+  uint64_t* shares;
+  int32_t n_workers;
+  int32_t worker;
+};
+
 // Lane width of the bias table rows and drpb accumulators (the widest vector).
 constexpr int kBiasLanes = 16;
 
@@ -171,10 +184,10 @@ struct LayerNormBackwardArgs {
 
 #define DINAT_DECLARE_ISA(isa)                                                                           \
   namespace isa {                                                                                        \
-  void forward_f32(const ForwardArgs& a, int64_t task_begin, int64_t task_end);                          \
-  void backward_query_f32(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb); \
-  void backward_key_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);                 \
-  void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);          \
+  void forward_f32(const ForwardArgs& a, TaskSource& tasks);                                             \
+  void backward_query_f32(const BackwardQueryArgs& a, TaskSource& tasks, double* drpb);                  \
+  void backward_key_f32(const BackwardKeyArgs& a, TaskSource& tasks);                                    \
+  void backward_key_gather_f32(const BackwardKeyArgs& a, TaskSource& tasks);                             \
   void gelu_backward_bf16(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end); \
   void gelu_backward_f32(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end);  \
   void layer_norm_bf16(const LayerNormArgs& a, int64_t row_begin, int64_t row_end);                      \
@@ -194,16 +207,16 @@ DINAT_DECLARE_ISA(generic)
 // bfloat16 tensors with bfloat16 products (vdpbf16ps; float32 accumulation, softmax and dS): forward,
 // backward pass 1 and pass 2
 namespace avx512bf16 {
-void forward_bf16(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
-void backward_query_bf16(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);
-void backward_key_bf16(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
+void forward_bf16(const ForwardArgs& a, TaskSource& tasks);
+void backward_query_bf16(const BackwardQueryArgs& a, TaskSource& tasks, double* drpb);
+void backward_key_bf16(const BackwardKeyArgs& a, TaskSource& tasks);
 }  // namespace avx512bf16
 
 namespace generic {
-void forward_f64(const ForwardArgs& a, int64_t task_begin, int64_t task_end);
-void backward_query_f64(const BackwardQueryArgs& a, int64_t task_begin, int64_t task_end, double* drpb);
-void backward_key_f64(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
-void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t task_begin, int64_t task_end);
+void forward_f64(const ForwardArgs& a, TaskSource& tasks);
+void backward_query_f64(const BackwardQueryArgs& a, TaskSource& tasks, double* drpb);
+void backward_key_f64(const BackwardKeyArgs& a, TaskSource& tasks);
+void backward_key_gather_f64(const BackwardKeyArgs& a, TaskSource& tasks);
 }  // namespace generic
 
 }  // namespace dinat

@@ -219,6 +219,42 @@ struct TaskIndex {
 };
 NA_INLINE int64_t class_len(int64_t L, int64_t r, int64_t d) { return (L - r + d - 1) / d; }
 
+// The next task of this worker (see TaskSource): the front of its own share, else the back of the
+// share with the most tasks left, else -1 (all taken). Relaxed atomics: each task index leaves its
+// share through exactly one successful compare-and-swap of that share's word; the outputs the tasks
+// write are published by the join at the end of the parallel region.
+NA_INLINE int64_t take_task(TaskSource& src) {
+  uint64_t* own = src.shares + src.worker;
+  uint64_t v = __atomic_load_n(own, __ATOMIC_RELAXED);
+  for (;;) {
+    const uint64_t next = v >> 32, end = v & 0xffffffffu;
+    if (next >= end) break;
+    if (__atomic_compare_exchange_n(own, &v, ((next + 1) << 32) | end, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+      return static_cast<int64_t>(next);
+  }
+  for (;;) {
+    int best = -1;
+    uint64_t most = 0;
+    for (int w = 0; w < src.n_workers; ++w) {
+      const uint64_t u = __atomic_load_n(src.shares + w, __ATOMIC_RELAXED);
+      const uint64_t next = u >> 32, end = u & 0xffffffffu;
+      if (end > next && end - next > most) {
+        most = end - next;
+        best = w;
+      }
+    }
+    if (best < 0) return -1;
+    uint64_t* victim = src.shares + best;
+    uint64_t u = __atomic_load_n(victim, __ATOMIC_RELAXED);
+    for (;;) {
+      const uint64_t next = u >> 32, end = u & 0xffffffffu;
+      if (next >= end) break;  // emptied meanwhile: look again
+      if (__atomic_compare_exchange_n(victim, &u, (next << 32) | (end - 1), true, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return static_cast<int64_t>(end - 1);
+    }
+  }
+}
+
 template <typename T>
 NA_INLINE const T* at(const Strided& s, int64_t b, int64_t x, int64_t y, int64_t h) {
   return static_cast<const T*>(s.ptr) + b * s.sb + x * s.sx + y * s.sy + h * s.sh;
@@ -713,7 +749,7 @@ NA_INLINE void to_column_pairs(float* p, int K, int64_t slot) {
 // the softmax, dS and the rpb gradient are computed in float32 (WS: the storage type of the saved
 // weights and dS, bfloat16 for bfloat16 tensors, see na2d_kernel.h)
 template <typename T, int LMAX, int KT, bool PAIRS, typename WS>
-void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
+void forward_rows(const ForwardArgs& A, TaskSource& tasks) {
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
   const int KK = K * K, K2 = 2 * K - 1;
@@ -722,7 +758,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
   RowCache<T> kc(A.k, K + kRowGroup, g.dil, PAIRS ? RowLayout::channel_pairs : RowLayout::plain),
       vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::shifted_pairs : RowLayout::plain);
   const T scale = (T)A.scale;
-  for (int64_t task = task_begin; task < task_end; ++task) {
+  for (int64_t task; (task = take_task(tasks)) >= 0;) {
     const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
     const RowGroup rg = row_group(g, A.lg, group, K);
     auto softmax = [&](int r, int64_t i, const int32_t* block, auto lc) {
@@ -772,7 +808,7 @@ void forward_rows(const ForwardArgs& A, int64_t task_begin, int64_t task_end) {
 }
 
 template <typename T, int LMAX, int KT, bool PAIRS, typename WS>
-void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t task_end, double* drpb) {
+void backward_query_rows(const BackwardQueryArgs& A, TaskSource& tasks, double* drpb) {
   const Geometry& g = A.g;
   const int K = KT ? KT : (int)g.K;
   const int KK = K * K, K2 = 2 * K - 1;
@@ -783,7 +819,7 @@ void backward_query_rows(const BackwardQueryArgs& A, int64_t task_begin, int64_t
       vc(A.v, K + kRowGroup, g.dil, PAIRS ? RowLayout::channel_pairs : RowLayout::plain);
   const int64_t lane_table = H * K2 * K2 * kBiasLanes;
   T* lanes_acc = new T[lane_table]();  // drpb per phase and lane, flushed into drpb after every task
-  for (int64_t task = task_begin; task < task_end; ++task) {
+  for (int64_t task; (task = take_task(tasks)) >= 0;) {
     const int64_t group = task % A.lg.n_groups, b = task / A.lg.n_groups;
     const RowGroup rg = row_group(g, A.lg, group, K);
     // dS = P * (dP - sum P dP), stored for pass 2 and kept in lbuf for dQ
@@ -947,7 +983,7 @@ NA_INLINE void key_block_chunk(const BackwardKeyArgs& A, int64_t b, int64_t rx, 
 }
 
 template <typename T, int LMAX, bool PAIRS, typename WS>
-void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+void backward_key_rows(const BackwardKeyArgs& A, TaskSource& tasks) {
   const Geometry& g = A.g;
   const int64_t d = g.dil, D = g.D;
   // 2 * CB accumulators, two weights and a load in registers (16 below AVX-512, 32 with it)
@@ -976,7 +1012,7 @@ void backward_key_rows(const BackwardKeyArgs& A, int64_t task_begin, int64_t tas
   T* pairs = PAIRS ? new T[max_rows * (max_st + 1) * LMAX] : nullptr;
   const T** qrows = new const T*[max_rows];
   const T** grows = new const T*[max_rows];
-  for (int64_t task = task_begin; task < task_end; ++task) {
+  for (int64_t task; (task = take_task(tasks)) >= 0;) {
     // key rows residue class by class (task = (b * d + rx) * Xs + kp): consecutive tasks share most
     // of their query rows, which the row caches (slots by sub-grid index) then transpose once
     const int64_t kp = task % g.Xs, rx = (task / g.Xs) % d, b = task / (g.Xs * d);
@@ -1071,7 +1107,7 @@ NA_INLINE void key_chunk(const BackwardKeyArgs& A, const TaskIndex& ti, int64_t 
 
 // S: storage type of q, dO, dK, dV (T, or bfloat16 for T = float)
 template <typename T, typename S>
-void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+void backward_key_gather_as(const BackwardKeyArgs& A, TaskSource& tasks) {
   constexpr int WD = NA_VEC_BYTES / sizeof(T);
   const Geometry& g = A.g;
   const int K = (int)g.K;
@@ -1079,7 +1115,7 @@ void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_
   const int64_t d = g.dil, D = g.D;
   const S* weights = static_cast<const S*>(A.weights);  // saved weights and dS are stored like q
   const S* grad_logits = static_cast<const S*>(A.grad_logits);
-  for (int64_t task = task_begin; task < task_end; ++task) {
+  for (int64_t task; (task = take_task(tasks)) >= 0;) {
     TaskIndex ti;
     const int64_t kp = task % g.Xs;
     ti.rx = (task / g.Xs) % d;
@@ -1137,10 +1173,10 @@ void backward_key_gather_as(const BackwardKeyArgs& A, int64_t task_begin, int64_
 }
 
 template <typename T>
-void backward_key_gather(const BackwardKeyArgs& A, int64_t task_begin, int64_t task_end) {
+void backward_key_gather(const BackwardKeyArgs& A, TaskSource& tasks) {
   if constexpr (sizeof(T) == 4)
-    if (A.q.src.elem == kElemBF16) return backward_key_gather_as<T, Bf16>(A, task_begin, task_end);
-  backward_key_gather_as<T, T>(A, task_begin, task_end);
+    if (A.q.src.elem == kElemBF16) return backward_key_gather_as<T, Bf16>(A, tasks);
+  backward_key_gather_as<T, T>(A, tasks);
 }
 
 // Exact (erf) GELU backward of the memory-lean MLP (dinat_backbone/lean.py), one pass over h and
@@ -1208,31 +1244,31 @@ NA_INLINE void with_weights_storage(int32_t elem, F&& f) {
 }
 
 // float32 and, through conversions on load and store, bfloat16 tensors
-void forward_f32(const ForwardArgs& a, int64_t begin, int64_t end) {
-  with_weights_storage(a.q.src.elem, [&](auto ws) { NA_DISPATCH_K(forward_rows, float, kLanes, false, decltype(ws), a, begin, end) });
+void forward_f32(const ForwardArgs& a, TaskSource& tasks) {
+  with_weights_storage(a.q.src.elem, [&](auto ws) { NA_DISPATCH_K(forward_rows, float, kLanes, false, decltype(ws), a, tasks) });
 }
-void backward_query_f32(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
+void backward_query_f32(const BackwardQueryArgs& a, TaskSource& tasks, double* drpb) {
   with_weights_storage(a.k.src.elem, [&](auto ws) {
-    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, decltype(ws), a, begin, end, drpb)
+    NA_DISPATCH_K(backward_query_rows, float, kLanes, false, decltype(ws), a, tasks, drpb)
   });
 }
 #if NA_BF16_ENTRY
 // bfloat16 tensors with bfloat16 products (vdpbf16ps) for both attention products (conversions
 // where the unit was built without them, never selected there)
-void forward_bf16(const ForwardArgs& a, int64_t begin, int64_t end) {
-  NA_DISPATCH_K(forward_rows, float, kLanes, NA_BF16_DOT != 0, Bf16, a, begin, end)
+void forward_bf16(const ForwardArgs& a, TaskSource& tasks) {
+  NA_DISPATCH_K(forward_rows, float, kLanes, NA_BF16_DOT != 0, Bf16, a, tasks)
 }
-void backward_query_bf16(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  NA_DISPATCH_K(backward_query_rows, float, kLanes, NA_BF16_DOT != 0, Bf16, a, begin, end, drpb)
+void backward_query_bf16(const BackwardQueryArgs& a, TaskSource& tasks, double* drpb) {
+  NA_DISPATCH_K(backward_query_rows, float, kLanes, NA_BF16_DOT != 0, Bf16, a, tasks, drpb)
 }
-void backward_key_bf16(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
-  backward_key_rows<float, kLanes, NA_BF16_DOT != 0, Bf16>(a, begin, end);
+void backward_key_bf16(const BackwardKeyArgs& a, TaskSource& tasks) {
+  backward_key_rows<float, kLanes, NA_BF16_DOT != 0, Bf16>(a, tasks);
 }
 #endif
-void backward_key_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
-  with_weights_storage(a.q.src.elem, [&](auto ws) { backward_key_rows<float, kLanes, false, decltype(ws)>(a, begin, end); });
+void backward_key_f32(const BackwardKeyArgs& a, TaskSource& tasks) {
+  with_weights_storage(a.q.src.elem, [&](auto ws) { backward_key_rows<float, kLanes, false, decltype(ws)>(a, tasks); });
 }
-void backward_key_gather_f32(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<float>(a, begin, end); }
+void backward_key_gather_f32(const BackwardKeyArgs& a, TaskSource& tasks) { backward_key_gather<float>(a, tasks); }
 
 // the training MLP's GELU backward on bfloat16 tensors of n elements (elements begin..end)
 void gelu_backward_bf16(const void* grad, const void* h, void* act, void* grad_h, int64_t begin, int64_t end) {
@@ -1246,14 +1282,14 @@ void gelu_backward_f32(const void* grad, const void* h, void* act, void* grad_h,
 
 #if NA_WITH_F64
 // float64 is for accuracy checks, not speed: one instantiation with a run-time kernel size
-void forward_f64(const ForwardArgs& a, int64_t begin, int64_t end) { forward_rows<double, 4, 0, false, double>(a, begin, end); }
-void backward_query_f64(const BackwardQueryArgs& a, int64_t begin, int64_t end, double* drpb) {
-  backward_query_rows<double, 4, 0, false, double>(a, begin, end, drpb);
+void forward_f64(const ForwardArgs& a, TaskSource& tasks) { forward_rows<double, 4, 0, false, double>(a, tasks); }
+void backward_query_f64(const BackwardQueryArgs& a, TaskSource& tasks, double* drpb) {
+  backward_query_rows<double, 4, 0, false, double>(a, tasks, drpb);
 }
-void backward_key_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) {
-  backward_key_rows<double, 4, false, double>(a, begin, end);
+void backward_key_f64(const BackwardKeyArgs& a, TaskSource& tasks) {
+  backward_key_rows<double, 4, false, double>(a, tasks);
 }
-void backward_key_gather_f64(const BackwardKeyArgs& a, int64_t begin, int64_t end) { backward_key_gather<double>(a, begin, end); }
+void backward_key_gather_f64(const BackwardKeyArgs& a, TaskSource& tasks) { backward_key_gather<double>(a, tasks); }
 #endif
 
 }  // namespace NA_ISA
