@@ -461,6 +461,16 @@ void run_tasks(int64_t n_tasks, Run&& run) {
   });
 }
 
+// f(begin, end) over [0, n) in pieces of `piece` (the last shorter), as tasks of run_tasks: the
+// block's elementwise kernels (GELU backward, LayerNorm) split like the attention's passes, so
+// that a late or descheduled thread's share is taken over rather than waited for.
+template <class F>
+void parallel_pieces(int64_t n, int64_t piece, F&& f) {
+  run_tasks((n + piece - 1) / piece, [&](TaskSource& tasks) {
+    for (int64_t t; (t = take_task(tasks)) >= 0;) f(t * piece, std::min(n, (t + 1) * piece));
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ops
 // ---------------------------------------------------------------------------------------------
@@ -576,7 +586,7 @@ void gelu_backward_into(const Tensor& g, const Tensor& x, Tensor& act, Tensor& g
   const GeluBackwardFn fn = kernels_for(x.scalar_type()).gelu_backward;  // the attention kernels' ISA table
   const void *gp = g.data_ptr(), *xp = x.data_ptr();
   void *op = act.data_ptr(), *gip = grad_input.data_ptr();
-  at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) { fn(gp, xp, op, gip, begin, end); });
+  parallel_pieces(x.numel(), 1 << 15, [&](int64_t begin, int64_t end) { fn(gp, xp, op, gip, begin, end); });
 }
 
 std::tuple<Tensor, Tensor> gelu_backward(const Tensor& grad, const Tensor& input) {
@@ -659,7 +669,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_norm(const Tensor& input, const
                   out.data_ptr(), w.data_ptr<float>(), b.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), C,
                   static_cast<float>(eps)};
   const LayerNormFn fn = kernels_for(x.scalar_type()).layer_norm;
-  at::parallel_for(0, rows, std::max<int64_t>(1, kNormGrainElems / C), [&](int64_t begin, int64_t end) { fn(a, begin, end); });
+  parallel_pieces(rows, std::max<int64_t>(1, kNormGrainElems / C), [&](int64_t begin, int64_t end) { fn(a, begin, end); });
   return {out, sum, mean, rstd};
 }
 
@@ -692,7 +702,7 @@ std::tuple<Tensor, Tensor> layer_norm_backward_into(const Tensor& grad_out, cons
                           grad_input.numel() ? grad_input.data_ptr() : nullptr, C};
   const LayerNormBackwardFn fn = kernels_for(x.scalar_type()).layer_norm_backward;
   float* pp = partial.numel() ? partial.data_ptr<float>() : nullptr;
-  at::parallel_for(0, n_chunks, std::max<int64_t>(1, kNormGrainElems / (C * kNormChunkRows)), [&](int64_t begin, int64_t end) {
+  parallel_pieces(n_chunks, std::max<int64_t>(1, kNormGrainElems / (C * kNormChunkRows)), [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       float* acc = pp ? pp + chunk * 2 * C : nullptr;
       fn(a, chunk * kNormChunkRows, std::min(rows, (chunk + 1) * kNormChunkRows), want_weight ? acc : nullptr,

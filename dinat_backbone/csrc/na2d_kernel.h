@@ -98,12 +98,49 @@ struct PackArgs {
 // thread: on a 2-core host the threads' times for equal shares differed by ~12 % (cache and
 // neighbour noise), and a descheduled thread stalled the op. Tasks write disjoint outputs, so who
 // runs a task changes nothing but the order of the per-thread drpb sums. shares[w] =
-// (next << 32) | end of worker w, changed only by compare-and-swap (na2d_kernel_impl.h take_task).
+// (next << 32) | end of worker w, changed only by compare-and-swap (take_task below).
 struct TaskSource {
   uint64_t* shares;
   int32_t n_workers;
   int32_t worker;
 };
+
+// The next task of this worker: the front of its own share, else the back of the
+// share with the most tasks left, else -1 (all taken). Relaxed atomics: each task index leaves its
+// share through exactly one successful compare-and-swap of that share's word; the outputs the tasks
+// write are published by the join at the end of the parallel region. static: every translation unit
+// (each instruction set's, na2d.cpp) has its own copy, compiled for its own target.
+static inline int64_t take_task(TaskSource& src) {
+  uint64_t* own = src.shares + src.worker;
+  uint64_t v = __atomic_load_n(own, __ATOMIC_RELAXED);
+  for (;;) {
+    const uint64_t next = v >> 32, end = v & 0xffffffffu;
+    if (next >= end) break;
+    if (__atomic_compare_exchange_n(own, &v, ((next + 1) << 32) | end, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+      return static_cast<int64_t>(next);
+  }
+  for (;;) {
+    int best = -1;
+    uint64_t most = 0;
+    for (int w = 0; w < src.n_workers; ++w) {
+      const uint64_t u = __atomic_load_n(src.shares + w, __ATOMIC_RELAXED);
+      const uint64_t next = u >> 32, end = u & 0xffffffffu;
+      if (end > next && end - next > most) {
+        most = end - next;
+        best = w;
+      }
+    }
+    if (best < 0) return -1;
+    uint64_t* victim = src.shares + best;
+    uint64_t u = __atomic_load_n(victim, __ATOMIC_RELAXED);
+    for (;;) {
+      const uint64_t next = u >> 32, end = u & 0xffffffffu;
+      if (next >= end) break;  // emptied meanwhile: look again
+      if (__atomic_compare_exchange_n(victim, &u, (next << 32) | (end - 1), true, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return static_cast<int64_t>(end - 1);
+    }
+  }
+}
 
 // Lane width of the bias table rows and drpb accumulators (the widest vector).
 constexpr int kBiasLanes = 16;
