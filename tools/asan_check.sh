@@ -10,8 +10,11 @@
 #   bash tools/asan_check.sh                # sweep + op tests
 #   bash tools/asan_check.sh -k "13-3"      # extra pytest arguments
 set -euo pipefail
-cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# a relative interpreter path (PYTHON=V/bin/python) names a file from the caller's directory; the
+# steps below run from the repository root and from the scratch copy
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
+cd "$(dirname "$0")/.."
 WORK=${ASAN_WORK_DIR:-$PWD/build/asan}
 say() { echo "[asan] $*"; }
 
