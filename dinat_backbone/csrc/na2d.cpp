@@ -722,8 +722,7 @@ std::tuple<Tensor, Tensor> layer_norm_backward_into(const Tensor& grad_out, cons
 std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_out, const Tensor& input, const Tensor& mean,
                                                        const Tensor& rstd, const c10::optional<Tensor>& weight,
                                                        std::array<bool, 3> output_mask) {
-  const Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous))
-                                           : at::empty({0}, input.options());
+  const Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
   auto [grad_weight, grad_bias] = layer_norm_backward_into(grad_out, input, mean, rstd, weight, output_mask[1],
                                                            output_mask[2], grad_input, "dinat::layer_norm_backward");
   return {grad_input, grad_weight, grad_bias};
@@ -738,11 +737,8 @@ std::tuple<Tensor, Tensor> layer_norm_backward_(Tensor& grad_out, const Tensor& 
   const char* op = "dinat::layer_norm_backward_";
   TORCH_CHECK(grad_out.is_contiguous(), op, ": grad_out is overwritten in place and must be contiguous; call "
               "layer_norm_backward for a new tensor instead");
-  TORCH_CHECK(grad_out.sizes() == input.sizes(), op, ": grad_out has shape ", grad_out.sizes(), ", input has shape ",
-              input.sizes());
   return layer_norm_backward_into(grad_out, input, mean, rstd, weight, output_mask[0], output_mask[1], grad_out, op);
 }
-
 
 std::string active_isa_name() { return isa_name(static_cast<Isa>(active_isa().load())); }
 

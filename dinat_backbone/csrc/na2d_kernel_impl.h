@@ -219,7 +219,6 @@ struct TaskIndex {
 };
 NA_INLINE int64_t class_len(int64_t L, int64_t r, int64_t d) { return (L - r + d - 1) / d; }
 
-
 template <typename T>
 NA_INLINE const T* at(const Strided& s, int64_t b, int64_t x, int64_t y, int64_t h) {
   return static_cast<const T*>(s.ptr) + b * s.sb + x * s.sx + y * s.sy + h * s.sh;
