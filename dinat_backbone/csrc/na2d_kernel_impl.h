@@ -257,12 +257,67 @@ NA_INLINE void transpose_tile(typename VecT<float, W>::type* r) {
   if constexpr (W >= 2) transpose_stage<W, 1>(r);
 }
 
+// Row layouts of the bfloat16 dot-product path (NA_BF16_DOT): each 32-bit word holds the two
+// bfloat16 values that one vdpbf16ps lane multiplies and adds, low half first.
+//   channel_pairs  word[cp][j] = (row[2cp][j], row[2cp+1][j])   (0 past D): a reduction over
+//                  channels (q.k, dO.v) takes two channels per instruction
+//   shifted_pairs  word[c][j] = (row[c][j], row[c][j + shift])  (0 past the row), shift = the
+//                  step of lane j's chunk (see Geometry):
+//                  lanes of window columns t and t+1 (weights.v, dS.k) take two columns per instruction
+// Both are packed straight from the bfloat16 tensor (pack_row): a channel pair is one 32-bit word
+// of the source already, and lane j + shift is the same head at position pos + shift / H, so a
+// shifted word joins two source columns. (Packing a float row first and pairing it in a second
+// pass over the row cost ~13 % of the bfloat16 forward.)
+enum class RowLayout { plain, channel_pairs, shifted_pairs };
+
+// rows of the packed [rows][yp] layout of a [.., D] tensor
+NA_INLINE int64_t layout_rows(RowLayout layout, int64_t D) { return layout == RowLayout::channel_pairs ? (D + 1) / 2 : D; }
+
+// words c .. c+W-1 of lane l in a pair layout, from its source column s (and, for shifted pairs,
+// the column s2 one step further, nullptr past the row); W words in full
+template <class V, RowLayout LAYOUT>
+NA_INLINE V pair_words(const Bf16* s, const Bf16* s2, int64_t c) {
+  typedef Bf16VecT<sizeof(V) / 4> B;
+  if constexpr (LAYOUT == RowLayout::channel_pairs) return vload<V>(s + 2 * c);
+  const typename B::word lo = __builtin_convertvector(vload<typename B::half>(s + c), typename B::word);
+  if (!s2) return (V)lo;
+  return (V)(lo | (__builtin_convertvector(vload<typename B::half>(s2 + c), typename B::word) << 16));
+}
+// word c of a pair layout (channel pairs: 0 in the high half past an odd D)
+template <RowLayout LAYOUT>
+NA_INLINE float pair_word(const Bf16* s, const Bf16* s2, int64_t c, int64_t D) {
+  uint32_t w;
+  if constexpr (LAYOUT == RowLayout::channel_pairs)
+    w = s[2 * c].bits | (2 * c + 1 < D ? uint32_t(s[2 * c + 1].bits) << 16 : 0u);
+  else
+    w = s[c].bits | (s2 ? uint32_t(s2[c].bits) << 16 : 0u);
+  float f;
+  __builtin_memcpy(&f, &w, 4);
+  return f;
+}
+
 // one row (task = b * X + x) of a tensor stored as S into row[D][yp] of T, lanes in chunk order
-// (lane j = pos * H + h holds column y_of_pos[pos], see Geometry); W = 1: scalar copies (double)
-template <typename T, int W, typename S>
+// (lane j = pos * H + h holds column y_of_pos[pos], see Geometry); W = 1: scalar copies (double).
+// LAYOUT other than plain: a bfloat16 tensor (S = Bf16, T = float) into that pair layout
+template <typename T, int W, typename S, RowLayout LAYOUT = RowLayout::plain>
 NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
+  constexpr bool PAIRED = LAYOUT != RowLayout::plain;
+  constexpr bool SHIFTED = LAYOUT == RowLayout::shifted_pairs;
+  static_assert(!PAIRED || (sizeof(T) == 4 && sizeof(S) == 2), "pair layouts pack bfloat16 into 32-bit words");
   const Strided& src = A.src;
-  const int64_t D = A.D, yp = A.yp, H = A.H, YH = A.Y * A.H;
+  const int64_t D = A.D, yp = A.yp, H = A.H, YH = A.Y * A.H, rows = layout_rows(LAYOUT, D);
+  // the words of lane (pos, h) at row c (shifted pairs: s2 is the column step / H positions on)
+  auto word = [&](const S* s, const S* s2, int64_t c) -> T {
+    if constexpr (PAIRED) return pair_word<LAYOUT>(s, s2, c, D);
+    else return to_compute(s[c]);
+  };
+  // shifted pairs: the chunk of the lanes being packed, whose step (a multiple of H) is the shift
+  int64_t chunk = 0;
+  auto shifted_column = [&](const S* base, int64_t j, int64_t pos, int64_t h) -> const S* {
+    while (j >= A.chunks[3 * chunk + 1] && chunk + 1 < A.n_chunks) ++chunk;
+    const int64_t p2 = pos + A.chunks[3 * chunk + 2] / H;
+    return p2 < A.Y ? base + A.y_of_pos[p2] * src.sy + h * src.sh : nullptr;
+  };
   {
     const int64_t x = task % A.X, b = task / A.X;
     const S* base = static_cast<const S*>(src.ptr) + b * src.sb + x * src.sx;
@@ -272,6 +327,7 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
     if constexpr (W > 1) {
       typedef typename VecT<T, W>::type V;
       const S* ptrs[W];
+      const S* ptrs2[W] = {};
       // a column's heads contiguous ([.., H, D] with D contiguous, also q, k, v unbound from one qkv
       // projection, whose columns lie 3 * H * D apart): the columns of the next group are
       // prefetched while this one is transposed (a row is a few 4 KiB pages, each of which restarts
@@ -279,9 +335,12 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
       // on dense rows, 10 % on unbound views)
       const bool heads_contiguous = src.sh == D;
       const int64_t column_bytes = H * D * static_cast<int64_t>(sizeof(S));
+      // rows packed W at a time: W words of a pair layout hold 2W channels (channel pairs)
+      const int64_t full = LAYOUT == RowLayout::channel_pairs ? D / 2 : D;
       for (; j + W <= YH; j += W) {
         for (int l = 0; l < W; ++l) {
           ptrs[l] = base + A.y_of_pos[pos] * src.sy + h * src.sh;
+          if constexpr (SHIFTED) ptrs2[l] = shifted_column(base, j + l, pos, h);
           if (++h == H) h = 0, ++pos;
         }
         if (heads_contiguous && j + 2 * W <= YH) {
@@ -293,22 +352,27 @@ NA_INLINE void pack_row(const PackArgs& A, int64_t task, T* row) {
           }
         }
         int64_t c = 0;
-        for (; c + W <= D; c += W) {
+        for (; c + W <= full; c += W) {
           V r[W];
-          for (int l = 0; l < W; ++l) r[l] = load_as<V>(ptrs[l] + c);
+          for (int l = 0; l < W; ++l) {
+            if constexpr (PAIRED) r[l] = pair_words<V, LAYOUT>(ptrs[l], ptrs2[l], c);
+            else r[l] = load_as<V>(ptrs[l] + c);
+          }
           transpose_tile<W>(r);
           for (int l = 0; l < W; ++l) vstore(row + (c + l) * yp + j, r[l]);
         }
-        for (; c < D; ++c)
-          for (int l = 0; l < W; ++l) row[c * yp + j + l] = to_compute(ptrs[l][c]);
+        for (; c < rows; ++c)
+          for (int l = 0; l < W; ++l) row[c * yp + j + l] = word(ptrs[l], ptrs2[l], c);
       }
     }
     for (; j < YH; ++j) {
       const S* s = base + A.y_of_pos[pos] * src.sy + h * src.sh;
-      for (int64_t c = 0; c < D; ++c) row[c * yp + j] = to_compute(s[c]);
+      const S* s2 = nullptr;
+      if constexpr (SHIFTED) s2 = shifted_column(base, j, pos, h);
+      for (int64_t c = 0; c < rows; ++c) row[c * yp + j] = word(s, s2, c);
       if (++h == H) h = 0, ++pos;
     }
-    for (int64_t c = 0; c < D; ++c)
+    for (int64_t c = 0; c < rows; ++c)
       for (int64_t jj = YH; jj < yp; ++jj) row[c * yp + jj] = T(0);
   }
 }
@@ -320,69 +384,19 @@ constexpr int pack_width() {
   return sizeof(T) == 4 ? NA_VEC_BYTES / 4 : 1;
 }
 
-// pack_row for the tensor's storage type (bfloat16 rows widen to float on the way)
+// a row in the given layout, for the tensor's storage type (bfloat16 rows widen to float on the
+// way, or go straight into a pair layout, which only bfloat16 tensors use)
 template <typename T>
-NA_INLINE void pack_any(const PackArgs& A, int64_t task, T* row) {
+NA_INLINE void pack_layout(const PackArgs& A, int64_t task, T* dst, RowLayout layout) {
   if constexpr (sizeof(T) == 4)
-    if (A.src.elem == kElemBF16) return pack_row<T, pack_width<T>(), Bf16>(A, task, row);
-  pack_row<T, pack_width<T>(), T>(A, task, row);
-}
-
-// Row layouts of the bfloat16 dot-product path (NA_BF16_DOT): each 32-bit word holds the two
-// bfloat16 values that one vdpbf16ps lane multiplies and adds, low half first.
-//   channel_pairs  word[cp][j] = (row[2cp][j], row[2cp+1][j])   (0 past D): a reduction over
-//                  channels (q.k, dO.v) takes two channels per instruction
-//   shifted_pairs  word[c][j] = (row[c][j], row[c][j + shift])  (0 past the row), shift = the
-//                  step of lane j's chunk (see Geometry):
-//                  lanes of window columns t and t+1 (weights.v, dS.k) take two columns per instruction
-enum class RowLayout { plain, channel_pairs, shifted_pairs };
-
-// a float row [D][yp] (yp a multiple of 16) into one of the pair layouts, in words[.][yp]; shifted
-// pairs take each chunk's step as the shift (the lanes past the last chunk are zeros)
-NA_INLINE void to_pairs(const float* f, float* words, int64_t D, int64_t yp, RowLayout layout, const PackArgs& A) {
-  constexpr int W = NA_VEC_BYTES / 4;
-  typedef typename Bf16VecT<W>::word U;
-  if (layout == RowLayout::channel_pairs) {
-    for (int64_t cp = 0; cp < (D + 1) / 2; ++cp) {
-      const float* lo = f + 2 * cp * yp;
-      const float* hi = 2 * cp + 1 < D ? lo + yp : nullptr;
-      for (int64_t j = 0; j < yp; j += W) {
-        const U a = bf16_round_bits(vload<U>(lo + j));
-        const U b = hi ? bf16_round_bits(vload<U>(hi + j)) : U{};
-        vstore(words + cp * yp + j, a | (b << 16));
-      }
+    if (A.src.elem == kElemBF16) {
+      if (layout == RowLayout::channel_pairs)
+        return pack_row<T, pack_width<T>(), Bf16, RowLayout::channel_pairs>(A, task, dst);
+      if (layout == RowLayout::shifted_pairs)
+        return pack_row<T, pack_width<T>(), Bf16, RowLayout::shifted_pairs>(A, task, dst);
+      return pack_row<T, pack_width<T>(), Bf16>(A, task, dst);
     }
-  } else {
-    for (int64_t c = 0; c < D; ++c) {
-      const float* row = f + c * yp;
-      for (int64_t k = 0; k < A.n_chunks; ++k) {
-        const int32_t* chunk = A.chunks + 3 * k;
-        const int64_t end = k + 1 == A.n_chunks ? yp : chunk[1], shift = chunk[2];
-        int64_t j = chunk[0];
-        for (; j + W <= end && j + W + shift <= yp; j += W)
-          vstore(words + c * yp + j, bf16_round_bits(vload<U>(row + j)) | (bf16_round_bits(vload<U>(row + j + shift)) << 16));
-        for (; j < end; ++j) {
-          uint32_t a, b = 0;
-          __builtin_memcpy(&a, row + j, 4);
-          if (j + shift < yp) __builtin_memcpy(&b, row + j + shift, 4);
-          const uint32_t w = bf16_round_bits(a) | (bf16_round_bits(b) << 16);
-          __builtin_memcpy(words + c * yp + j, &w, 4);
-        }
-      }
-    }
-  }
-}
-
-// a row in the given layout (pair layouts through the float row `scratch`, [D][yp] + 16)
-template <typename T>
-NA_INLINE void pack_layout(const PackArgs& A, int64_t task, T* dst, RowLayout layout, T* scratch) {
-  if constexpr (sizeof(T) == 4) {
-    if (layout != RowLayout::plain) {
-      pack_any<T>(A, task, scratch);
-      return to_pairs(scratch, dst, A.D, A.yp, layout, A);
-    }
-  }
-  pack_any<T>(A, task, dst);
+  pack_row<T, pack_width<T>(), T>(A, task, dst);
 }
 
 // Per-thread cache of transposed rows ([D][yp] + 16 zeros each, see PackArgs) of one tensor,
@@ -399,23 +413,20 @@ struct RowCache {
   RowLayout layout;
   T* buf;
   int64_t* tags;
-  T* scratch;
   RowCache(const PackArgs& s, int64_t slots, int64_t d, RowLayout lay = RowLayout::plain)
       : src(s), n_slots(slots), slot_elems(s.D * s.yp + 16), dil(d), layout(lay),
-        buf(new T[slots * (s.D * s.yp + 16)]()), tags(new int64_t[slots]),
-        scratch(lay == RowLayout::plain ? nullptr : new T[s.D * s.yp + 16]()) {
+        buf(new T[slots * (s.D * s.yp + 16)]()), tags(new int64_t[slots]) {
     for (int64_t i = 0; i < n_slots; ++i) tags[i] = -1;
   }
   ~RowCache() {
     delete[] buf;
     delete[] tags;
-    delete[] scratch;
   }
   const T* row(int64_t b, int64_t x) {
     const int64_t slot = (x / dil) % n_slots, tag = b * src.X + x;
     T* dst = buf + slot * slot_elems;
     if (tags[slot] != tag) {
-      pack_layout<T>(src, tag, dst, layout, scratch);
+      pack_layout<T>(src, tag, dst, layout);
       tags[slot] = tag;
     }
     return dst;
@@ -693,18 +704,33 @@ NA_INLINE void row_pass(const Geometry& g, const LaneGeometry& lg, int64_t b, co
   });
 }
 
+// two float vectors of L lanes into one vector of bfloat16 pairs (lo[l], hi[l]) per 32-bit lane,
+// rounded to nearest even (see RowLayout); with AVX512_BF16's conversion, which takes float
+// denormals (below 1.2e-38: softmax weights and dS of no weight) as zero
+template <int L>
+NA_INLINE typename VecT<float, L>::type round_to_pairs(typename VecT<float, L>::type lo, typename VecT<float, L>::type hi) {
+  typedef typename VecT<float, L>::type V;
+#if NA_BF16_DOT
+  if constexpr (L == 16) {
+    // vcvtne2ps2bf16 puts lo's 16 values in the low half and hi's in the high half; interleave them
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                                         20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return (V)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)hi, (__m512)lo));
+  }
+#endif
+  typedef typename Bf16VecT<L>::word U;
+  return (V)(bf16_round_bits((U)lo) | (bf16_round_bits((U)hi) << 16));
+}
+
 // the K*K float vectors of a block (slots LMAX apart) into bfloat16 pairs of window columns
 // (t, t+1) at slot t of every even t (see RowLayout::shifted_pairs), rounded to nearest even
 template <int L>
 NA_INLINE void to_column_pairs(float* p, int K, int64_t slot) {
   typedef typename VecT<float, L>::type V;
-  typedef typename Bf16VecT<L>::word U;
   for (int a = 0; a < K; ++a)
     for (int t = 0; t < K; t += 2) {
       float* lo = p + (a * K + t) * slot;
-      const U w0 = bf16_round_bits((U)vload<V>(lo));
-      const U w1 = t + 1 < K ? bf16_round_bits((U)vload<V>(lo + slot)) : U{};
-      vstore(lo, (V)(w0 | (w1 << 16)));
+      vstore(lo, round_to_pairs<L>(vload<V>(lo), t + 1 < K ? vload<V>(lo + slot) : V{}));
     }
 }
 
@@ -763,7 +789,7 @@ void forward_rows(const ForwardArgs& A, TaskSource& tasks) {
       if constexpr (PAIRS) to_column_pairs<L>(lg, K, LMAX);
     };
     for (int r = 0; r < rg.n; ++r)
-      pack_layout<T>(A.q, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain, kc.scratch);
+      pack_layout<T>(A.q, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain);
     row_pass<T, LMAX, KT, PAIRS>(g, A.lg, b, rg, kc, vc, rb, softmax);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
@@ -822,8 +848,7 @@ void backward_query_rows(const BackwardQueryArgs& A, TaskSource& tasks, double* 
       if constexpr (PAIRS) to_column_pairs<L>(dl, K, LMAX);
     };
     for (int r = 0; r < rg.n; ++r)
-      pack_layout<T>(A.grad_out, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain,
-                     vc.scratch);
+      pack_layout<T>(A.grad_out, b * g.X + rg.x[r], rb.s(r), PAIRS ? RowLayout::channel_pairs : RowLayout::plain);
     row_pass<T, LMAX, KT, PAIRS>(g, A.lg, b, rg, vc, kc, rb, dsoft);
     for (int r = 0; r < rg.n; ++r)
       for (int64_t i = 0; i < A.lg.n_blocks; ++i)
@@ -840,23 +865,6 @@ void backward_query_rows(const BackwardQueryArgs& A, TaskSource& tasks, double* 
       }
   }
   delete[] lanes_acc;
-}
-
-// two float vectors of L lanes into one vector of bfloat16 pairs (lo[l], hi[l]) per 32-bit lane,
-// rounded to nearest even (see RowLayout)
-template <int L>
-NA_INLINE typename VecT<float, L>::type round_to_pairs(typename VecT<float, L>::type lo, typename VecT<float, L>::type hi) {
-  typedef typename VecT<float, L>::type V;
-#if NA_BF16_DOT
-  if constexpr (L == 16) {
-    // vcvtne2ps2bf16 puts lo's 16 values in the low half and hi's in the high half; interleave them
-    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
-                                         20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    return (V)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)hi, (__m512)lo));
-  }
-#endif
-  typedef typename Bf16VecT<L>::word U;
-  return (V)(bf16_round_bits((U)lo) | (bf16_round_bits((U)hi) << 16));
 }
 
 // The P and dS operands of one key block for backward_key_rows with bfloat16 products: for query
