@@ -93,6 +93,22 @@ def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
 
 
+def training_step(fwd_fn, inputs):
+    """A call of ``fwd_fn`` on leaf copies of ``inputs`` (None stays None) and its backward with a
+    fixed random output gradient, the leaves' gradients cleared after it."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+    grad_out = torch.randn_like(inputs[0])
+
+    def step():
+        out = fwd_fn(*leaves)
+        out.backward(grad_out)
+        for t in leaves:
+            if t is not None:
+                t.grad = None
+
+    return step
+
+
 def measure(label, fwd_fn, inputs, dev: Device, repeats, with_backward=True):
     """``{'fwd': (best s, median s), 'fwd+bwd': ...}``, an error string in place of a figure that failed."""
     result = {}
@@ -102,18 +118,8 @@ def measure(label, fwd_fn, inputs, dev: Device, repeats, with_backward=True):
     except Exception as exc:  # OOM, unsupported device, ...
         result["fwd"] = _failure(exc)
     if with_backward and not isinstance(result["fwd"], str):
-        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
-
-        def step():
-            out = fwd_fn(*leaves)
-            out.backward(grad_out)
-            for t in leaves:
-                if t is not None:
-                    t.grad = None
-
         try:
-            grad_out = torch.randn_like(inputs[0])
-            result["fwd+bwd"] = best_and_median(step, dev, repeats)
+            result["fwd+bwd"] = best_and_median(training_step(fwd_fn, inputs), dev, repeats)
         except Exception as exc:
             result["fwd+bwd"] = _failure(exc)
     elif not with_backward:
@@ -358,20 +364,9 @@ def alternating_speedups(fn, f32_inputs, bf16_inputs, reps):
     repetitions alternating between the two dtypes (bench_common.alternating_medians): a burst of
     host load then slows both alike, where the best-of-N figures, timed one after the other, move
     the ratio by tens of percent on a shared machine."""
-    # every tensor input a leaf, as in measure(): q, k, v and the rpb (its gradient too)
-    leaves = {name: [t.detach().clone().requires_grad_() for t in inputs]
-              for name, inputs in (("f32", f32_inputs), ("bf16", bf16_inputs))}
-    grads = {name: torch.randn_like(ins[0]) for name, ins in leaves.items()}
-
-    def step(name):
-        out = fn(*leaves[name])
-        out.backward(grads[name])
-        for t in leaves[name]:
-            t.grad = None
-
     with torch.no_grad():
         fwd = alternating_medians({"f32": lambda: fn(*f32_inputs), "bf16": lambda: fn(*bf16_inputs)}, reps)
-    fwdbwd = alternating_medians({"f32": lambda: step("f32"), "bf16": lambda: step("bf16")}, reps)
+    fwdbwd = alternating_medians({"f32": training_step(fn, f32_inputs), "bf16": training_step(fn, bf16_inputs)}, reps)
     return {"fwd": fwd["f32"] / fwd["bf16"], "fwd+bwd": fwdbwd["f32"] / fwdbwd["bf16"]}
 
 
