@@ -179,6 +179,53 @@ NA_INLINE typename VecT<float, W>::type vexp_nonpositive(typename VecT<float, W>
   return x < lo ? V{} : res;
 }
 
+// 2^t for t <= 0 where the result is rounded to bfloat16 (the softmax weights of the bfloat16
+// products): 2^t = 2^n 2^f with n = round(t), |f| <= 1/2, 2^f by a degree-3 polynomial (relative
+// error 7.5e-5 on [-1/2, 1/2], against up to 2e-3 from rounding to bfloat16), 2^n by vscalefps;
+// exact 0 below -126 (2^-126 = exp(-87.3), where vexp_nonpositive returns 0 too), NaN stays NaN.
+// Nine instructions a vector with the multiply-add that makes t, against vexp_nonpositive's
+// seventeen and a subtraction. Units without NA_BF16_DOT (which never take the bfloat16 products)
+// fall back to vexp_nonpositive.
+template <int L>
+NA_INLINE typename VecT<float, L>::type vexp2_nonpositive_bf16(typename VecT<float, L>::type t) {
+#if !NA_BF16_DOT
+  return vexp_nonpositive<L>(t * 0.693147180559945309f);
+#else
+  typedef typename VecT<float, L>::type V;
+  const float lo = -126.0f;
+  // the masked forms with an explicit source: the plain ones start from an undefined vector, which
+  // GCC 12 warns about (-Wmaybe-uninitialized); max(lo, t) is t for a NaN t (the second operand)
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  V tc, n;
+  if constexpr (L == 16) {
+    tc = (V)_mm512_mask_max_ps((__m512)t, 0xffff, _mm512_set1_ps(lo), (__m512)t);
+    n = (V)_mm512_mask_roundscale_ps((__m512)tc, 0xffff, (__m512)tc, kNearest);
+  } else if constexpr (L == 8) {
+    tc = (V)_mm256_max_ps(_mm256_set1_ps(lo), (__m256)t);
+    n = (V)_mm256_mask_roundscale_ps((__m256)tc, 0xff, (__m256)tc, kNearest);
+  } else {
+    tc = (V)_mm_max_ps(_mm_set1_ps(lo), (__m128)t);
+    n = (V)_mm_mask_roundscale_ps((__m128)tc, 0xf, (__m128)tc, kNearest);
+  }
+  const V f = tc - n;
+  V p = splat<V>(5.51713444e-2f);
+  p = p * f + 2.42610335e-1f;
+  p = p * f + 6.93260968e-1f;
+  p = p * f + 9.99928117e-1f;
+  // 0 where t < lo (not-less-than is true for unordered lanes, which stay NaN)
+  if constexpr (L == 16) {
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)t, _mm512_set1_ps(lo), _CMP_NLT_UQ);
+    return (V)_mm512_maskz_scalef_ps(keep, (__m512)p, (__m512)n);
+  } else if constexpr (L == 8) {
+    const __mmask8 keep = _mm256_cmp_ps_mask((__m256)t, _mm256_set1_ps(lo), _CMP_NLT_UQ);
+    return (V)_mm256_maskz_scalef_ps(keep, (__m256)p, (__m256)n);
+  } else {
+    const __mmask8 keep = _mm_cmp_ps_mask((__m128)t, _mm_set1_ps(lo), _CMP_NLT_UQ);
+    return (V)_mm_maskz_scalef_ps(keep, (__m128)p, (__m128)n);
+  }
+#endif
+}
+
 template <int W>
 NA_INLINE typename VecT<double, W>::type vexp_nonpositive_f64(typename VecT<double, W>::type x) {
   typename VecT<double, W>::type out;
@@ -768,9 +815,15 @@ void forward_rows(const ForwardArgs& A, TaskSource& tasks) {
           vmax = l > vmax ? l : vmax;
         }
       V vsum = V{};
+      // bfloat16 products: the weights are rounded to bfloat16, so a shorter exp does; as 2^(l log2 e
+      // - max log2 e), one multiply-add (the rounding of max log2 e scales every weight of a lane
+      // alike, which the normalisation takes out)
+      const V neg_max_log2e = vmax * T(-1.44269504088896341);
       for (int k = 0; k < KK; ++k) {
         T* p = lg + k * LMAX;
-        V e = VecMath<T, L>::exp(vload<V>(p) - vmax);
+        V e;
+        if constexpr (PAIRS) e = vexp2_nonpositive_bf16<L>(vload<V>(p) * T(1.44269504088896341) + neg_max_log2e);
+        else e = VecMath<T, L>::exp(vload<V>(p) - vmax);
         vstore(p, e);
         vsum += e;
       }
