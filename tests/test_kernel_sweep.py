@@ -148,3 +148,34 @@ def test_kernel_half_dtypes_at_model_head_dim(dtype):
         _C.set_isa(previous)
         _C.set_key_pass("auto")
     assert not failures, f"{len(failures)} mismatches: " + "; ".join(failures[:5])
+
+
+def test_kernel_softmax_underflow_and_nan_on_every_instruction_set():
+    """Peaked softmax (logit gaps of hundreds: most weights underflow to exactly 0, including the
+    shorter exp of the bfloat16 products) matches the float64 reference, and a NaN in q or k makes
+    exactly the outputs NaN whose logits it enters (the reference's), nothing else."""
+    from dinat_backbone import _C
+
+    previous = _C.isa()
+    gen = torch.Generator().manual_seed(5)
+    B, X, Y, H, D, K, d = 1, 18, 20, 2, 32, 7, 2
+    q, k, v = (bf16_numbers(B, X, Y, H, D, generator=gen) for _ in range(3))
+    rpb = bf16_numbers(H, 2 * K - 1, 2 * K - 1, generator=gen)
+    scale = 40.0  # |q.k| ~ sqrt(32): logit gaps far beyond exp's float range
+    expected = na2d_reference_gathered(q, k, v, K, d, rpb, scale=scale)
+    q_nan, k_nan = q.clone(), k.clone()
+    q_nan[0, 3, 4, 1, 7] = float("nan")
+    k_nan[0, 9, 10, 0, 0] = float("nan")
+    expected_nan = na2d_reference_gathered(q_nan, k_nan, v, K, d, rpb, scale=scale).isnan()
+    assert 0 < expected_nan.sum() < expected_nan.numel()
+    try:
+        for isa in instruction_sets():
+            _C.set_isa(isa)
+            for dtype in (torch.float32, torch.bfloat16):
+                cast = lambda *ts: [t.to(dtype) for t in ts]  # noqa: E731
+                out = ops.na2d(*cast(q, k, v), K, d, cast(rpb)[0], scale=scale, backend="cpu")
+                assert rel_err(out, expected) < TOL[dtype], (isa, dtype, rel_err(out, expected))
+                out_nan = ops.na2d(*cast(q_nan, k_nan, v), K, d, cast(rpb)[0], scale=scale, backend="cpu")
+                assert torch.equal(out_nan.isnan(), expected_nan), (isa, dtype)
+    finally:
+        _C.set_isa(previous)
