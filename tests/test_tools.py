@@ -329,7 +329,6 @@ def test_benchmark_na_quick_says_its_percentages_are_not_the_readmes(capsys):
     assert "goal = meets" not in out
 
 
-
 def test_benchmark_na_bf16_speedups_also_come_from_alternating_repetitions(capsys):
     """The compiled kernel's bfloat16 / float32 speed-up is also measured with the two dtypes
     alternating (medians), and printed beside the best-vs-best ratio."""
